@@ -1,0 +1,402 @@
+//! The in-memory backend: the reference implementation of [`Backend`], for tests and
+//! single-process development. Nothing survives the process.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+
+use super::{
+    Backend, BoxFuture, Claim, ClaimToken, Claimed, GroupRef, Wakeup, WakeupHub,
+};
+use crate::error::{Error, Result};
+use crate::message::{Headers, Message, MessageId, NewMessage};
+use crate::options::{StartPosition, Trim};
+
+/// Streams, groups and claims in process memory, with in-process push wake-ups.
+#[derive(Debug, Default)]
+pub struct MemoryBackend {
+    state: Mutex<State>,
+    wakeups: WakeupHub,
+    closed: AtomicBool,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    streams: HashMap<String, Stream>,
+    last_token: u64,
+}
+
+#[derive(Debug)]
+struct Stream {
+    /// Sequence number of `entries[0]` (or of the next append when empty).
+    first_seq: u64,
+    entries: VecDeque<Entry>,
+    groups: HashMap<String, Group>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    payload: Vec<u8>,
+    headers: Headers,
+    created_at: SystemTime,
+}
+
+#[derive(Debug, Default)]
+struct Group {
+    /// The last sequence number handed out to this group.
+    cursor: u64,
+    pending: BTreeMap<u64, Pending>,
+}
+
+#[derive(Debug)]
+struct Pending {
+    /// 0 while nobody holds the claim (after a retry or release).
+    token: u64,
+    deadline: Instant,
+    deliveries: u32,
+}
+
+impl Stream {
+    fn new() -> Self {
+        Stream {
+            first_seq: 1,
+            entries: VecDeque::new(),
+            groups: HashMap::new(),
+        }
+    }
+
+    fn next_seq(&self) -> u64 {
+        self.first_seq + self.entries.len() as u64
+    }
+
+    fn entry(&self, seq: u64) -> Option<&Entry> {
+        let index = seq.checked_sub(self.first_seq)?;
+        self.entries.get(usize::try_from(index).ok()?)
+    }
+
+    fn push(&mut self, message: NewMessage) -> u64 {
+        let seq = self.next_seq();
+        self.entries.push_back(Entry {
+            payload: message.payload,
+            headers: message.headers,
+            created_at: SystemTime::now(),
+        });
+        seq
+    }
+
+    fn trim(&mut self, trim: Trim) {
+        let mut dropped = 0u64;
+        if trim.max_len > 0 {
+            while self.entries.len() as u64 > trim.max_len {
+                self.entries.pop_front();
+                dropped += 1;
+            }
+        }
+        if !trim.max_age.is_zero() {
+            let oldest_kept = SystemTime::now()
+                .checked_sub(trim.max_age)
+                .unwrap_or(SystemTime::UNIX_EPOCH);
+            while self
+                .entries
+                .front()
+                .is_some_and(|e| e.created_at < oldest_kept)
+            {
+                self.entries.pop_front();
+                dropped += 1;
+            }
+        }
+        if dropped > 0 {
+            self.first_seq += dropped;
+            for group in self.groups.values_mut() {
+                group.pending = group.pending.split_off(&self.first_seq);
+            }
+        }
+    }
+
+    fn message(&self, stream: &str, seq: u64, deliveries: u32) -> Option<Message> {
+        let entry = self.entry(seq)?;
+        Some(Message::new(
+            MessageId::new(seq.to_string()),
+            stream,
+            entry.payload.clone(),
+            entry.headers.clone(),
+            entry.created_at,
+            deliveries,
+        ))
+    }
+}
+
+fn parse_id(id: &str) -> Result<u64> {
+    id.parse::<u64>().map_err(|_| Error::InvalidStartId {
+        id: id.to_owned(),
+        reason: "the memory backend's ids are unsigned integers, e.g. \"42\"".to_owned(),
+    })
+}
+
+impl MemoryBackend {
+    /// An empty backend.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> Result<MutexGuard<'_, State>> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        Ok(self.state.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Runs `f` on a held claim's pending entry; `None` when the claim was taken over.
+    fn with_claim<T>(
+        &self,
+        group: GroupRef<'_>,
+        claim: &Claim,
+        f: impl FnOnce(&mut Stream, u64) -> T,
+    ) -> Result<Option<T>> {
+        let mut state = self.lock()?;
+        let Ok(seq) = claim.id.as_str().parse::<u64>() else {
+            return Ok(None);
+        };
+        let Some(stream) = state.streams.get_mut(group.stream) else {
+            return Ok(None);
+        };
+        let held = stream
+            .groups
+            .get(group.group)
+            .and_then(|g| g.pending.get(&seq))
+            .is_some_and(|p| p.token == claim.token.0 && p.token != 0);
+        Ok(held.then(|| f(stream, seq)))
+    }
+}
+
+impl Backend for MemoryBackend {
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+
+    fn append<'a>(
+        &'a self,
+        stream: &'a str,
+        messages: Vec<NewMessage>,
+        trim: Trim,
+    ) -> BoxFuture<'a, Result<Vec<MessageId>>> {
+        Box::pin(async move {
+            let ids = {
+                let mut state = self.lock()?;
+                let s = state
+                    .streams
+                    .entry(stream.to_owned())
+                    .or_insert_with(Stream::new);
+                let ids = messages
+                    .into_iter()
+                    .map(|m| MessageId::new(s.push(m).to_string()))
+                    .collect();
+                s.trim(trim);
+                ids
+            };
+            self.wakeups.notify(stream);
+            Ok(ids)
+        })
+    }
+
+    fn ensure_group<'a>(
+        &'a self,
+        stream: &'a str,
+        group: &'a str,
+        start: &'a StartPosition,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let from_id = match start {
+                StartPosition::FromId(id) => Some(parse_id(id)?),
+                _ => None,
+            };
+            let mut state = self.lock()?;
+            let s = state
+                .streams
+                .entry(stream.to_owned())
+                .or_insert_with(Stream::new);
+            if !s.groups.contains_key(group) {
+                let cursor = match (start, from_id) {
+                    (_, Some(id)) => id,
+                    (StartPosition::Earliest, _) => s.first_seq - 1,
+                    _ => s.next_seq() - 1,
+                };
+                s.groups.insert(
+                    group.to_owned(),
+                    Group {
+                        cursor,
+                        pending: BTreeMap::new(),
+                    },
+                );
+            }
+            Ok(())
+        })
+    }
+
+    fn claim<'a>(
+        &'a self,
+        group: GroupRef<'a>,
+        max: usize,
+        visibility: Duration,
+    ) -> BoxFuture<'a, Result<Vec<Claimed>>> {
+        Box::pin(async move {
+            let mut state = self.lock()?;
+            let State {
+                streams,
+                last_token,
+            } = &mut *state;
+            let Some(s) = streams.get_mut(group.stream) else {
+                return Ok(Vec::new());
+            };
+            let Some(mut g) = s.groups.remove(group.group) else {
+                return Ok(Vec::new());
+            };
+            let now = Instant::now();
+            let deadline = now + visibility;
+            let mut claimed = Vec::new();
+            let mut take = |seq: u64, pending: &mut Pending, s: &Stream| {
+                *last_token += 1;
+                pending.token = *last_token;
+                pending.deadline = deadline;
+                pending.deliveries += 1;
+                s.message(group.stream, seq, pending.deliveries)
+                    .map(|message| Claimed {
+                        message,
+                        token: ClaimToken(pending.token),
+                    })
+            };
+            for (&seq, pending) in g.pending.iter_mut() {
+                if claimed.len() == max {
+                    break;
+                }
+                if pending.deadline <= now {
+                    claimed.extend(take(seq, pending, s));
+                }
+            }
+            let next = s.next_seq();
+            let mut seq = g.cursor.max(s.first_seq.saturating_sub(1)) + 1;
+            while claimed.len() < max && seq < next {
+                let mut pending = Pending {
+                    token: 0,
+                    deadline,
+                    deliveries: 0,
+                };
+                claimed.extend(take(seq, &mut pending, s));
+                g.pending.insert(seq, pending);
+                g.cursor = seq;
+                seq += 1;
+            }
+            s.groups.insert(group.group.to_owned(), g);
+            Ok(claimed)
+        })
+    }
+
+    fn ack<'a>(&'a self, group: GroupRef<'a>, claims: &'a [Claim]) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            for claim in claims {
+                self.with_claim(group, claim, |s, seq| {
+                    if let Some(g) = s.groups.get_mut(group.group) {
+                        g.pending.remove(&seq);
+                    }
+                })?;
+            }
+            Ok(())
+        })
+    }
+
+    fn retry<'a>(
+        &'a self,
+        group: GroupRef<'a>,
+        claim: &'a Claim,
+        delay: Duration,
+    ) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            let done = self.with_claim(group, claim, |s, seq| {
+                if let Some(p) = s
+                    .groups
+                    .get_mut(group.group)
+                    .and_then(|g| g.pending.get_mut(&seq))
+                {
+                    p.token = 0;
+                    p.deadline = Instant::now() + delay;
+                }
+            })?;
+            Ok(done.is_some())
+        })
+    }
+
+    fn dead_letter<'a>(
+        &'a self,
+        group: GroupRef<'a>,
+        claim: &'a Claim,
+        to: &'a str,
+        message: NewMessage,
+    ) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            let done = {
+                let mut state = self.lock()?;
+                let held = claim.id.as_str().parse::<u64>().ok().filter(|seq| {
+                    state
+                        .streams
+                        .get(group.stream)
+                        .and_then(|s| s.groups.get(group.group))
+                        .and_then(|g| g.pending.get(seq))
+                        .is_some_and(|p| p.token == claim.token.0 && p.token != 0)
+                });
+                if let Some(seq) = held {
+                    if let Some(g) = state
+                        .streams
+                        .get_mut(group.stream)
+                        .and_then(|s| s.groups.get_mut(group.group))
+                    {
+                        g.pending.remove(&seq);
+                    }
+                    state
+                        .streams
+                        .entry(to.to_owned())
+                        .or_insert_with(Stream::new)
+                        .push(message);
+                }
+                held.is_some()
+            };
+            if done {
+                self.wakeups.notify(to);
+            }
+            Ok(done)
+        })
+    }
+
+    fn release<'a>(
+        &'a self,
+        group: GroupRef<'a>,
+        claims: &'a [Claim],
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            for claim in claims {
+                self.with_claim(group, claim, |s, seq| {
+                    if let Some(p) = s
+                        .groups
+                        .get_mut(group.group)
+                        .and_then(|g| g.pending.get_mut(&seq))
+                    {
+                        p.token = 0;
+                        p.deadline = Instant::now();
+                    }
+                })?;
+            }
+            self.wakeups.notify(group.stream);
+            Ok(())
+        })
+    }
+
+    fn wakeup(&self, stream: &str) -> Wakeup {
+        self.wakeups.subscribe(stream)
+    }
+
+    fn close(&self) -> BoxFuture<'_, Result<()>> {
+        self.closed.store(true, Ordering::Release);
+        self.wakeups.notify_all();
+        Box::pin(async { Ok(()) })
+    }
+}

@@ -1,0 +1,263 @@
+//! The storage contract every backend implements, and nothing more.
+//!
+//! The engine owns workers, deadlines, attempts, the retry/dead-letter decision, panics and
+//! shutdown. A backend stores messages, groups and pending claims, and answers these calls.
+//! Every call that settles a claim (ack, retry, dead-letter, release) is fenced by its
+//! [`ClaimToken`]: when the claim has since been taken over, the call has no effect (S7).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::error::Result;
+use crate::message::{Message, MessageId, NewMessage};
+use crate::options::{StartPosition, Trim};
+
+pub mod memory;
+
+/// A boxed, sendable future: what [`Backend`] methods return.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The proof of one claim. A claim taken over by another worker gets a new token, and
+/// every settling call made with the old one is ignored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ClaimToken(pub u64);
+
+/// A claimed message ready for a handler: `message.attempt` is its delivery count.
+#[derive(Clone, Debug)]
+pub struct Claimed {
+    /// The message.
+    pub message: Message,
+    /// The claim's token.
+    pub token: ClaimToken,
+}
+
+/// What settling calls name: a message id and the token of the claim being settled.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Claim {
+    /// The claimed message.
+    pub id: MessageId,
+    /// The claim's token.
+    pub token: ClaimToken,
+}
+
+impl Claimed {
+    /// The [`Claim`] that settles this delivery.
+    pub fn claim(&self) -> Claim {
+        Claim {
+            id: self.message.id.clone(),
+            token: self.token,
+        }
+    }
+}
+
+/// A consumer group of one stream, as seen by one consumer instance.
+#[derive(Clone, Copy, Debug)]
+pub struct GroupRef<'a> {
+    /// Full stream name.
+    pub stream: &'a str,
+    /// Group name.
+    pub group: &'a str,
+    /// A name unique to this subscription in this process (Redis uses it as the consumer name).
+    pub consumer: &'a str,
+}
+
+/// Storage for streams, consumer groups and pending claims.
+///
+/// Implementations: [`memory::MemoryBackend`], and behind features `sqlite`, `postgres` and
+/// `redis`. The conformance suite (feature `conformance`) checks an implementation against
+/// the whole contract.
+pub trait Backend: Send + Sync + 'static {
+    /// `"memory"`, `"sqlite"`, `"postgres"`, `"redis"`: used in logs and errors.
+    fn name(&self) -> &'static str;
+
+    /// Appends messages in order and returns their ids, then trims the stream (S3): keep at
+    /// most `trim.max_len` messages and none older than `trim.max_age` (zero = no limit).
+    /// A trimmed message is dropped from every group's pending list.
+    fn append<'a>(
+        &'a self,
+        stream: &'a str,
+        messages: Vec<NewMessage>,
+        trim: Trim,
+    ) -> BoxFuture<'a, Result<Vec<MessageId>>>;
+
+    /// Creates the group at `start` unless it exists (then `start` is ignored, S5).
+    /// An unparsable start id is an [`Error::InvalidStartId`](crate::Error::InvalidStartId).
+    fn ensure_group<'a>(
+        &'a self,
+        stream: &'a str,
+        group: &'a str,
+        start: &'a StartPosition,
+    ) -> BoxFuture<'a, Result<()>>;
+
+    /// Claims up to `max` messages for the group: first pending messages whose deadline has
+    /// passed (in id order), then new messages past the group's cursor (in id order). Each
+    /// claim gets a fresh token, a deadline of now + `visibility`, and one more delivery.
+    fn claim<'a>(
+        &'a self,
+        group: GroupRef<'a>,
+        max: usize,
+        visibility: Duration,
+    ) -> BoxFuture<'a, Result<Vec<Claimed>>>;
+
+    /// Acknowledges handled messages: they leave the group's pending list.
+    fn ack<'a>(&'a self, group: GroupRef<'a>, claims: &'a [Claim]) -> BoxFuture<'a, Result<()>>;
+
+    /// Leaves the message pending, claimable again after `delay`. Returns whether the claim
+    /// was still held.
+    fn retry<'a>(
+        &'a self,
+        group: GroupRef<'a>,
+        claim: &'a Claim,
+        delay: Duration,
+    ) -> BoxFuture<'a, Result<bool>>;
+
+    /// Atomically appends `message` to the stream `to` and removes the claim from the group's
+    /// pending list. Returns whether the claim was still held (if not, nothing is appended).
+    fn dead_letter<'a>(
+        &'a self,
+        group: GroupRef<'a>,
+        claim: &'a Claim,
+        to: &'a str,
+        message: NewMessage,
+    ) -> BoxFuture<'a, Result<bool>>;
+
+    /// Makes claimed messages claimable again at once (shutdown of aborted handlers).
+    fn release<'a>(&'a self, group: GroupRef<'a>, claims: &'a [Claim])
+        -> BoxFuture<'a, Result<()>>;
+
+    /// A receiver that is told when `stream` may have new messages (S14). Backends without
+    /// push return [`Wakeup::never`], and the engine polls.
+    fn wakeup(&self, stream: &str) -> Wakeup;
+
+    /// Releases connections and background tasks. Called once, after every consumer closed.
+    fn close(&self) -> BoxFuture<'_, Result<()>>;
+}
+
+/// A wake-up signal for one stream: [`Wakeup::changed`] resolves after a notify that came
+/// after the last [`Wakeup::mark_seen`], so a notify racing with a claim is never lost.
+#[derive(Debug)]
+pub struct Wakeup(Option<watch::Receiver<()>>);
+
+impl Wakeup {
+    /// A wake-up that never fires: the engine relies on the poll interval.
+    pub fn never() -> Self {
+        Wakeup(None)
+    }
+
+    /// Forgets notifications received so far. Call before looking for work.
+    pub fn mark_seen(&mut self) {
+        if let Some(rx) = &mut self.0 {
+            rx.mark_unchanged();
+        }
+    }
+
+    /// Resolves at the next notification not yet seen; never for [`Wakeup::never`].
+    pub async fn changed(&mut self) {
+        match &mut self.0 {
+            Some(rx) => {
+                if rx.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+            None => std::future::pending().await,
+        }
+    }
+}
+
+/// In-process wake-ups by stream name: backends notify after an append (or when a
+/// cross-process signal arrives), consumers wait on [`Backend::wakeup`].
+#[derive(Debug, Default)]
+pub struct WakeupHub {
+    streams: Mutex<HashMap<String, watch::Sender<()>>>,
+}
+
+impl WakeupHub {
+    /// An empty hub.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A receiver for `stream`.
+    pub fn subscribe(&self, stream: &str) -> Wakeup {
+        let mut streams = self.streams.lock().unwrap_or_else(PoisonError::into_inner);
+        let sender = streams
+            .entry(stream.to_owned())
+            .or_insert_with(|| watch::channel(()).0);
+        Wakeup(Some(sender.subscribe()))
+    }
+
+    /// Wakes every consumer of `stream` in this process.
+    pub fn notify(&self, stream: &str) {
+        let streams = self.streams.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(sender) = streams.get(stream) {
+            sender.send_replace(());
+        }
+    }
+
+    /// Wakes every consumer of every stream (after a reconnect, say).
+    pub fn notify_all(&self) {
+        let streams = self.streams.lock().unwrap_or_else(PoisonError::into_inner);
+        for sender in streams.values() {
+            sender.send_replace(());
+        }
+    }
+}
+
+/// Shares one backend among services and the engine.
+pub type SharedBackend = Arc<dyn Backend>;
+
+/// Connects to the backend a URL names and creates its schema:
+/// `memory://`, `sqlite:` / `sqlite://`, `postgres://` / `postgresql://`, `redis://` /
+/// `rediss://`. Errors show the URL with its password redacted.
+pub async fn connect(url: &str) -> Result<SharedBackend> {
+    let scheme = url.split(':').next().unwrap_or_default();
+    match scheme {
+        "memory" => Ok(Arc::new(memory::MemoryBackend::new())),
+        "sqlite" | "postgres" | "postgresql" | "redis" | "rediss" => Err(crate::Error::Config(format!(
+            "backend URL {}: this build lacks the `{}` feature of stream-runtime; enable it in Cargo.toml",
+            redact_url(url),
+            scheme.trim_end_matches("ql").replace("rediss", "redis")
+        ))),
+        _ => Err(crate::Error::Config(format!(
+            "backend URL {} has an unknown scheme; use memory://, sqlite://PATH, postgres://... or redis://...",
+            redact_url(url)
+        ))),
+    }
+}
+
+/// The URL with any password replaced by `***`, safe to log.
+///
+/// ```
+/// use stream_runtime::backend::redact_url;
+/// assert_eq!(redact_url("postgres://app:s3cret@db:5432/x"), "postgres://app:***@db:5432/x");
+/// assert_eq!(redact_url("redis://:pw@localhost"), "redis://:***@localhost");
+/// assert_eq!(redact_url("sqlite://streams.db"), "sqlite://streams.db");
+/// ```
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_owned();
+    };
+    let rest_start = scheme_end + 3;
+    let authority_end = url[rest_start..]
+        .find(['/', '?', '#'])
+        .map_or(url.len(), |i| rest_start + i);
+    let authority = &url[rest_start..authority_end];
+    let Some(at) = authority.rfind('@') else {
+        return url.to_owned();
+    };
+    let userinfo = &authority[..at];
+    match userinfo.find(':') {
+        Some(colon) => format!(
+            "{}{}:***{}",
+            &url[..rest_start],
+            &userinfo[..colon],
+            &url[rest_start + at..]
+        ),
+        None => url.to_owned(),
+    }
+}

@@ -1,0 +1,496 @@
+//! The one delivery engine: workers, deadlines, attempts, the retry/dead-letter decision,
+//! panics, shutdown and drain (S6-S16), on top of any [`Backend`].
+//!
+//! Each subscription runs one dispatcher task. It claims only as many messages as it has
+//! free workers, so a claim's visibility deadline starts when its handler starts (S6), and
+//! runs each handler in its own task. Acks are batched by a settler task; retries and
+//! dead-letter moves are issued by the handler's task.
+
+mod catch_unwind;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::backend::{BoxFuture, Claim, Claimed, GroupRef, SharedBackend};
+use crate::error::HandlerError;
+use crate::message::{Message, NewMessage};
+use crate::options::{MaxRetries, RetryDelay};
+
+use catch_unwind::CatchUnwind;
+
+/// A type-erased handler as the engine runs it.
+pub type Handler =
+    Arc<dyn Fn(Message) -> BoxFuture<'static, Result<(), HandlerError>> + Send + Sync + 'static>;
+
+/// Wraps an async closure as a [`Handler`].
+pub fn handler_fn<F, Fut>(f: F) -> Handler
+where
+    F: Fn(Message) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+{
+    Arc::new(move |message| Box::pin(f(message)))
+}
+
+/// Headers a dead-lettered message gets (S12).
+pub mod dead_letter_headers {
+    /// The full name of the stream the message came from.
+    pub const STREAM: &str = "x-dead-letter-stream";
+    /// Its id there.
+    pub const ID: &str = "x-dead-letter-id";
+    /// The group that gave up on it.
+    pub const GROUP: &str = "x-dead-letter-group";
+    /// How many attempts it had.
+    pub const ATTEMPTS: &str = "x-dead-letter-attempts";
+    /// Why: the last error (at most 1 KiB).
+    pub const REASON: &str = "x-dead-letter-reason";
+}
+
+/// The longest dead-letter reason kept, in bytes.
+pub const MAX_REASON_BYTES: usize = 1024;
+
+/// What `Consumer::close` reports.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CloseReport {
+    /// Handlers still running at the shutdown deadline: aborted, and their messages released
+    /// for redelivery.
+    pub aborted: usize,
+}
+
+/// Everything a subscription needs, resolved.
+#[derive(Clone)]
+pub(crate) struct Subscription {
+    pub backend: SharedBackend,
+    pub stream: String,
+    pub group: String,
+    pub dead_letter: String,
+    pub handler: Handler,
+    pub concurrency: usize,
+    pub max_retries: MaxRetries,
+    pub visibility_timeout: Duration,
+    pub poll_interval: Duration,
+    pub shutdown_timeout: Duration,
+    pub retry_delay: RetryDelay,
+}
+
+struct Worker {
+    sub: Subscription,
+    consumer: String,
+    acks: mpsc::UnboundedSender<Claim>,
+    /// Claims of handlers aborted at shutdown, to release.
+    aborted: Arc<Mutex<Vec<Claim>>>,
+}
+
+impl Worker {
+    fn group(&self) -> GroupRef<'_> {
+        GroupRef {
+            stream: &self.sub.stream,
+            group: &self.sub.group,
+            consumer: &self.consumer,
+        }
+    }
+}
+
+/// A running subscription: stop it with [`Running::close`].
+pub(crate) struct Running {
+    stop: watch::Sender<bool>,
+    dispatcher: tokio::sync::Mutex<Option<tokio::task::JoinHandle<CloseReport>>>,
+    report: Mutex<Option<CloseReport>>,
+}
+
+impl Running {
+    /// Stops claiming, drains within the shutdown timeout, aborts and releases the rest.
+    /// Idempotent: later calls return the first report.
+    pub async fn close(&self) -> CloseReport {
+        self.stop.send_replace(true);
+        let mut dispatcher = self.dispatcher.lock().await;
+        if let Some(handle) = dispatcher.take() {
+            let report = match handle.await {
+                Ok(report) => report,
+                Err(e) => {
+                    tracing::error!(error = %e, "consumer dispatcher failed");
+                    CloseReport::default()
+                }
+            };
+            *self.report.lock().unwrap_or_else(PoisonError::into_inner) = Some(report);
+        }
+        self.report
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .unwrap_or_default()
+    }
+}
+
+static CONSUMER_SEQ: AtomicU64 = AtomicU64::new(0);
+
+fn consumer_name() -> String {
+    let seq = CONSUMER_SEQ.fetch_add(1, Ordering::Relaxed);
+    format!("{}-{}-{seq}", std::process::id(), process_nonce())
+}
+
+/// A random number fixed for the life of the process, so consumer names of two processes
+/// that got the same pid (containers) still differ.
+fn process_nonce() -> u64 {
+    static NONCE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *NONCE.get_or_init(random_u64)
+}
+
+pub(crate) fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default(),
+    );
+    h.finish()
+}
+
+/// Starts the dispatcher of a subscription whose group already exists.
+pub(crate) fn start(sub: Subscription) -> Running {
+    let (stop, stop_rx) = watch::channel(false);
+    let dispatcher = tokio::spawn(dispatch(sub, stop_rx));
+    Running {
+        stop,
+        dispatcher: tokio::sync::Mutex::new(Some(dispatcher)),
+        report: Mutex::new(None),
+    }
+}
+
+async fn dispatch(sub: Subscription, mut stop: watch::Receiver<bool>) -> CloseReport {
+    let concurrency = sub.concurrency.max(1);
+    let workers = Arc::new(Semaphore::new(concurrency));
+    let (acks, ack_rx) = mpsc::unbounded_channel();
+    let worker = Arc::new(Worker {
+        consumer: consumer_name(),
+        acks,
+        aborted: Arc::new(Mutex::new(Vec::new())),
+        sub,
+    });
+    // The settler must not hold `worker`: it owns the ack sender the settler waits on.
+    let settler = tokio::spawn(settle_acks(
+        worker.sub.clone(),
+        worker.consumer.clone(),
+        ack_rx,
+    ));
+    let mut wakeup = worker.sub.backend.wakeup(&worker.sub.stream);
+    let mut tasks = JoinSet::new();
+    let mut idle = false;
+    let mut failures = 0u32;
+
+    loop {
+        if idle {
+            tokio::select! {
+                biased;
+                _ = stop.wait_for(|s| *s) => break,
+                _ = wakeup.changed() => {}
+                _ = tokio::time::sleep(worker.sub.poll_interval) => {}
+            }
+        }
+        let first = tokio::select! {
+            biased;
+            _ = stop.wait_for(|s| *s) => break,
+            permit = workers.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let mut permits: Vec<OwnedSemaphorePermit> = vec![first];
+        while let Ok(p) = workers.clone().try_acquire_owned() {
+            permits.push(p);
+        }
+        while tasks.try_join_next().is_some() {}
+
+        wakeup.mark_seen();
+        let claimed = match worker
+            .sub
+            .backend
+            .claim(worker.group(), permits.len(), worker.sub.visibility_timeout)
+            .await
+        {
+            Ok(claimed) => {
+                failures = 0;
+                claimed
+            }
+            Err(crate::Error::Closed) => break,
+            Err(e) => {
+                failures += 1;
+                let backoff = backoff(failures, worker.sub.poll_interval);
+                tracing::warn!(
+                    stream = %worker.sub.stream, group = %worker.sub.group, error = %e,
+                    retry_in = ?backoff, "claiming messages failed; retrying"
+                );
+                drop(permits);
+                tokio::select! {
+                    biased;
+                    _ = stop.wait_for(|s| *s) => break,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                continue;
+            }
+        };
+        idle = claimed.len() < permits.len();
+        for (claimed, permit) in claimed.into_iter().zip(permits.drain(..)) {
+            tasks.spawn(run_one(worker.clone(), claimed, permit));
+        }
+    }
+
+    let report = drain(&worker, &mut tasks).await;
+    drop(worker);
+    if settler.await.is_err() {
+        tracing::error!("ack settler task failed");
+    }
+    report
+}
+
+/// Exponential backoff for backend failures: 50 ms doubling up to the poll interval
+/// (at least 1 s).
+fn backoff(failures: u32, poll_interval: Duration) -> Duration {
+    let cap = poll_interval.max(Duration::from_secs(1));
+    Duration::from_millis(50)
+        .saturating_mul(1 << failures.min(10))
+        .min(cap)
+}
+
+async fn drain(worker: &Arc<Worker>, tasks: &mut JoinSet<()>) -> CloseReport {
+    let all_done = async { while tasks.join_next().await.is_some() {} };
+    if tokio::time::timeout(worker.sub.shutdown_timeout, all_done)
+        .await
+        .is_err()
+    {
+        tasks.abort_all();
+        while tasks.join_next().await.is_some() {}
+    }
+    let aborted = std::mem::take(
+        &mut *worker
+            .aborted
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner),
+    );
+    if !aborted.is_empty() {
+        tracing::warn!(
+            stream = %worker.sub.stream, group = %worker.sub.group, count = aborted.len(),
+            "handlers still running at the shutdown deadline were aborted; releasing their messages"
+        );
+        if let Err(e) = worker.sub.backend.release(worker.group(), &aborted).await {
+            tracing::warn!(error = %e, "releasing aborted messages failed; they come back after the visibility timeout");
+        }
+    }
+    CloseReport {
+        aborted: aborted.len(),
+    }
+}
+
+/// Acks handled messages in batches: whatever is queued when the previous batch finishes.
+async fn settle_acks(
+    sub: Subscription,
+    consumer: String,
+    mut rx: mpsc::UnboundedReceiver<Claim>,
+) {
+    const MAX_BATCH: usize = 512;
+    let group = GroupRef {
+        stream: &sub.stream,
+        group: &sub.group,
+        consumer: &consumer,
+    };
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        if let Err(e) = sub.backend.ack(group, &batch).await {
+            tracing::warn!(
+                stream = %sub.stream, group = %sub.group, error = %e,
+                count = batch.len(), "acknowledging failed; these messages will be redelivered"
+            );
+        }
+        batch.clear();
+    }
+}
+
+/// Puts a claim on the release list if its task is dropped (aborted) before settling it.
+struct InFlight<'a> {
+    claim: Claim,
+    settling: bool,
+    worker: &'a Worker,
+}
+
+impl InFlight<'_> {
+    /// Marks the claim as being settled by this task and returns it.
+    fn settle(&mut self) -> &Claim {
+        self.settling = true;
+        &self.claim
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if !self.settling {
+            self.worker
+                .aborted
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(self.claim.clone());
+        }
+    }
+}
+
+async fn run_one(worker: Arc<Worker>, claimed: Claimed, _permit: OwnedSemaphorePermit) {
+    let mut guard = InFlight {
+        claim: claimed.claim(),
+        settling: false,
+        worker: &worker,
+    };
+    let message = claimed.message;
+    let attempt = message.attempt;
+    let max_attempts = worker.sub.max_retries.max_attempts();
+
+    // S9: a claim that expired on its last attempt is dead-lettered on reclaim.
+    if max_attempts.is_some_and(|max| attempt > max) {
+        let reason = format!(
+            "the handler did not finish within the visibility timeout ({:?}) on its last attempt",
+            worker.sub.visibility_timeout
+        );
+        let claim = guard.settle();
+        dead_letter(&worker, claim, message, attempt - 1, &reason).await;
+        return;
+    }
+
+    let outcome = CatchUnwind((worker.sub.handler)(message.clone())).await;
+    let error = match outcome {
+        Ok(Ok(())) => {
+            let claim = guard.settle().clone();
+            // The settler outlives every handler task, so this send only fails after a
+            // panic in the settler; the message is then redelivered.
+            let _ = worker.acks.send(claim);
+            return;
+        }
+        Ok(Err(error)) => error,
+        Err(panic) => HandlerError::retry(format!("handler panicked: {panic}")),
+    };
+    tracing::warn!(
+        stream = %worker.sub.stream, group = %worker.sub.group, id = %message.id,
+        attempt, permanent = error.is_permanent(), error = %error, "handler failed"
+    );
+    let exhausted = max_attempts.is_some_and(|max| attempt >= max);
+    if error.is_permanent() || exhausted {
+        let claim = guard.settle();
+        dead_letter(&worker, claim, message, attempt, error.message()).await;
+    } else {
+        let delay = retry_delay(&worker.sub, attempt);
+        let claim = guard.settle();
+        if let Err(e) = worker.sub.backend.retry(worker.group(), claim, delay).await {
+            tracing::warn!(
+                stream = %worker.sub.stream, group = %worker.sub.group, id = %claim.id, error = %e,
+                "scheduling a retry failed; the message comes back after the visibility timeout"
+            );
+        }
+    }
+}
+
+fn retry_delay(sub: &Subscription, attempt: u32) -> Duration {
+    match sub.retry_delay {
+        RetryDelay::VisibilityTimeout => sub.visibility_timeout,
+        RetryDelay::Fixed(delay) => delay,
+        RetryDelay::Exponential { base, max } => {
+            let full = base
+                .saturating_mul(1u32 << attempt.saturating_sub(1).min(20))
+                .min(max);
+            // Jitter: uniform in [full/2, full].
+            let half = full / 2;
+            let nanos = u64::try_from(half.as_nanos()).unwrap_or(u64::MAX);
+            half + Duration::from_nanos(random_u64() % nanos.max(1))
+        }
+    }
+}
+
+async fn dead_letter(worker: &Worker, claim: &Claim, message: Message, attempts: u32, reason: &str) {
+    use dead_letter_headers as h;
+    let mut headers = message.headers;
+    headers.insert(h::STREAM.to_owned(), message.stream);
+    headers.insert(h::ID.to_owned(), message.id.to_string());
+    headers.insert(h::GROUP.to_owned(), worker.sub.group.clone());
+    headers.insert(h::ATTEMPTS.to_owned(), attempts.to_string());
+    headers.insert(h::REASON.to_owned(), truncate(reason, MAX_REASON_BYTES).to_owned());
+    let dead = NewMessage {
+        payload: message.payload,
+        headers,
+    };
+    match worker
+        .sub
+        .backend
+        .dead_letter(worker.group(), claim, &worker.sub.dead_letter, dead)
+        .await
+    {
+        Ok(true) => tracing::warn!(
+            stream = %worker.sub.stream, group = %worker.sub.group, id = %claim.id, attempts,
+            dead_letter = %worker.sub.dead_letter, "message moved to the dead-letter stream"
+        ),
+        Ok(false) => tracing::debug!(
+            id = %claim.id, "claim was taken over before the dead-letter move; left to its new owner"
+        ),
+        Err(e) => tracing::warn!(
+            stream = %worker.sub.stream, group = %worker.sub.group, id = %claim.id, error = %e,
+            "moving to the dead-letter stream failed; the message comes back after the visibility timeout"
+        ),
+    }
+}
+
+/// The longest prefix of `s` of at most `max` bytes that ends on a char boundary.
+pub(crate) fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncate_respects_char_boundaries() {
+        assert_eq!(truncate("héllo", 2), "h");
+        assert_eq!(truncate("héllo", 3), "hé");
+        assert_eq!(truncate("abc", 10), "abc");
+    }
+
+    #[test]
+    fn exponential_delay_is_capped_and_jittered() {
+        let sub_delay = |attempt| {
+            let d = RetryDelay::Exponential {
+                base: Duration::from_millis(100),
+                max: Duration::from_secs(1),
+            };
+            let full = Duration::from_millis(100)
+                .saturating_mul(1u32 << (attempt - 1))
+                .min(Duration::from_secs(1));
+            (d, full)
+        };
+        for attempt in 1..8u32 {
+            let (policy, full) = sub_delay(attempt);
+            let sub = Subscription {
+                backend: Arc::new(crate::backend::memory::MemoryBackend::new()),
+                stream: String::new(),
+                group: String::new(),
+                dead_letter: String::new(),
+                handler: handler_fn(|_| async { Ok(()) }),
+                concurrency: 1,
+                max_retries: MaxRetries::default(),
+                visibility_timeout: Duration::from_secs(30),
+                poll_interval: Duration::from_secs(1),
+                shutdown_timeout: Duration::from_secs(1),
+                retry_delay: policy,
+            };
+            let d = retry_delay(&sub, attempt);
+            assert!(d >= full / 2 && d <= full, "attempt {attempt}: {d:?} vs {full:?}");
+        }
+    }
+}

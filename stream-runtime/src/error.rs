@@ -1,0 +1,168 @@
+//! The error type of every fallible call in this crate.
+
+use std::fmt;
+
+/// A boxed error from a backend's client library.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What went wrong, and where possible what to do about it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The service (or the consumer) was closed; nothing more can be published or subscribed.
+    #[error("the stream service is closed; create a new one to publish or subscribe again")]
+    Closed,
+
+    /// A stream, group, app, namespace or dead-letter name broke the naming rules.
+    #[error("invalid {what} {value:?}: {reason}")]
+    InvalidName {
+        /// Which name: `"stream"`, `"group"`, `"app"`, ...
+        what: &'static str,
+        /// The rejected value (debug-escaped when printed).
+        value: String,
+        /// Why it was rejected.
+        reason: String,
+    },
+
+    /// A start id that the backend cannot parse.
+    #[error("invalid start id {id:?}: {reason}")]
+    InvalidStartId {
+        /// The rejected id.
+        id: String,
+        /// What a valid id looks like on this backend.
+        reason: String,
+    },
+
+    /// A payload over the service's `max_payload_bytes`.
+    #[error("payload of {size} bytes is over the limit of {limit} bytes; raise `max_payload_bytes` or publish a reference to the data instead")]
+    PayloadTooLarge {
+        /// The payload's size.
+        size: usize,
+        /// The configured limit.
+        limit: usize,
+    },
+
+    /// A value could not be encoded as a payload.
+    #[error("could not encode the payload: {0}")]
+    Encode(#[source] BoxError),
+
+    /// The backend failed: the server is unreachable, a query failed, the file is unreadable.
+    #[error("{backend} backend: {context}: {source}")]
+    Backend {
+        /// `"memory"`, `"sqlite"`, `"postgres"` or `"redis"`.
+        backend: &'static str,
+        /// What was being done, e.g. `"claiming messages from app.default.orders"`.
+        context: String,
+        /// The client library's error.
+        #[source]
+        source: BoxError,
+    },
+
+    /// `Streams.toml`, the environment or a connection URL is wrong.
+    #[error("configuration error: {0}")]
+    Config(String),
+
+    /// Registered consumers conflict with each other.
+    #[error("consumer registry: {0}")]
+    Registry(String),
+}
+
+impl Error {
+    /// A backend error with the operation it interrupted.
+    pub fn backend(
+        backend: &'static str,
+        context: impl Into<String>,
+        source: impl Into<BoxError>,
+    ) -> Self {
+        Error::Backend {
+            backend,
+            context: context.into(),
+            source: source.into(),
+        }
+    }
+
+    pub(crate) fn invalid_name(what: &'static str, value: &str, reason: impl Into<String>) -> Self {
+        Error::InvalidName {
+            what,
+            value: value.to_owned(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// The error a handler returns: retried later, or dead-lettered at once when permanent.
+///
+/// Any `std::error::Error` converts into it with `?`. A handler declared with
+/// `#[consumer]` may return any error type that implements `Display`; returning a
+/// `HandlerError` keeps its permanent flag.
+///
+/// ```
+/// use stream_runtime::HandlerError;
+///
+/// fn check(amount: i64) -> Result<(), HandlerError> {
+///     if amount < 0 {
+///         // No retry can fix this: straight to the dead-letter stream.
+///         return Err(HandlerError::permanent(format!("negative amount {amount}")));
+///     }
+///     let _parsed: u32 = "42".parse()?; // any std error converts, as a retryable error
+///     Ok(())
+/// }
+/// assert!(check(-1).unwrap_err().is_permanent());
+/// ```
+pub struct HandlerError {
+    message: String,
+    permanent: bool,
+}
+
+impl HandlerError {
+    /// A retryable error: the message comes back after the retry delay.
+    pub fn retry(error: impl fmt::Display) -> Self {
+        HandlerError {
+            message: error.to_string(),
+            permanent: false,
+        }
+    }
+
+    /// A permanent error: the message moves to the dead-letter stream on this attempt
+    /// (the seed's `SkipRetry`).
+    pub fn permanent(error: impl fmt::Display) -> Self {
+        HandlerError {
+            message: error.to_string(),
+            permanent: true,
+        }
+    }
+
+    /// Whether this error skips the remaining retries.
+    pub fn is_permanent(&self) -> bool {
+        self.permanent
+    }
+
+    /// The error text, recorded as the dead-letter reason.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl<E: std::error::Error + Send + Sync + 'static> From<E> for HandlerError {
+    fn from(error: E) -> Self {
+        HandlerError::retry(error)
+    }
+}
+
+impl fmt::Display for HandlerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl fmt::Debug for HandlerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HandlerError")
+            .field("message", &self.message)
+            .field("permanent", &self.permanent)
+            .finish()
+    }
+}

@@ -1,0 +1,376 @@
+//! Service, publish and subscribe options with the seed's defaults.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::message::Headers;
+use crate::naming::{DEFAULT_APP, DEFAULT_NAMESPACE};
+
+/// Default number of retries after the first attempt (4 attempts in all).
+pub const DEFAULT_MAX_RETRIES: u32 = 3;
+/// Default fallback poll interval when no push wake-up arrives.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// Default time a claimed message stays hidden from the group's other workers.
+pub const DEFAULT_VISIBILITY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default time `close` waits for in-flight handlers.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default largest payload accepted by publish.
+pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
+
+/// Settings shared by every publish and subscribe of a [`Service`](crate::Service).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ServiceConfig {
+    /// App prefix of every stream name (default `"app"`).
+    pub app: String,
+    /// Namespace of every stream name (default `"default"`).
+    pub namespace: String,
+    /// Default `max_len` trim for publishes (0 = keep everything).
+    pub max_len: u64,
+    /// Default `max_age` trim for publishes (zero = keep everything).
+    pub max_age: Duration,
+    /// Largest payload publish accepts, in bytes.
+    pub max_payload_bytes: usize,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        ServiceConfig {
+            app: DEFAULT_APP.to_owned(),
+            namespace: DEFAULT_NAMESPACE.to_owned(),
+            max_len: 0,
+            max_age: Duration::ZERO,
+            max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
+        }
+    }
+}
+
+impl ServiceConfig {
+    /// Sets the app; an empty value is ignored.
+    pub fn app(mut self, app: impl Into<String>) -> Self {
+        set_if_not_empty(&mut self.app, app.into());
+        self
+    }
+
+    /// Sets the namespace; an empty value is ignored.
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        set_if_not_empty(&mut self.namespace, namespace.into());
+        self
+    }
+
+    /// Sets the default `max_len` trim (0 = none).
+    pub fn max_len(mut self, max_len: u64) -> Self {
+        self.max_len = max_len;
+        self
+    }
+
+    /// Sets the default `max_age` trim (zero = none).
+    pub fn max_age(mut self, max_age: Duration) -> Self {
+        self.max_age = max_age;
+        self
+    }
+
+    /// Sets the payload size cap.
+    pub fn max_payload_bytes(mut self, limit: usize) -> Self {
+        self.max_payload_bytes = limit;
+        self
+    }
+}
+
+fn set_if_not_empty(slot: &mut String, value: String) {
+    if !value.is_empty() {
+        *slot = value;
+    }
+}
+
+/// How a publish trims its stream; zero means no trim on that axis.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Trim {
+    /// Keep at most this many messages (0 = no limit).
+    pub max_len: u64,
+    /// Drop messages older than this (zero = no limit).
+    pub max_age: Duration,
+}
+
+impl Trim {
+    /// No trimming.
+    pub const NONE: Trim = Trim {
+        max_len: 0,
+        max_age: Duration::ZERO,
+    };
+
+    /// Whether this trims anything.
+    pub fn is_none(&self) -> bool {
+        self.max_len == 0 && self.max_age.is_zero()
+    }
+}
+
+/// Options of one publish. Unset fields take the service's values.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PublishOptions {
+    /// App override (empty = the service's).
+    pub app: Option<String>,
+    /// Namespace override (empty = the service's).
+    pub namespace: Option<String>,
+    /// Headers, copied onto the message (onto each message of a batch).
+    pub headers: Headers,
+    /// `max_len` override (0 = no trim for this publish).
+    pub max_len: Option<u64>,
+    /// `max_age` override (zero = no trim for this publish).
+    pub max_age: Option<Duration>,
+}
+
+impl PublishOptions {
+    /// Default options.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Overrides the app for this publish.
+    pub fn app(mut self, app: impl Into<String>) -> Self {
+        self.app = Some(app.into());
+        self
+    }
+
+    /// Overrides the namespace for this publish.
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = Some(namespace.into());
+        self
+    }
+
+    /// Adds one header.
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.insert(name.into(), value.into());
+        self
+    }
+
+    /// Adds every header of a map.
+    pub fn headers<K: Into<String>, V: Into<String>>(
+        mut self,
+        headers: impl IntoIterator<Item = (K, V)>,
+    ) -> Self {
+        self.headers
+            .extend(headers.into_iter().map(|(k, v)| (k.into(), v.into())));
+        self
+    }
+
+    /// Trims the stream to at most `max_len` messages (0 = no trim).
+    pub fn max_len(mut self, max_len: u64) -> Self {
+        self.max_len = Some(max_len);
+        self
+    }
+
+    /// Trims messages older than `max_age` (zero = no trim).
+    pub fn max_age(mut self, max_age: Duration) -> Self {
+        self.max_age = Some(max_age);
+        self
+    }
+}
+
+/// Where a new consumer group starts reading (S5). Applies only when the group is created;
+/// afterwards the group's durable cursor wins.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum StartPosition {
+    /// Only messages appended after the group is created (default).
+    #[default]
+    Latest,
+    /// The whole retained backlog.
+    Earliest,
+    /// Messages with ids strictly greater than this one. An id the backend cannot parse is
+    /// an [`Error::InvalidStartId`](crate::Error::InvalidStartId).
+    FromId(String),
+}
+
+impl FromStr for StartPosition {
+    type Err = std::convert::Infallible;
+
+    /// `"latest"`, `"earliest"`, or anything else as an id.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "latest" => StartPosition::Latest,
+            "earliest" => StartPosition::Earliest,
+            id => StartPosition::FromId(id.to_owned()),
+        })
+    }
+}
+
+impl fmt::Display for StartPosition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StartPosition::Latest => f.write_str("latest"),
+            StartPosition::Earliest => f.write_str("earliest"),
+            StartPosition::FromId(id) => f.write_str(id),
+        }
+    }
+}
+
+/// How many times a failed message is tried again before it is dead-lettered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MaxRetries {
+    /// At most this many retries: `Limited(0)` is one attempt, `Limited(3)` four.
+    Limited(u32),
+    /// Retry forever; only a permanent error dead-letters.
+    Unlimited,
+}
+
+impl MaxRetries {
+    /// The most attempts a message gets, or `None` when unlimited.
+    pub fn max_attempts(self) -> Option<u32> {
+        match self {
+            MaxRetries::Limited(n) => Some(n.saturating_add(1)),
+            MaxRetries::Unlimited => None,
+        }
+    }
+}
+
+impl Default for MaxRetries {
+    fn default() -> Self {
+        MaxRetries::Limited(DEFAULT_MAX_RETRIES)
+    }
+}
+
+impl fmt::Display for MaxRetries {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MaxRetries::Limited(n) => write!(f, "{n}"),
+            MaxRetries::Unlimited => f.write_str("unlimited"),
+        }
+    }
+}
+
+/// How long a failed message waits before it comes back (S9).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RetryDelay {
+    /// The visibility timeout (default, as the seed).
+    #[default]
+    VisibilityTimeout,
+    /// A fixed delay.
+    Fixed(Duration),
+    /// `base * 2^(attempt-1)`, capped at `max`, with jitter: the delay is drawn uniformly
+    /// from the upper half of that value.
+    Exponential {
+        /// Delay after the first failed attempt.
+        base: Duration,
+        /// Upper bound.
+        max: Duration,
+    },
+}
+
+/// Options of one subscription, with the seed's defaults.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SubscribeOptions {
+    /// App override (empty = the service's).
+    pub app: Option<String>,
+    /// Namespace override (empty = the service's).
+    pub namespace: Option<String>,
+    /// Start position when the group is created.
+    pub start: StartPosition,
+    /// Workers for this subscription (default 1; values < 1 mean 1).
+    pub concurrency: usize,
+    /// Retries before dead-lettering (default 3).
+    pub max_retries: MaxRetries,
+    /// Fallback wake-up cadence (default 1 s).
+    pub poll_interval: Duration,
+    /// How long a claim hides a message from the group's other workers (default 30 s).
+    pub visibility_timeout: Duration,
+    /// How long `close` waits for in-flight handlers (default 30 s).
+    pub shutdown_timeout: Duration,
+    /// Delay before a failed message comes back (default: the visibility timeout).
+    pub retry_delay: RetryDelay,
+    /// Dead-letter stream short name, formatted like any stream name
+    /// (default: `<full stream name>.dead`).
+    pub dead_letter: Option<String>,
+}
+
+impl Default for SubscribeOptions {
+    fn default() -> Self {
+        SubscribeOptions {
+            app: None,
+            namespace: None,
+            start: StartPosition::Latest,
+            concurrency: 1,
+            max_retries: MaxRetries::default(),
+            poll_interval: DEFAULT_POLL_INTERVAL,
+            visibility_timeout: DEFAULT_VISIBILITY_TIMEOUT,
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            retry_delay: RetryDelay::VisibilityTimeout,
+            dead_letter: None,
+        }
+    }
+}
+
+impl SubscribeOptions {
+    /// Default options.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Overrides the app for this subscription.
+    pub fn app(mut self, app: impl Into<String>) -> Self {
+        self.app = Some(app.into());
+        self
+    }
+
+    /// Overrides the namespace for this subscription.
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = Some(namespace.into());
+        self
+    }
+
+    /// Sets the start position used when the group is created.
+    pub fn start(mut self, start: StartPosition) -> Self {
+        self.start = start;
+        self
+    }
+
+    /// Sets the number of workers (values < 1 mean 1).
+    pub fn concurrency(mut self, workers: usize) -> Self {
+        self.concurrency = workers;
+        self
+    }
+
+    /// Sets the number of retries after the first attempt.
+    pub fn max_retries(mut self, retries: u32) -> Self {
+        self.max_retries = MaxRetries::Limited(retries);
+        self
+    }
+
+    /// Retries failed messages forever.
+    pub fn unlimited_retries(mut self) -> Self {
+        self.max_retries = MaxRetries::Unlimited;
+        self
+    }
+
+    /// Sets the fallback poll interval.
+    pub fn poll_interval(mut self, interval: Duration) -> Self {
+        self.poll_interval = interval;
+        self
+    }
+
+    /// Sets the visibility timeout.
+    pub fn visibility_timeout(mut self, timeout: Duration) -> Self {
+        self.visibility_timeout = timeout;
+        self
+    }
+
+    /// Sets how long `close` waits for in-flight handlers.
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.shutdown_timeout = timeout;
+        self
+    }
+
+    /// Sets the retry delay policy.
+    pub fn retry_delay(mut self, delay: RetryDelay) -> Self {
+        self.retry_delay = delay;
+        self
+    }
+
+    /// Sets a custom dead-letter stream (a short name, formatted like any stream name).
+    pub fn dead_letter(mut self, name: impl Into<String>) -> Self {
+        self.dead_letter = Some(name.into());
+        self
+    }
+}

@@ -1,0 +1,368 @@
+//! The handle users hold: publish, subscribe, close.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use serde::Serialize;
+use tokio::sync::RwLock;
+
+use crate::backend::{Backend, BoxFuture, SharedBackend};
+use crate::engine::{self, CloseReport, Handler, Running, Subscription};
+use crate::error::{Error, HandlerError, Result};
+use crate::message::{Message, MessageId, NewMessage};
+use crate::naming::{self, format_stream};
+use crate::options::{PublishOptions, ServiceConfig, SubscribeOptions, Trim};
+
+/// Publishes messages. [`Service`] implements it; implement it yourself to mock the
+/// producing side in tests.
+pub trait Producer: Send + Sync {
+    /// Appends one message to `stream` (a short name) and returns its id.
+    fn publish<'a>(
+        &'a self,
+        stream: &'a str,
+        message: NewMessage,
+        options: PublishOptions,
+    ) -> BoxFuture<'a, Result<MessageId>>;
+}
+
+/// Subscribes handlers. [`Service`] implements it; implement it yourself to mock the
+/// consuming side in tests.
+pub trait Subscriber: Send + Sync {
+    /// Runs `handler` for the messages of `stream` (a short name) in consumer group `group`.
+    fn subscribe_handler<'a>(
+        &'a self,
+        stream: &'a str,
+        group: &'a str,
+        handler: Handler,
+        options: SubscribeOptions,
+    ) -> BoxFuture<'a, Result<Consumer>>;
+}
+
+/// A stream service on one backend: cheap to clone, shared by every clone.
+///
+/// ```
+/// use stream_runtime::{Service, SubscribeOptions, PublishOptions, StartPosition};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), stream_runtime::Error> {
+/// let service = Service::memory();
+/// let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+/// let consumer = service
+///     .subscribe("orders", "billing", move |msg| {
+///         let tx = tx.clone();
+///         async move {
+///             tx.send(String::from_utf8_lossy(&msg.payload).into_owned())?;
+///             Ok(())
+///         }
+///     }, SubscribeOptions::new())
+///     .await?;
+/// service.publish("orders", "order #1", PublishOptions::new()).await?;
+/// assert_eq!(rx.recv().await.as_deref(), Some("order #1"));
+/// consumer.close().await;
+/// service.close().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Service {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    backend: SharedBackend,
+    config: ServiceConfig,
+    /// Write-locked only by close, so publish and subscribe see `closed` settle once.
+    state: RwLock<State>,
+}
+
+#[derive(Default)]
+struct State {
+    closed: bool,
+    consumers: Vec<Consumer>,
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service")
+            .field("backend", &self.inner.backend.name())
+            .field("config", &self.inner.config)
+            .finish()
+    }
+}
+
+impl Service {
+    /// A service over any backend.
+    pub fn new(backend: impl Backend, config: ServiceConfig) -> Self {
+        Self::from_shared(Arc::new(backend), config)
+    }
+
+    /// A service over a shared backend.
+    pub fn from_shared(backend: SharedBackend, config: ServiceConfig) -> Self {
+        Service {
+            inner: Arc::new(Inner {
+                backend,
+                config,
+                state: RwLock::new(State::default()),
+            }),
+        }
+    }
+
+    /// A service on a fresh in-memory backend with default settings.
+    pub fn memory() -> Self {
+        Self::new(
+            crate::backend::memory::MemoryBackend::new(),
+            ServiceConfig::default(),
+        )
+    }
+
+    /// Connects to the backend a URL names (`memory://`, `sqlite://streams.db`,
+    /// `postgres://...`, `redis://...`) and creates its schema.
+    pub async fn connect(url: &str, config: ServiceConfig) -> Result<Self> {
+        Ok(Self::from_shared(
+            crate::backend::connect(url).await?,
+            config,
+        ))
+    }
+
+    /// The service's settings.
+    pub fn config(&self) -> &ServiceConfig {
+        &self.inner.config
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &SharedBackend {
+        &self.inner.backend
+    }
+
+    /// The full name of a stream on this service: `<app>.<namespace>.<name>`.
+    pub fn stream_name(&self, name: &str) -> Result<String> {
+        format_stream(&self.inner.config.app, &self.inner.config.namespace, name)
+    }
+
+    /// Appends one message and returns its id. Headers and trim come from `options`.
+    pub async fn publish(
+        &self,
+        stream: &str,
+        payload: impl Into<Vec<u8>>,
+        options: PublishOptions,
+    ) -> Result<MessageId> {
+        let mut ids = self
+            .publish_batch(stream, [NewMessage::new(payload)], options)
+            .await?;
+        ids.pop()
+            .ok_or_else(|| Error::Config("backend returned no id for a publish".to_owned()))
+    }
+
+    /// Serializes `value` as JSON and publishes it (D7).
+    pub async fn publish_json<T: Serialize + ?Sized>(
+        &self,
+        stream: &str,
+        value: &T,
+        options: PublishOptions,
+    ) -> Result<MessageId> {
+        let payload = serde_json::to_vec(value).map_err(|e| Error::Encode(Box::new(e)))?;
+        self.publish(stream, payload, options).await
+    }
+
+    /// Appends many messages in one backend call, in order, and returns their ids. The
+    /// options' headers are added to each message.
+    pub async fn publish_batch<M: Into<NewMessage>>(
+        &self,
+        stream: &str,
+        messages: impl IntoIterator<Item = M>,
+        options: PublishOptions,
+    ) -> Result<Vec<MessageId>> {
+        let config = &self.inner.config;
+        let full = format_stream(
+            naming::pick(options.app.as_deref(), &config.app),
+            naming::pick(options.namespace.as_deref(), &config.namespace),
+            stream,
+        )?;
+        let messages = messages
+            .into_iter()
+            .map(|m| {
+                let mut m = m.into();
+                if m.payload.len() > config.max_payload_bytes {
+                    return Err(Error::PayloadTooLarge {
+                        size: m.payload.len(),
+                        limit: config.max_payload_bytes,
+                    });
+                }
+                for (k, v) in &options.headers {
+                    m.headers.entry(k.clone()).or_insert_with(|| v.clone());
+                }
+                Ok(m)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        if messages.is_empty() {
+            return Ok(Vec::new());
+        }
+        let trim = Trim {
+            max_len: options.max_len.unwrap_or(config.max_len),
+            max_age: options.max_age.unwrap_or(config.max_age),
+        };
+        let state = self.inner.state.read().await;
+        if state.closed {
+            return Err(Error::Closed);
+        }
+        let ids = self.inner.backend.append(&full, messages, trim).await;
+        drop(state);
+        ids
+    }
+
+    /// Runs `handler` for the messages of `stream` in consumer group `group`, creating the
+    /// group on first use. Returns the consumer's handle; dropping it does not stop it, only
+    /// [`Consumer::close`] or [`Service::close`] does.
+    pub async fn subscribe<F, Fut>(
+        &self,
+        stream: &str,
+        group: &str,
+        handler: F,
+        options: SubscribeOptions,
+    ) -> Result<Consumer>
+    where
+        F: Fn(Message) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+    {
+        self.subscribe_handler_inner(stream, group, engine::handler_fn(handler), options)
+            .await
+    }
+
+    async fn subscribe_handler_inner(
+        &self,
+        stream: &str,
+        group: &str,
+        handler: Handler,
+        options: SubscribeOptions,
+    ) -> Result<Consumer> {
+        let config = &self.inner.config;
+        let app = naming::pick(options.app.as_deref(), &config.app);
+        let namespace = naming::pick(options.namespace.as_deref(), &config.namespace);
+        let full = format_stream(app, namespace, stream)?;
+        naming::validate("group", group)?;
+        let dead_letter = match options.dead_letter.as_deref() {
+            Some(name) if !name.is_empty() => format_stream(app, namespace, name)?,
+            _ => naming::dead_letter_stream(&full),
+        };
+        let mut state = self.inner.state.write().await;
+        if state.closed {
+            return Err(Error::Closed);
+        }
+        self.inner
+            .backend
+            .ensure_group(&full, group, &options.start)
+            .await?;
+        let running = engine::start(Subscription {
+            backend: self.inner.backend.clone(),
+            stream: full.clone(),
+            group: group.to_owned(),
+            dead_letter,
+            handler,
+            concurrency: options.concurrency.max(1),
+            max_retries: options.max_retries,
+            visibility_timeout: options.visibility_timeout,
+            poll_interval: options.poll_interval,
+            shutdown_timeout: options.shutdown_timeout,
+            retry_delay: options.retry_delay,
+        });
+        let consumer = Consumer {
+            inner: Arc::new(ConsumerInner {
+                stream: full,
+                group: group.to_owned(),
+                running,
+            }),
+        };
+        state.consumers.push(consumer.clone());
+        Ok(consumer)
+    }
+
+    /// Closes every consumer (each drains within its shutdown timeout), then the backend.
+    /// Idempotent. Afterwards publish and subscribe return [`Error::Closed`].
+    pub async fn close(&self) -> Result<CloseReport> {
+        let consumers = {
+            let mut state = self.inner.state.write().await;
+            if state.closed {
+                return Ok(CloseReport::default());
+            }
+            state.closed = true;
+            std::mem::take(&mut state.consumers)
+        };
+        let mut handles = Vec::with_capacity(consumers.len());
+        for consumer in consumers {
+            handles.push(tokio::spawn(async move { consumer.close().await }));
+        }
+        let mut aborted = 0;
+        for handle in handles {
+            aborted += handle.await.map(|r| r.aborted).unwrap_or_default();
+        }
+        self.inner.backend.close().await?;
+        Ok(CloseReport { aborted })
+    }
+}
+
+impl Producer for Service {
+    fn publish<'a>(
+        &'a self,
+        stream: &'a str,
+        message: NewMessage,
+        options: PublishOptions,
+    ) -> BoxFuture<'a, Result<MessageId>> {
+        Box::pin(async move {
+            let mut ids = self.publish_batch(stream, [message], options).await?;
+            ids.pop()
+                .ok_or_else(|| Error::Config("backend returned no id for a publish".to_owned()))
+        })
+    }
+}
+
+impl Subscriber for Service {
+    fn subscribe_handler<'a>(
+        &'a self,
+        stream: &'a str,
+        group: &'a str,
+        handler: Handler,
+        options: SubscribeOptions,
+    ) -> BoxFuture<'a, Result<Consumer>> {
+        Box::pin(self.subscribe_handler_inner(stream, group, handler, options))
+    }
+}
+
+/// The handle of one running subscription.
+#[derive(Clone)]
+pub struct Consumer {
+    inner: Arc<ConsumerInner>,
+}
+
+struct ConsumerInner {
+    stream: String,
+    group: String,
+    running: Running,
+}
+
+impl std::fmt::Debug for Consumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Consumer")
+            .field("stream", &self.inner.stream)
+            .field("group", &self.inner.group)
+            .finish()
+    }
+}
+
+impl Consumer {
+    /// The full stream name.
+    pub fn stream(&self) -> &str {
+        &self.inner.stream
+    }
+
+    /// The consumer group.
+    pub fn group(&self) -> &str {
+        &self.inner.group
+    }
+
+    /// Stops claiming and waits up to the shutdown timeout for in-flight handlers; those
+    /// still running then are aborted and their messages released for redelivery at once.
+    /// Idempotent: later calls return the first report.
+    pub async fn close(&self) -> CloseReport {
+        self.inner.running.close().await
+    }
+}
+
