@@ -12,6 +12,7 @@ mod error;
 mod message;
 mod naming;
 mod options;
+pub mod registry;
 mod service;
 
 
@@ -27,4 +28,5 @@ pub use options::{
     DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_MAX_RETRIES, DEFAULT_POLL_INTERVAL,
     DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_VISIBILITY_TIMEOUT,
 };
+pub use registry::State;
 pub use service::{Consumer, Producer, Service, Subscriber};

@@ -1,0 +1,215 @@
+//! Consumers declared with `#[consumer]`, collected at link time (D4).
+//!
+//! The attribute registers a [`ConsumerDef`]; [`consumers`] returns them all, validated:
+//! two consumers with the same name, or two on the same stream and group, are an error
+//! naming both places.
+//!
+//! **Linker caveat.** Registration rides on the linker: a consumer defined in a library
+//! crate that nothing in the final binary references is dropped with that crate. If a
+//! consumer is missing at startup, reference its crate from the binary, e.g.
+//! `use my_consumers as _;` in `main.rs`.
+
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::engine::Handler;
+use crate::error::{Error, Result};
+use crate::options::MaxRetries;
+
+/// One `#[consumer]` as the attribute declared it.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct ConsumerDef {
+    /// Unique name (the function's name unless `name = "..."`); keys `Streams.toml` overrides.
+    pub name: &'static str,
+    /// Short stream name.
+    pub stream: &'static str,
+    /// Consumer group.
+    pub group: &'static str,
+    /// Settings given in the attribute.
+    pub attributes: Attributes,
+    /// Where the attribute is.
+    pub location: Location,
+    /// The payload type's name, for logs.
+    pub payload_type: &'static str,
+    /// Builds the handler, taking shared state from `states` (an error names a missing one).
+    pub build: fn(&States) -> Result<Handler>,
+}
+
+impl ConsumerDef {
+    /// Used by generated code only.
+    #[doc(hidden)]
+    #[allow(clippy::too_many_arguments)]
+    pub const fn __new(
+        name: &'static str,
+        stream: &'static str,
+        group: &'static str,
+        attributes: Attributes,
+        location: Location,
+        payload_type: &'static str,
+        build: fn(&States) -> Result<Handler>,
+    ) -> Self {
+        ConsumerDef {
+            name,
+            stream,
+            group,
+            attributes,
+            location,
+            payload_type,
+            build,
+        }
+    }
+}
+
+/// The optional settings of `#[consumer(...)]`; `None` = not given.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Attributes {
+    /// `max_retries = N` or `"unlimited"`.
+    pub max_retries: Option<MaxRetries>,
+    /// `concurrency = N`.
+    pub concurrency: Option<usize>,
+    /// `visibility_timeout = "30s"`.
+    pub visibility_timeout: Option<Duration>,
+    /// `poll_interval = "1s"`.
+    pub poll_interval: Option<Duration>,
+    /// `shutdown_timeout = "30s"`.
+    pub shutdown_timeout: Option<Duration>,
+    /// `start = "latest" | "earliest" | "<id>"`.
+    pub start: Option<&'static str>,
+    /// `dead_letter = "short-name"`.
+    pub dead_letter: Option<&'static str>,
+    /// `app = "..."`.
+    pub app: Option<&'static str>,
+    /// `namespace = "..."`.
+    pub namespace: Option<&'static str>,
+}
+
+impl Attributes {
+    /// No setting given.
+    pub const NONE: Attributes = Attributes {
+        max_retries: None,
+        concurrency: None,
+        visibility_timeout: None,
+        poll_interval: None,
+        shutdown_timeout: None,
+        start: None,
+        dead_letter: None,
+        app: None,
+        namespace: None,
+    };
+}
+
+/// A source location.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Location {
+    /// File path as `file!()` gives it.
+    pub file: &'static str,
+    /// Line.
+    pub line: u32,
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.file, self.line)
+    }
+}
+
+inventory::collect!(ConsumerDef);
+
+/// Every registered consumer, sorted by name, after checking for duplicates.
+pub fn consumers() -> Result<Vec<&'static ConsumerDef>> {
+    validate(inventory::iter::<ConsumerDef>.into_iter().collect())
+}
+
+/// Checks a set of definitions for duplicate names and duplicate stream/group pairs.
+pub fn validate(mut defs: Vec<&'static ConsumerDef>) -> Result<Vec<&'static ConsumerDef>> {
+    defs.sort_by_key(|d| (d.name, d.location.file, d.location.line));
+    let mut problems = Vec::new();
+    let mut by_name: HashMap<&str, &ConsumerDef> = HashMap::new();
+    // (app override, namespace override, stream, group)
+    type Target<'a> = (Option<&'a str>, Option<&'a str>, &'a str, &'a str);
+    let mut by_target: HashMap<Target<'_>, &ConsumerDef> = HashMap::new();
+    for def in &defs {
+        if let Some(first) = by_name.insert(def.name, def) {
+            problems.push(format!(
+                "two consumers are named {:?}: at {} and at {}; give one a different `name = \"...\"`",
+                def.name, first.location, def.location
+            ));
+        }
+        let target = (
+            def.attributes.app,
+            def.attributes.namespace,
+            def.stream,
+            def.group,
+        );
+        if let Some(first) = by_target.insert(target, def) {
+            problems.push(format!(
+                "stream {:?} and group {:?} are registered twice: {} at {} and {} at {}; \
+                 use one consumer with `concurrency`, or a different group",
+                def.stream, def.group, first.name, first.location, def.name, def.location
+            ));
+        }
+    }
+    if problems.is_empty() {
+        Ok(defs)
+    } else {
+        Err(Error::Registry(problems.join("; ")))
+    }
+}
+
+/// Shared application state handed to handlers that take a [`State<T>`] argument.
+#[derive(Clone, Default)]
+pub struct States {
+    by_type: HashMap<TypeId, Arc<dyn Any + Send + Sync>>,
+}
+
+impl fmt::Debug for States {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("States")
+            .field("count", &self.by_type.len())
+            .finish()
+    }
+}
+
+impl States {
+    /// No state.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds (or replaces) the state of type `T`.
+    pub fn insert<T: Send + Sync + 'static>(&mut self, value: T) {
+        self.by_type.insert(TypeId::of::<T>(), Arc::new(value));
+    }
+
+    /// The state of type `T`, if given.
+    pub fn get<T: Send + Sync + 'static>(&self) -> Option<State<T>> {
+        self.by_type
+            .get(&TypeId::of::<T>())
+            .cloned()
+            .and_then(|any| any.downcast::<T>().ok())
+            .map(State)
+    }
+}
+
+/// A handler argument giving shared application state of type `T`, added to the runtime
+/// with `state(value)`.
+#[derive(Debug)]
+pub struct State<T>(pub Arc<T>);
+
+impl<T> Clone for State<T> {
+    fn clone(&self) -> Self {
+        State(self.0.clone())
+    }
+}
+
+impl<T> std::ops::Deref for State<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
