@@ -7,14 +7,15 @@
 #![warn(missing_docs)]
 
 pub mod backend;
+pub mod config;
 pub mod engine;
 mod error;
 mod message;
 mod naming;
 mod options;
 pub mod registry;
+pub mod runtime;
 mod service;
-
 
 pub use backend::{Backend, ClaimToken};
 pub use engine::{dead_letter_headers, handler_fn, CloseReport, Handler};
@@ -29,4 +30,5 @@ pub use options::{
     DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_VISIBILITY_TIMEOUT,
 };
 pub use registry::State;
+pub use runtime::{run, Runtime};
 pub use service::{Consumer, Producer, Service, Subscriber};
