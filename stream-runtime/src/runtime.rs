@@ -136,11 +136,10 @@ impl Runtime {
 
         let url = redact_url(&config.backend);
         tracing::info!(
-            backend = %url,
-            app = %config.app,
-            namespace = %config.namespace,
-            config = %config.origin(),
-            "connecting to {url}"
+            "connecting to {url} (app {:?}, namespace {:?}; config: {})",
+            config.app,
+            config.namespace,
+            config.origin()
         );
         let service = Service::connect(&config.backend, config.service_config())
             .await
@@ -286,9 +285,6 @@ fn log_started(
         }
     };
     tracing::info!(
-        consumer = def.name,
-        stream = consumer.stream(),
-        group = consumer.group(),
         "consumer {} started: stream {}, group {}, payload {}, concurrency {}, max_retries {}, \
          visibility_timeout {}, poll_interval {}, shutdown_timeout {}, retry_delay {}, start {}, \
          dead_letter {} ({})",
