@@ -465,6 +465,7 @@ pub async fn max_retries_zero(h: &Harness) {
     dead.wait_len(1, "the dead letter").await;
     assert_eq!(rec.len(), 1);
     assert_eq!(dead.messages()[0].header(dlh::ATTEMPTS), Some("1"));
+    assert_eq!(dead.messages()[0].header(dlh::REASON), Some("nope"));
 }
 
 /// S9: unlimited retries never dead-letter a retryable error.
