@@ -17,6 +17,9 @@ pub mod registry;
 pub mod runtime;
 mod service;
 
+#[cfg(feature = "conformance")]
+pub mod conformance;
+
 pub use backend::{Backend, ClaimToken};
 pub use engine::{dead_letter_headers, handler_fn, CloseReport, Handler};
 pub use error::{BoxError, Error, HandlerError, Result};
