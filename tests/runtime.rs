@@ -267,14 +267,6 @@ fn temp_dir(test: &str) -> PathBuf {
     dir
 }
 
-fn skip(backend: &str, reason: &str) -> Option<String> {
-    if std::env::var("STREAMS_TEST_REQUIRE_SERVICES").as_deref() == Ok("1") {
-        panic!("{backend} required (STREAMS_TEST_REQUIRE_SERVICES=1) but unavailable: {reason}");
-    }
-    eprintln!("SKIPPED: {backend} backend unavailable: {reason}");
-    None
-}
-
 /// The backend URL for a test, or `None` (loudly) when it is not in the build or its server
 /// does not answer.
 async fn backend_url(kind: &str, test: &str) -> Option<String> {
@@ -292,7 +284,7 @@ async fn backend_url(kind: &str, test: &str) -> Option<String> {
             let _ = service.close().await;
             Some(url)
         }
-        Err(e) => skip(kind, &e.to_string()),
+        Err(e) => stream_runtime::conformance::skip_or_fail(kind, &e.to_string()),
     }
 }
 

@@ -56,7 +56,7 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
-use crate::options::{MaxRetries, RetryDelay, ServiceConfig, StartPosition, SubscribeOptions};
+use crate::options::{MaxRetries, RetryDelay, ServiceConfig, SubscribeOptions};
 use crate::registry::Attributes;
 
 /// The reference `Streams.toml`: every key, commented, with its default.
@@ -221,28 +221,26 @@ impl Config {
             };
         }
         let builtin = SubscribeOptions::default();
-        let mut options = SubscribeOptions::default();
-        options.max_retries = pick!(max_retries).unwrap_or(builtin.max_retries);
-        options.concurrency = pick!(concurrency).unwrap_or(builtin.concurrency);
-        options.visibility_timeout =
-            pick!(visibility_timeout).unwrap_or(builtin.visibility_timeout);
-        options.poll_interval = pick!(poll_interval).unwrap_or(builtin.poll_interval);
-        options.shutdown_timeout = pick!(shutdown_timeout).unwrap_or(builtin.shutdown_timeout);
-        options.start = pick!(start)
-            .map(|s: String| s.parse().unwrap_or(StartPosition::Latest))
-            .unwrap_or(builtin.start);
-        options.dead_letter = pick!(dead_letter);
-        options.app = file
-            .and_then(|f| f.app.clone())
-            .or(attributes.app.map(str::to_owned));
-        options.namespace = file
-            .and_then(|f| f.namespace.clone())
-            .or(attributes.namespace.map(str::to_owned));
-        // The attribute has no retry delay.
-        options.retry_delay = file
-            .and_then(|f| f.retry_delay)
-            .or(defaults.retry_delay)
-            .unwrap_or(builtin.retry_delay);
+        let options = SubscribeOptions {
+            max_retries: pick!(max_retries).unwrap_or(builtin.max_retries),
+            concurrency: pick!(concurrency).unwrap_or(builtin.concurrency),
+            visibility_timeout: pick!(visibility_timeout).unwrap_or(builtin.visibility_timeout),
+            poll_interval: pick!(poll_interval).unwrap_or(builtin.poll_interval),
+            shutdown_timeout: pick!(shutdown_timeout).unwrap_or(builtin.shutdown_timeout),
+            start: pick!(start).map_or(builtin.start, |s: String| match s.parse() {
+                Ok(start) => start,
+                Err(never) => match never {},
+            }),
+            dead_letter: pick!(dead_letter),
+            // `[defaults]` has no app / namespace (the top-level keys are the default).
+            app: pick!(app),
+            namespace: pick!(namespace),
+            // The attribute has no retry delay.
+            retry_delay: file
+                .and_then(|f| f.retry_delay)
+                .or(defaults.retry_delay)
+                .unwrap_or(builtin.retry_delay),
+        };
         let enabled = file
             .and_then(|f| f.enabled)
             .or(defaults.enabled)
