@@ -62,6 +62,25 @@ fn reference_file_parses_and_matches_the_built_in_defaults() {
         })
     );
     assert_eq!(example.start.as_deref(), Some("earliest"));
+    // The example table documents every consumer key.
+    let ConsumerSettings {
+        enabled,
+        max_retries,
+        concurrency,
+        visibility_timeout,
+        poll_interval,
+        shutdown_timeout,
+        retry_delay,
+        start,
+        dead_letter,
+        app,
+        namespace,
+        ..
+    } = example.clone();
+    assert!(enabled.is_some() && max_retries.is_some() && concurrency.is_some());
+    assert!(visibility_timeout.is_some() && poll_interval.is_some());
+    assert!(shutdown_timeout.is_some() && retry_delay.is_some() && start.is_some());
+    assert!(dead_letter.is_some() && app.is_some() && namespace.is_some());
 }
 
 #[test]

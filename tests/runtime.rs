@@ -730,3 +730,40 @@ async fn password_is_never_logged_or_shown_in_errors() {
     assert!(!logs.text().contains("hunter2"), "{}", logs.text());
     eprintln!("{}\n{err}", logs.text());
 }
+
+#[tokio::test]
+async fn service_settings_come_from_the_config() {
+    let rt = start(
+        config(
+            "memory://",
+            "svc",
+            "",
+            &[
+                ("STREAMS_NAMESPACE", "fromenv"),
+                ("STREAMS_MAX_PAYLOAD_BYTES", "16"),
+                ("STREAMS_MAX_LEN", "2"),
+            ],
+        ),
+        &Probe::default(),
+    )
+    .await;
+    let service = rt.service().clone();
+    assert_eq!(service.config().max_payload_bytes, 16);
+    assert_eq!(service.config().max_len, 2);
+    assert_eq!(service.config().namespace, "fromenv");
+    let err = service
+        .publish("extras", vec![0u8; 17], PublishOptions::new())
+        .await
+        .expect_err("over the configured cap");
+    assert!(
+        matches!(
+            err,
+            stream_runtime::Error::PayloadTooLarge {
+                size: 17,
+                limit: 16
+            }
+        ),
+        "{err}"
+    );
+    rt.shutdown().await.expect("clean shutdown");
+}

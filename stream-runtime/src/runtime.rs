@@ -201,19 +201,29 @@ impl Runtime {
         E: Into<BoxError>,
     {
         // Listen before starting, so a signal during startup is not the default kill.
-        let signal = shutdown_signal()?;
+        let mut signals = Signals::listen()?;
         let started = self.start().await?;
         let outcome = tokio::select! {
             result = app(started.service.clone()) => result.map_err(|e| Error::Application(e.into())),
-            name = signal => {
-                tracing::info!("received {name}: shutting down");
+            name = signals.recv() => {
+                tracing::info!("received {name}: shutting down (send it again to stop without draining)");
                 Ok(())
             }
         };
         if let Err(e) = &outcome {
             tracing::error!("{e}; shutting down");
         }
-        let shutdown = started.shutdown().await;
+        let shutdown = tokio::select! {
+            result = started.shutdown() => result,
+            name = signals.recv() => {
+                let error = Error::Runtime(format!(
+                    "received {name} again: stopped without draining; running handlers' \
+                     messages will be redelivered after their visibility timeout"
+                ));
+                tracing::error!("{error}");
+                Err(error)
+            }
+        };
         outcome.and(shutdown)
     }
 }
@@ -304,30 +314,49 @@ fn log_started(
     );
 }
 
-/// Resolves with the name of the first SIGINT / SIGTERM received.
-fn shutdown_signal() -> Result<impl Future<Output = &'static str>> {
+/// SIGINT and SIGTERM (Ctrl-C elsewhere), listened to from creation on.
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let listen = |kind: SignalKind, name: &str| {
-            signal(kind).map_err(|e| Error::Runtime(format!("could not listen for {name}: {e}")))
-        };
-        let mut term = listen(SignalKind::terminate(), "SIGTERM")?;
-        let mut int = listen(SignalKind::interrupt(), "SIGINT")?;
-        Ok(async move {
-            tokio::select! {
-                _ = term.recv() => "SIGTERM",
-                _ = int.recv() => "SIGINT",
-            }
-        })
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn listen() -> Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let listen = |kind: SignalKind, name: &str| {
+                signal(kind)
+                    .map_err(|e| Error::Runtime(format!("could not listen for {name}: {e}")))
+            };
+            Ok(Signals {
+                term: listen(SignalKind::terminate(), "SIGTERM")?,
+                int: listen(SignalKind::interrupt(), "SIGINT")?,
+            })
+        }
+        #[cfg(not(unix))]
+        {
+            Ok(Signals {})
+        }
     }
-    #[cfg(not(unix))]
-    {
-        Ok(async {
+
+    /// The name of the next signal received.
+    async fn recv(&mut self) -> &'static str {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.term.recv() => "SIGTERM",
+                _ = self.int.recv() => "SIGINT",
+            }
+        }
+        #[cfg(not(unix))]
+        {
             if tokio::signal::ctrl_c().await.is_err() {
                 std::future::pending::<()>().await;
             }
             "Ctrl-C"
-        })
+        }
     }
 }
