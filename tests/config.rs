@@ -223,12 +223,25 @@ fn unknown_key_error_names_the_key_and_the_file() {
     assert!(err.contains("consumers.bill.concurency"), "{err}");
     assert!(err.contains(&path.display().to_string()), "{err}");
 
+    let path = write_config("unknown-defaults", "[defaults]\nconcurency = 5\n");
+    let err = load(&path, &NO_ENV)
+        .expect_err("unknown defaults key")
+        .to_string();
+    assert!(
+        err.contains("defaults.concurency") && err.contains("concurrency"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("namespace"),
+        "[defaults] takes no namespace: {err}"
+    );
+
     let path = write_config("unknown-env", "");
     let err = load(&path, &[("STREAMS_DEFAULTS__CONCURENCY", "3")])
         .expect_err("unknown env key")
         .to_string();
     assert!(
-        err.contains("STREAMS_DEFAULTS__CONCURENCY") || err.contains("defaults.concurency"),
+        err.contains("STREAMS_DEFAULTS__CONCURENCY") && err.contains("defaults.concurency"),
         "{err}"
     );
 }

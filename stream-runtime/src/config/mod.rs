@@ -389,9 +389,17 @@ fn describe(errors: figment::Error) -> String {
                 } else {
                     format!("{key}.{field}")
                 };
+                // `[defaults]` shares its type with `[consumers.<name>]` but takes no
+                // app / namespace.
+                let in_defaults = error.path.first().is_some_and(|p| p == "defaults");
+                let valid: Vec<&str> = expected
+                    .iter()
+                    .copied()
+                    .filter(|k| !(in_defaults && matches!(*k, "app" | "namespace")))
+                    .collect();
                 format!(
                     "unknown key `{key}` in {place}; valid keys here: {}",
-                    expected.join(", ")
+                    valid.join(", ")
                 )
             }
             kind => format!("bad value for `{key}` in {place}: {kind}"),
