@@ -333,13 +333,14 @@ impl SqliteBackend {
         }
         if !trim.max_age.is_zero() {
             let oldest_kept = now_ms().saturating_sub(duration_ms(trim.max_age));
-            dropped += sqlx::query("DELETE FROM stream_messages WHERE stream = ?1 AND created_at < ?2")
-                .bind(stream)
-                .bind(oldest_kept)
-                .execute(&mut **tx)
-                .await
-                .map_err(|e| self.err(what, e))?
-                .rows_affected();
+            dropped +=
+                sqlx::query("DELETE FROM stream_messages WHERE stream = ?1 AND created_at < ?2")
+                    .bind(stream)
+                    .bind(oldest_kept)
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(|e| self.err(what, e))?
+                    .rows_affected();
         }
         if dropped > 0 {
             sqlx::query(
@@ -492,8 +493,9 @@ impl Backend for SqliteBackend {
                         .filter(|&id| id >= 0)
                         .ok_or_else(|| Error::InvalidStartId {
                             id: id.clone(),
-                            reason: "the sqlite backend's ids are non-negative integers, e.g. \"42\""
-                                .to_owned(),
+                            reason:
+                                "the sqlite backend's ids are non-negative integers, e.g. \"42\""
+                                    .to_owned(),
                         })?,
                 ),
                 _ => None,
@@ -527,7 +529,10 @@ impl Backend for SqliteBackend {
         visibility: Duration,
     ) -> BoxFuture<'a, Result<Vec<Claimed>>> {
         Box::pin(async move {
-            let what = format!("claiming messages of {} for group {}", group.stream, group.group);
+            let what = format!(
+                "claiming messages of {} for group {}",
+                group.stream, group.group
+            );
             if max == 0 || !self.has_work(group, now_ms(), &what).await? {
                 return Ok(Vec::new());
             }
@@ -594,8 +599,7 @@ impl Backend for SqliteBackend {
                     .try_get::<i64, _>("deliveries")
                     .map_err(|e| self.err(what.clone(), e))?
                     + 1;
-                let message =
-                    decode_message(group.stream, row, deliveries).map_err(decode)?;
+                let message = decode_message(group.stream, row, deliveries).map_err(decode)?;
                 let id: i64 = row.try_get("id").map_err(|e| self.err(what.clone(), e))?;
                 sqlx::query(
                     "UPDATE stream_pending SET token = ?4, deadline = ?5, deliveries = ?6
@@ -665,7 +669,10 @@ impl Backend for SqliteBackend {
 
     fn ack<'a>(&'a self, group: GroupRef<'a>, claims: &'a [Claim]) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
-            let what = format!("acknowledging messages of {} for group {}", group.stream, group.group);
+            let what = format!(
+                "acknowledging messages of {} for group {}",
+                group.stream, group.group
+            );
             self.settle_batch(
                 group,
                 claims,
@@ -751,7 +758,10 @@ impl Backend for SqliteBackend {
         claims: &'a [Claim],
     ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
-            let what = format!("releasing messages of {} for group {}", group.stream, group.group);
+            let what = format!(
+                "releasing messages of {} for group {}",
+                group.stream, group.group
+            );
             self.settle_batch(
                 group,
                 claims,
