@@ -44,6 +44,9 @@ const NAME: &str = "sqlite";
 /// How long a statement waits for another process's lock before failing with `SQLITE_BUSY`.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// SQLite's primary result code for writes to a read-only database.
+const SQLITE_READONLY: i32 = 8;
+
 /// Connections for reads (the cheap "is there work?" check of a claim).
 const READ_CONNECTIONS: u32 = 4;
 
@@ -197,7 +200,23 @@ impl SqliteBackend {
         if matches!(e, sqlx::Error::PoolClosed) {
             return Error::Closed;
         }
-        Error::backend(NAME, format!("{} ({})", context.into(), self.location), e)
+        let hint = match &e {
+            sqlx::Error::Database(db)
+                if db
+                    .code()
+                    .and_then(|code| code.parse::<i32>().ok())
+                    .is_some_and(|code| code & 0xff == SQLITE_READONLY) =>
+            {
+                ": the database is read-only; check the permissions of the file, of its \
+                 -wal and -shm files and of their directory, and that the URL has no mode=ro"
+            }
+            _ => "",
+        };
+        Error::backend(
+            NAME,
+            format!("{} ({}){hint}", context.into(), self.location),
+            e,
+        )
     }
 
     fn check_open(&self) -> Result<()> {
@@ -266,6 +285,12 @@ impl SqliteBackend {
             .await
             .map_err(|e| self.err(what.clone(), e))?;
         }
+        // A database opened read-only passes everything above once its schema exists; find
+        // out now, not at the first publish. Rewriting one row costs one page.
+        sqlx::query("UPDATE stream_tokens SET last_token = last_token")
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.err("checking that the database is writable", e))?;
         self.commit(tx, what).await
     }
 
