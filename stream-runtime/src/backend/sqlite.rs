@@ -399,41 +399,55 @@ impl SqliteBackend {
         .map_err(|e| self.err(what, e))
     }
 
-    /// Runs a fenced update or delete over `claims` in chunks; `sql` has `?1` = stream,
-    /// `?2` = group, `?3` = now and ends with `IN (VALUES ...)` over `(id, token)` pairs.
+    /// Acks (deletes) or releases (makes claimable now) the pending entries of `claims` still
+    /// held with their tokens, in one transaction of one statement per [`CHUNK`] claims.
     async fn settle_batch(
         &self,
         group: GroupRef<'_>,
         claims: &[Claim],
-        sql: &str,
+        settle: Settle,
         what: &str,
-    ) -> Result<u64> {
+    ) -> Result<()> {
         self.check_open()?;
         let pairs = parse_claims(claims);
         if pairs.is_empty() {
-            return Ok(0);
+            return Ok(());
         }
         let now = now_ms();
         let mut tx = self.begin(what).await?;
-        let mut done = 0;
         for chunk in pairs.chunks(CHUNK) {
-            let full = format!("{sql} IN (VALUES {})", placeholders(chunk.len(), 2, 4, ""));
-            let mut query = sqlx::query(&full)
-                .bind(group.stream)
-                .bind(group.group)
-                .bind(now);
+            let fenced = format!(
+                "WHERE stream = ?1 AND group_name = ?2 AND (id, token) IN (VALUES {})",
+                placeholders(chunk.len(), 2, 3, "")
+            );
+            let sql = match settle {
+                Settle::Ack => format!("DELETE FROM stream_pending {fenced}"),
+                Settle::Release => {
+                    let now_param = 3 + 2 * chunk.len();
+                    format!("UPDATE stream_pending SET token = 0, deadline = ?{now_param} {fenced}")
+                }
+            };
+            let mut query = sqlx::query(&sql).bind(group.stream).bind(group.group);
             for &(id, token) in chunk {
                 query = query.bind(id).bind(token);
             }
-            done += query
+            if let Settle::Release = settle {
+                query = query.bind(now);
+            }
+            query
                 .execute(&mut *tx)
                 .await
-                .map_err(|e| self.err(what, e))?
-                .rows_affected();
+                .map_err(|e| self.err(what, e))?;
         }
-        self.commit(tx, what).await?;
-        Ok(done)
+        self.commit(tx, what).await
     }
+}
+
+/// What [`SqliteBackend::settle_batch`] does to held claims.
+#[derive(Clone, Copy, Debug)]
+enum Settle {
+    Ack,
+    Release,
 }
 
 /// The context of a failed open, with a hint when the cause is plain from the filesystem.
@@ -698,15 +712,7 @@ impl Backend for SqliteBackend {
                 "acknowledging messages of {} for group {}",
                 group.stream, group.group
             );
-            self.settle_batch(
-                group,
-                claims,
-                "DELETE FROM stream_pending WHERE stream = ?1 AND group_name = ?2 AND ?3 = ?3
-                 AND (id, token)",
-                &what,
-            )
-            .await?;
-            Ok(())
+            self.settle_batch(group, claims, Settle::Ack, &what).await
         })
     }
 
@@ -787,14 +793,8 @@ impl Backend for SqliteBackend {
                 "releasing messages of {} for group {}",
                 group.stream, group.group
             );
-            self.settle_batch(
-                group,
-                claims,
-                "UPDATE stream_pending SET token = 0, deadline = ?3
-                 WHERE stream = ?1 AND group_name = ?2 AND (id, token)",
-                &what,
-            )
-            .await?;
+            self.settle_batch(group, claims, Settle::Release, &what)
+                .await?;
             self.wakeups.notify(group.stream);
             Ok(())
         })
