@@ -1,6 +1,7 @@
 //! Several processes claiming from one SQLite file: every message is claimed exactly once
 //! (no visibility timeout expires here), and lock contention between the processes never
-//! surfaces as an error (busy_timeout and `BEGIN IMMEDIATE` absorb it).
+//! surfaces as an error (busy_timeout and `BEGIN IMMEDIATE` absorb it), not even when
+//! all of them create the schema of a new file at once.
 //!
 //! The test binary re-invokes itself as the claimers (`claimer_child`, which does nothing
 //! unless [`CHILD_ENV`] is set).
@@ -87,12 +88,6 @@ async fn processes_share_one_file() {
     }
     let dir = std::env::temp_dir().join(unique_name("stream-tests-sqlite-procs-"));
     std::fs::create_dir_all(&dir).expect("creating a scratch directory");
-    let backend = SqliteBackend::connect(&url(&dir)).await.expect("connect");
-    backend
-        .ensure_group(STREAM, GROUP, &StartPosition::Earliest)
-        .await
-        .expect("ensure_group");
-
     let exe = std::env::current_exe().expect("the test binary");
     let mut children: Vec<Child> = (0..CHILDREN)
         .map(|i| {
@@ -110,6 +105,22 @@ async fn processes_share_one_file() {
                 .expect("starting a child process")
         })
         .collect();
+
+    // The children create the schema at the same moment: the migrations race too.
+    let backend = match SqliteBackend::connect(&url(&dir)).await {
+        Ok(backend) => backend,
+        Err(e) => {
+            kill_all(&mut children);
+            panic!("connect: {e}");
+        }
+    };
+    if let Err(e) = backend
+        .ensure_group(STREAM, GROUP, &StartPosition::Earliest)
+        .await
+    {
+        kill_all(&mut children);
+        panic!("ensure_group: {e}");
+    }
 
     // Publish in batches of 1 to 9 while the children claim: writers from four processes.
     let mut published = BTreeSet::new();
