@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use stream_runtime::backend::sqlite::SqliteBackend;
 use stream_runtime::backend::Backend;
 use stream_runtime::conformance::unique_name;
-use stream_runtime::{NewMessage, Trim};
+use stream_runtime::{Error, NewMessage, StartPosition, Trim};
 
 /// A fresh directory in the system's temp directory.
 fn scratch_dir() -> PathBuf {
@@ -122,4 +122,52 @@ async fn bad_url_is_a_clear_error() {
         Err(e) => e.to_string(),
     };
     assert!(error.contains("sqlite://x.db?mode=sideways"), "{error}");
+}
+
+#[tokio::test]
+async fn start_ids_must_be_non_negative_integers() {
+    let backend = SqliteBackend::connect("sqlite::memory:")
+        .await
+        .expect("connect");
+    for bad in ["", "abc", "-1", "1-0", "1.5", "99999999999999999999"] {
+        let result = backend
+            .ensure_group("s", "g", &StartPosition::FromId(bad.to_owned()))
+            .await;
+        assert!(
+            matches!(result, Err(Error::InvalidStartId { ref id, .. }) if id == bad),
+            "{bad:?}: {result:?}"
+        );
+    }
+    backend
+        .ensure_group("s", "g", &StartPosition::FromId("0".to_owned()))
+        .await
+        .expect("0 is a valid start id");
+    backend.close().await.expect("close");
+}
+
+/// A file whose schema a newer build migrated is refused, not misread.
+#[tokio::test]
+async fn newer_schema_is_refused() {
+    let path = scratch_dir().join("streams.db");
+    let url = format!("sqlite://{}", path.display());
+    SqliteBackend::connect(&url)
+        .await
+        .expect("creating the database")
+        .close()
+        .await
+        .expect("closing");
+    let pool = sqlx::SqlitePool::connect(&url)
+        .await
+        .expect("opening with sqlx");
+    sqlx::query("INSERT INTO stream_schema_migrations (version, applied_at) VALUES (999, 0)")
+        .execute(&pool)
+        .await
+        .expect("faking a newer schema");
+    pool.close().await;
+    let error = connect_error(&url).await;
+    assert!(error.contains(&path.display().to_string()), "{error}");
+    assert!(
+        error.contains("version 999, newer than this build"),
+        "{error}"
+    );
 }
