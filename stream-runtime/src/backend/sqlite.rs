@@ -164,8 +164,7 @@ impl SqliteBackend {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(false);
-        let in_memory = url.trim_start_matches("sqlite:").trim_start_matches("//") == ":memory:"
-            || url.contains("mode=memory");
+        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
         // The writer keeps its one connection for the backend's life: an in-memory database
         // lives exactly as long as a connection to it.
         let writer = SqlitePoolOptions::new()
@@ -176,7 +175,7 @@ impl SqliteBackend {
             .connect_with(options.clone())
             .await
             .map_err(|e| Error::backend(NAME, explain_open_failure(url, &location), e))?;
-        let backend_reader = if in_memory {
+        let reader = if in_memory {
             writer.clone()
         } else {
             SqlitePoolOptions::new()
@@ -187,7 +186,7 @@ impl SqliteBackend {
         };
         let backend = SqliteBackend {
             writer,
-            reader: backend_reader,
+            reader,
             location,
             wakeups: WakeupHub::new(),
             closed: AtomicBool::new(false),
