@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use stream_runtime::backend::sqlite::SqliteBackend;
 use stream_runtime::backend::Backend;
 use stream_runtime::conformance::unique_name;
-use stream_runtime::{Error, NewMessage, StartPosition, Trim};
+use stream_runtime::{Error, StartPosition};
 
 /// A fresh directory in the system's temp directory.
 fn scratch_dir() -> PathBuf {
