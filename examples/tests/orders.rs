@@ -40,14 +40,19 @@ fn backend(test: &str) -> String {
 /// Starts the example from the repository root (so it reads the root Streams.toml),
 /// with its log lines arriving on a channel.
 fn spawn(test: &str, forever: bool) -> (Child, mpsc::Receiver<String>) {
+    spawn_with(&[("STREAMS_BACKEND", &backend(test))], forever)
+}
+
+fn spawn_with(env: &[(&str, &str)], forever: bool) -> (Child, mpsc::Receiver<String>) {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let mut command = Command::new(env!("CARGO_BIN_EXE_orders"));
     command
         .current_dir(root)
-        .env("STREAMS_BACKEND", backend(test))
+        .env_remove("STREAMS_CONFIG")
+        .env_remove("STREAMS_BACKEND")
+        .envs(env.iter().copied())
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
-        .env_remove("STREAMS_CONFIG")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     if forever {
@@ -149,6 +154,52 @@ fn the_demo_finishes_and_exits_zero_by_itself() {
     );
     assert!(text.contains("group shipping"), "{text}");
     assert!(text.contains("shut down cleanly"), "{text}");
+    assert!(
+        text.contains("config: Streams.toml") && text.contains("shop.demo.orders"),
+        "the root Streams.toml was read:\n{text}"
+    );
+}
+
+/// Runs the example to its exit and returns its status and output.
+fn run_to_exit(env: &[(&str, &str)]) -> (std::process::ExitStatus, String) {
+    let (mut child, rx) = spawn_with(env, false);
+    let mut seen = Vec::new();
+    let status = wait_exit(&mut child, &seen);
+    drain(&rx, &mut seen);
+    (status, seen.join("\n"))
+}
+
+#[test]
+fn a_bad_config_file_exits_non_zero_naming_the_key_and_the_file() {
+    let dir = std::env::temp_dir().join(format!("streams-orders-badconfig-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("Bad.toml");
+    std::fs::write(
+        &path,
+        "backend = \"memory://\"\n[defaults]\nvisibility_timeout = \"soon\"\n",
+    )
+    .expect("write config");
+    let path = path.to_string_lossy().into_owned();
+    let (status, text) = run_to_exit(&[("STREAMS_CONFIG", &path)]);
+    assert!(!status.success(), "{text}");
+    assert!(
+        text.contains("defaults.visibility_timeout") && text.contains(&path),
+        "{text}"
+    );
+}
+
+#[test]
+fn an_unreachable_backend_exits_non_zero_with_the_password_redacted() {
+    let (status, text) = run_to_exit(&[(
+        "STREAMS_BACKEND",
+        "postgres://shop:hunter2@127.0.0.1:1/shop",
+    )]);
+    assert!(!status.success(), "{text}");
+    assert!(
+        text.contains("postgres://shop:***@127.0.0.1:1/shop"),
+        "{text}"
+    );
+    assert!(!text.contains("hunter2"), "{text}");
 }
 
 #[cfg(unix)]
