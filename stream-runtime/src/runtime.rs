@@ -111,6 +111,13 @@ impl Runtime {
         };
         let defs = registry::consumers()?;
         config.check_consumer_names(defs.iter().map(|d| d.name))?;
+        if defs.is_empty() {
+            tracing::warn!(
+                "no #[consumer] is registered in this program; consumers defined in a library \
+                 crate that nothing references are dropped by the linker: add \
+                 `use that_crate as _;` to main.rs"
+            );
+        }
 
         // Build every handler before connecting: a missing state is a fast, clear error.
         let mut plan = Vec::new();
@@ -118,7 +125,6 @@ impl Runtime {
             let resolved = config.resolve(def.name, &def.attributes);
             if !resolved.enabled {
                 tracing::info!(
-                    consumer = def.name,
                     "consumer {} disabled by {} (enabled = false)",
                     def.name,
                     config.origin()
