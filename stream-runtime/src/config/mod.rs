@@ -185,7 +185,7 @@ impl Config {
         Loader::new()
     }
 
-    /// Parses TOML text alone (no file, no environment); errors name `origin`.
+    /// Parses TOML text alone (no file, no environment).
     pub fn from_toml_str(toml: &str) -> Result<Config> {
         extract(Figment::from(Toml::string(toml)), None)
     }
