@@ -15,6 +15,8 @@ mod options;
 pub mod registry;
 mod service;
 
+#[cfg(feature = "conformance")]
+pub mod conformance;
 
 pub use backend::{Backend, ClaimToken};
 pub use engine::{dead_letter_headers, handler_fn, CloseReport, Handler};
