@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
-use sqlx::{Connection, Row};
+use sqlx::{Connection, Executor, Row};
 use tokio::task::JoinHandle;
 
 use super::{
@@ -302,44 +302,49 @@ impl PostgresBackend {
 
 /// Applies missing migrations in one transaction under an advisory lock on the schema's
 /// name, so processes starting at once migrate it exactly once.
-async fn migrate(conn: &mut sqlx::postgres::PgConnection, schema: &str) -> sqlx::Result<()> {
-    let s = quote_ident(schema);
-    let mut tx = conn.begin().await?;
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-        .bind(format!("stream_runtime migrate {schema}"))
-        .execute(&mut *tx)
+fn migrate<'a>(
+    conn: &'a mut sqlx::postgres::PgConnection,
+    schema: &'a str,
+) -> BoxFuture<'a, sqlx::Result<()>> {
+    // Boxed as `dyn Send`, which keeps `connect` spawnable (sqlx executors trip the
+    // compiler's higher-ranked Send inference otherwise).
+    Box::pin(async move {
+        let s = quote_ident(schema);
+        let mut tx = conn.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+            .bind(format!("stream_runtime migrate {schema}"))
+            .execute(&mut *tx)
+            .await?;
+        let create = format!(
+            "CREATE SCHEMA IF NOT EXISTS {s}; \
+             CREATE TABLE IF NOT EXISTS {s}.schema_version ( \
+                 version integer PRIMARY KEY, \
+                 applied_at timestamptz NOT NULL DEFAULT now())"
+        );
+        (&mut *tx).execute(sqlx::raw_sql(&create)).await?;
+        let current: i32 = sqlx::query_scalar(&format!(
+            "SELECT coalesce(max(version), 0) FROM {s}.schema_version"
+        ))
+        .fetch_one(&mut *tx)
         .await?;
-    sqlx::raw_sql(&format!(
-        "CREATE SCHEMA IF NOT EXISTS {s}; \
-         CREATE TABLE IF NOT EXISTS {s}.schema_version ( \
-             version integer PRIMARY KEY, \
-             applied_at timestamptz NOT NULL DEFAULT now())"
-    ))
-    .execute(&mut *tx)
-    .await?;
-    let current: i32 = sqlx::query_scalar(&format!(
-        "SELECT coalesce(max(version), 0) FROM {s}.schema_version"
-    ))
-    .fetch_one(&mut *tx)
-    .await?;
-    let known = i32::try_from(MIGRATIONS.len()).unwrap_or(i32::MAX);
-    if current > known {
-        return Err(sqlx::Error::Protocol(format!(
-            "schema {schema:?} is at version {current}, newer than this build knows ({known}); \
-             upgrade stream-runtime"
-        )));
-    }
-    for (version, migration) in (1..).zip(MIGRATIONS).skip(usize::try_from(current).unwrap_or(0)) {
-        sqlx::raw_sql(&migration.replace("{S}", &s))
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(&format!("INSERT INTO {s}.schema_version (version) VALUES ($1)"))
-            .bind(version)
-            .execute(&mut *tx)
-            .await?;
-        tracing::info!(schema, version, "applied postgres schema migration");
-    }
-    tx.commit().await
+        let known = i32::try_from(MIGRATIONS.len()).unwrap_or(i32::MAX);
+        if current > known {
+            return Err(sqlx::Error::Protocol(format!(
+                "schema {schema:?} is at version {current}, newer than this build knows ({known}); \
+                 upgrade stream-runtime"
+            )));
+        }
+        for (version, migration) in (1..).zip(MIGRATIONS).skip(usize::try_from(current).unwrap_or(0)) {
+            let sql = migration.replace("{S}", &s);
+            (&mut *tx).execute(sqlx::raw_sql(&sql)).await?;
+            sqlx::query(&format!("INSERT INTO {s}.schema_version (version) VALUES ($1)"))
+                .bind(version)
+                .execute(&mut *tx)
+                .await?;
+            tracing::info!(schema, version, "applied postgres schema migration");
+        }
+        tx.commit().await
+    })
 }
 
 /// Feeds `NOTIFY`s into the hub. After every (re)connect, when notifications may have been
@@ -730,4 +735,11 @@ mod tests {
         }
         assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
     }
+}
+
+/// `connect` must be spawnable.
+#[allow(dead_code)]
+fn connect_is_send() {
+    fn is_send<T: Send>(_: T) {}
+    is_send(PostgresBackend::connect(""));
 }
