@@ -217,28 +217,34 @@ impl PostgresBackend {
 
         // One direct connection first: a clear error at once when the server is unreachable
         // or refuses us (a pool would retry until its acquire timeout), and the migration.
-        let connecting = async {
-            let mut conn = sqlx::postgres::PgConnection::connect_with(&options).await?;
+        let timed_out = |what: &str| {
+            Error::backend(
+                NAME,
+                format!("{what} {redacted}"),
+                format!("no answer within {CONNECT_TIMEOUT:?}"),
+            )
+        };
+        let mut conn = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            sqlx::postgres::PgConnection::connect_with(&options),
+        )
+        .await
+        .map_err(|_| timed_out("connecting to"))?
+        .map_err(|e| Error::backend(NAME, format!("connecting to {redacted}"), e))?;
+        let migrating = async {
             migrate(&mut conn, schema).await?;
             conn.close().await
         };
-        match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                return Err(Error::backend(
+        tokio::time::timeout(CONNECT_TIMEOUT, migrating)
+            .await
+            .map_err(|_| timed_out("migrating the schema at"))?
+            .map_err(|e| {
+                Error::backend(
                     NAME,
-                    format!("connecting to {redacted} and migrating schema {schema:?}"),
+                    format!("creating or migrating schema {schema:?} at {redacted}"),
                     e,
-                ))
-            }
-            Err(_) => {
-                return Err(Error::backend(
-                    NAME,
-                    format!("connecting to {redacted}"),
-                    format!("no answer within {CONNECT_TIMEOUT:?}"),
-                ))
-            }
-        }
+                )
+            })?;
 
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
