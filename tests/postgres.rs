@@ -106,12 +106,18 @@ async fn late_commit_is_not_skipped() {
         .claim(group_ref(&stream, "g"), 10, Duration::from_secs(30))
         .await
         .expect("claim");
-    assert!(claimed.is_empty(), "claimed past an uncommitted append: {claimed:?}");
+    assert!(
+        claimed.is_empty(),
+        "claimed past an uncommitted append: {claimed:?}"
+    );
 
     tx.commit().await.expect("commit");
     let second = second.await.expect("join").expect("append 2");
     let second: i64 = second[0].as_str().parse().expect("numeric id");
-    assert!(second > first, "ids out of commit order: {first} then {second}");
+    assert!(
+        second > first,
+        "ids out of commit order: {first} then {second}"
+    );
     let claimed = backend
         .claim(group_ref(&stream, "g"), 10, Duration::from_secs(30))
         .await
@@ -238,17 +244,17 @@ async fn concurrent_connects_migrate_once() {
         match connect.await.expect("join") {
             Ok(backend) => backends.push(backend),
             Err(e) => {
-                let _: Option<()> = stream_runtime::conformance::skip_or_fail("postgres", &e.to_string());
+                let _: Option<()> =
+                    stream_runtime::conformance::skip_or_fail("postgres", &e.to_string());
                 return;
             }
         }
     }
-    let versions: i64 = sqlx::query_scalar(&format!(
-        "SELECT count(*) FROM \"{schema}\".schema_version"
-    ))
-    .fetch_one(backends[0].pool())
-    .await
-    .expect("count versions");
+    let versions: i64 =
+        sqlx::query_scalar(&format!("SELECT count(*) FROM \"{schema}\".schema_version"))
+            .fetch_one(backends[0].pool())
+            .await
+            .expect("count versions");
     assert_eq!(versions, 1);
     let ids = backends[1]
         .append("s", vec![NewMessage::new("x")], Trim::NONE)
@@ -278,7 +284,10 @@ async fn trim_leaves_no_orphan_pending_rows() {
             .expect("ensure_group");
     }
     let batch = (0..5).map(|i| NewMessage::new(format!("m{i}"))).collect();
-    backend.append(&stream, batch, Trim::NONE).await.expect("append");
+    backend
+        .append(&stream, batch, Trim::NONE)
+        .await
+        .expect("append");
     for group in ["g1", "g2"] {
         let claimed = backend
             .claim(group_ref(&stream, group), 3, Duration::from_secs(30))
@@ -335,8 +344,21 @@ async fn unreachable_server_is_a_clear_error() {
         panic!("connected to port 1");
     };
     assert_redacted(&error, "127.0.0.1:1");
-    assert!(matches!(error, Error::Backend { backend: "postgres", .. }), "{error:?}");
-    assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
+    assert!(
+        matches!(
+            error,
+            Error::Backend {
+                backend: "postgres",
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
 }
 
 /// Bad input: wrong credentials are refused with the URL redacted.
@@ -436,7 +458,10 @@ async fn killed_connections_lose_nothing() {
         payloads.dedup();
         payloads.len()
     };
-    wait_for("every message handled despite the kills", || distinct() >= TOTAL).await;
+    wait_for("every message handled despite the kills", || {
+        distinct() >= TOTAL
+    })
+    .await;
     consumer.close().await.expect("close");
     publisher.close().await.expect("close");
 }
@@ -481,7 +506,14 @@ async fn listener_reconnects_after_kill() {
     wait_count(&pool, listening, &app_name, 1, "the LISTEN connection").await;
     for round in 0..3 {
         assert!(kill_connections(&pool, &app_name).await > 0);
-        wait_count(&pool, listening, &app_name, 1, "the LISTEN connection to come back").await;
+        wait_count(
+            &pool,
+            listening,
+            &app_name,
+            1,
+            "the LISTEN connection to come back",
+        )
+        .await;
         let started = Instant::now();
         publisher
             .publish("wake", format!("m{round}"), PublishOptions::new())

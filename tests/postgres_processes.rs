@@ -86,7 +86,12 @@ impl ChildGuard {
     fn spawn(app: &str) -> Self {
         let exe = std::env::current_exe().expect("test binary path");
         let mut child = Command::new(exe)
-            .args(["child_process", "--exact", "--nocapture", "--test-threads=1"])
+            .args([
+                "child_process",
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(CHILD_ENV, app)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -187,14 +192,22 @@ async fn two_processes_share_work_and_wake_each_other() {
             .expect("publish ping");
         let line = format!("ping {payload}");
         wait_for("the child to handle the ping", || child.has_line(&line)).await;
-        assert!(started.elapsed() < Duration::from_secs(5), "child woken after {:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "child woken after {:?}",
+            started.elapsed()
+        );
 
         // The other process publishes; this one is woken.
         let started = Instant::now();
         let payload = format!("pong-{round}");
         child.send(&format!("publish {payload}"));
         pongs.wait_payload(&payload).await;
-        assert!(started.elapsed() < Duration::from_secs(5), "parent woken after {:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "parent woken after {:?}",
+            started.elapsed()
+        );
     }
 
     // One group, two processes: every message handled once, by one of them.

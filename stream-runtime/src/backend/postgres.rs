@@ -111,9 +111,7 @@ impl Sql {
                  RETURNING 1) \
                  SELECT pg_notify('{WAKEUP_CHANNEL}', $1) WHERE EXISTS (SELECT 1 FROM released)"
             ),
-            dead_letter: format!(
-                "SELECT {s}.dead_letter($1, $2, $3, $4, $5, $6, $7::text::jsonb)"
-            ),
+            dead_letter: format!("SELECT {s}.dead_letter($1, $2, $3, $4, $5, $6, $7::text::jsonb)"),
         }
     }
 }
@@ -212,7 +210,9 @@ impl PostgresBackend {
         check_schema(schema)?;
         let redacted = redact_url(url);
         let options: PgConnectOptions = sqlx_url.parse().map_err(|e| {
-            Error::Config(format!("backend URL {redacted} is not a valid Postgres URL: {e}"))
+            Error::Config(format!(
+                "backend URL {redacted} is not a valid Postgres URL: {e}"
+            ))
         })?;
 
         // One direct connection first: a clear error at once when the server is unreachable
@@ -340,13 +340,18 @@ fn migrate<'a>(
                  upgrade stream-runtime"
             )));
         }
-        for (version, migration) in (1..).zip(MIGRATIONS).skip(usize::try_from(current).unwrap_or(0)) {
+        for (version, migration) in (1..)
+            .zip(MIGRATIONS)
+            .skip(usize::try_from(current).unwrap_or(0))
+        {
             let sql = migration.replace("{S}", &s);
             (&mut *tx).execute(sqlx::raw_sql(&sql)).await?;
-            sqlx::query(&format!("INSERT INTO {s}.schema_version (version) VALUES ($1)"))
-                .bind(version)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(&format!(
+                "INSERT INTO {s}.schema_version (version) VALUES ($1)"
+            ))
+            .bind(version)
+            .execute(&mut *tx)
+            .await?;
             tracing::info!(schema, version, "applied postgres schema migration");
         }
         tx.commit().await
@@ -532,7 +537,12 @@ impl Backend for PostgresBackend {
             if max == 0 {
                 return Ok(Vec::new());
             }
-            let context = || format!("claiming messages of {} for group {}", group.stream, group.group);
+            let context = || {
+                format!(
+                    "claiming messages of {} for group {}",
+                    group.stream, group.group
+                )
+            };
             let rows = sqlx::query(&self.sql.claim)
                 .bind(group.stream)
                 .bind(group.group)
@@ -567,7 +577,10 @@ impl Backend for PostgresBackend {
                 .await
                 .map_err(|e| {
                     self.error(
-                        format!("acknowledging messages of {} for group {}", group.stream, group.group),
+                        format!(
+                            "acknowledging messages of {} for group {}",
+                            group.stream, group.group
+                        ),
                         e,
                     )
                 })?;
@@ -596,7 +609,10 @@ impl Backend for PostgresBackend {
                 .await
                 .map_err(|e| {
                     self.error(
-                        format!("scheduling a retry of {} {id} for group {}", group.stream, group.group),
+                        format!(
+                            "scheduling a retry of {} {id} for group {}",
+                            group.stream, group.group
+                        ),
                         e,
                     )
                 })?;
@@ -669,7 +685,10 @@ impl Backend for PostgresBackend {
                 .await
                 .map_err(|e| {
                     self.error(
-                        format!("releasing messages of {} for group {}", group.stream, group.group),
+                        format!(
+                            "releasing messages of {} for group {}",
+                            group.stream, group.group
+                        ),
                         e,
                     )
                 })?;
@@ -729,7 +748,8 @@ mod tests {
         assert_eq!(max, Some(3));
         let (url, schema, max) = split_params("postgres://h/db").expect("valid");
         assert_eq!((url.as_str(), schema, max), ("postgres://h/db", None, None));
-        let err = split_params("postgres://u:secret@h/db?max_connections=x").unwrap_err();
+        let err =
+            split_params("postgres://u:secret@h/db?max_connections=x").expect_err("not a number");
         assert!(!err.to_string().contains("secret"), "{err}");
     }
 
@@ -741,11 +761,10 @@ mod tests {
         }
         assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
     }
-}
 
-/// `connect` must be spawnable.
-#[allow(dead_code)]
-fn connect_is_send() {
-    fn is_send<T: Send>(_: T) {}
-    is_send(PostgresBackend::connect(""));
+    #[test]
+    fn connect_is_send() {
+        fn is_send<T: Send>(_: T) {}
+        is_send(PostgresBackend::connect(""));
+    }
 }
