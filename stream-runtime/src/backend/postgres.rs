@@ -4,7 +4,8 @@
 //! `schema` (default `streams`) names the schema holding the tables; it is created and
 //! migrated on connect, under an advisory lock, so processes may start at once. Every other
 //! parameter is sqlx's (`sslmode`, `application_name`, `options`, ...); `max_connections`
-//! sizes the pool (default 10).
+//! sizes the pool for queries (default 10; one more connection is kept for `LISTEN`).
+//! See `docs/postgres.md` for the tables, wake-ups and scaling notes.
 //!
 //! Each operation is one round trip: the work runs in plpgsql functions the migration
 //! creates (`append`, `ensure_group`, `claim`, `dead_letter`), each one transaction.
@@ -246,8 +247,9 @@ impl PostgresBackend {
                 )
             })?;
 
+        // One more connection than asked for: the LISTEN task keeps one for itself.
         let pool = PgPoolOptions::new()
-            .max_connections(max_connections)
+            .max_connections(max_connections.saturating_add(1))
             .acquire_timeout(Duration::from_secs(10))
             .connect_lazy_with(options);
         let wakeups = Arc::new(WakeupHub::new());
