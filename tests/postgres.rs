@@ -381,13 +381,19 @@ async fn wrong_credentials_are_a_clear_error() {
     assert!(error.to_string().contains("no_such_role_x"), "{error}");
 }
 
-/// Bad input: a schema name that is not a plain identifier.
+/// Bad input: a schema name that is not a plain identifier; a URL that does not parse.
 #[tokio::test]
 async fn bad_schema_name_is_rejected() {
     let error = PostgresBackend::connect("postgres://u:s3cret@127.0.0.1:1/db?schema=a;drop")
         .await
         .expect_err("accepted a bad schema");
     assert!(error.to_string().contains("schema"), "{error}");
+    let error = PostgresBackend::connect("postgres://u:s3cret@127.0.0.1:notaport/db")
+        .await
+        .expect_err("accepted a bad port");
+    assert!(matches!(error, Error::Config(_)), "{error:?}");
+    assert!(!error.to_string().contains("s3cret"), "{error}");
+    eprintln!("the error reads: {error}");
 }
 
 /// Faults: killing the backend's server connections mid-run loses nothing; the pool

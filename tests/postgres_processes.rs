@@ -16,6 +16,8 @@ use stream_runtime::conformance::{unique_name, wait_for, Recorder};
 use stream_runtime::{Message, PublishOptions, Service, ServiceConfig, SubscribeOptions};
 
 const CHILD_ENV: &str = "STREAMS_PG_CHILD_APP";
+/// `share` (default) or `crash`: which part the child plays.
+const MODE_ENV: &str = "STREAMS_PG_CHILD_MODE";
 /// Far longer than any wait below: deliveries must come from NOTIFY, not from polling.
 const POLL: Duration = Duration::from_secs(30);
 const SHARED: usize = 200;
@@ -34,6 +36,9 @@ async fn child_process() {
         .await
         .expect("child: postgres unavailable");
     let service = Service::from_shared(backend, ServiceConfig::default().app(app));
+    if std::env::var(MODE_ENV).is_ok_and(|m| m == "crash") {
+        return crash_child(service).await;
+    }
     let printer = |what: &'static str| {
         move |m: Message| {
             println!("CHILD {what} {}", String::from_utf8_lossy(&m.payload));
@@ -75,6 +80,31 @@ async fn child_process() {
     println!("CHILD stopped");
 }
 
+/// The crashing child: takes a message and hangs in its handler until killed.
+async fn crash_child(service: Service) {
+    service
+        .subscribe(
+            "crash",
+            "g",
+            |m: Message| async move {
+                println!(
+                    "CHILD got {} {}",
+                    String::from_utf8_lossy(&m.payload),
+                    m.attempt
+                );
+                std::future::pending::<()>().await;
+                Ok(())
+            },
+            SubscribeOptions::new()
+                .visibility_timeout(Duration::from_secs(1))
+                .poll_interval(Duration::from_millis(100)),
+        )
+        .await
+        .expect("child: subscribe crash");
+    println!("CHILD ready");
+    std::future::pending::<()>().await;
+}
+
 /// Kills the child if the parent test fails half-way.
 struct ChildGuard {
     child: Child,
@@ -83,7 +113,7 @@ struct ChildGuard {
 }
 
 impl ChildGuard {
-    fn spawn(app: &str) -> Self {
+    fn spawn(app: &str, mode: &str) -> Self {
         let exe = std::env::current_exe().expect("test binary path");
         let mut child = Command::new(exe)
             .args([
@@ -93,6 +123,7 @@ impl ChildGuard {
                 "--test-threads=1",
             ])
             .env(CHILD_ENV, app)
+            .env(MODE_ENV, mode)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -178,7 +209,7 @@ async fn two_processes_share_work_and_wake_each_other() {
         .await
         .expect("subscribe pong");
 
-    let mut child = ChildGuard::spawn(&app);
+    let mut child = ChildGuard::spawn(&app, "share");
     wait_for("the child to subscribe", || child.has_line("ready")).await;
     tokio::time::sleep(Duration::from_millis(200)).await; // let both go idle
 
@@ -260,5 +291,56 @@ async fn two_processes_share_work_and_wake_each_other() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert!(status.success(), "child failed: {status}");
+    service.close().await.expect("close");
+}
+
+/// S17: a process killed (SIGKILL) while handling a message loses nothing: its claim
+/// survives in the database and is redelivered, as attempt 2, once the visibility timeout
+/// passes; a message published before the crash and never claimed is still there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_process_claim_is_redelivered() {
+    if std::env::var(CHILD_ENV).is_ok() {
+        return;
+    }
+    let Some(backend) = pg::shared_backend().await else {
+        return;
+    };
+    let app = unique_name("pgcrash");
+    let service = Service::from_shared(backend, ServiceConfig::default().app(app.clone()));
+    let mut child = ChildGuard::spawn(&app, "crash");
+    wait_for("the child to subscribe", || child.has_line("ready")).await;
+    service
+        .publish("crash", "victim", PublishOptions::new())
+        .await
+        .expect("publish");
+    wait_for("the child to take the message", || {
+        child.has_line("got victim 1")
+    })
+    .await;
+    child.child.kill().expect("killing the child");
+    child.child.wait().expect("reaping the child");
+    service
+        .publish("crash", "survivor", PublishOptions::new())
+        .await
+        .expect("publish");
+
+    let rec = Recorder::new();
+    service
+        .subscribe(
+            "crash",
+            "g",
+            rec.handler(),
+            SubscribeOptions::new().poll_interval(Duration::from_millis(100)),
+        )
+        .await
+        .expect("subscribe after the crash");
+    rec.wait_payload("victim").await;
+    rec.wait_payload("survivor").await;
+    let victim = rec
+        .messages()
+        .into_iter()
+        .find(|m| m.payload == b"victim")
+        .expect("victim");
+    assert_eq!(victim.attempt, 2);
     service.close().await.expect("close");
 }
