@@ -384,29 +384,29 @@ async fn listen(pool: PgPool, hub: Arc<WakeupHub>) {
         if failures > 0 {
             tracing::info!("postgres LISTEN connection restored");
         }
+        // Whatever was notified while we were not listening is lost: wake everyone.
         hub.notify_all();
+        let listening_since = std::time::Instant::now();
         loop {
             match listener.try_recv().await {
-                Ok(Some(n)) => {
-                    failures = 0;
-                    hub.notify(n.payload());
-                }
+                Ok(Some(n)) => hub.notify(n.payload()),
                 Ok(None) => {
                     tracing::warn!("postgres LISTEN connection lost; reconnecting");
-                    failures += 1;
                     break;
                 }
                 Err(sqlx::Error::PoolClosed) => return,
                 Err(e) => {
                     tracing::warn!(error = %e, "postgres LISTEN connection failed; reconnecting");
-                    failures += 1;
                     break;
                 }
             }
         }
-        hub.notify_all();
-        if failures > 1 {
+        // Reconnect at once, unless connections keep dropping right after LISTEN.
+        if listening_since.elapsed() < Duration::from_secs(1) {
+            failures += 1;
             tokio::time::sleep(backoff(failures)).await;
+        } else {
+            failures = 1;
         }
     }
 }
