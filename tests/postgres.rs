@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use stream_runtime::backend::postgres::PostgresBackend;
-use stream_runtime::backend::{Backend, GroupRef, SharedBackend};
+use stream_runtime::backend::{Backend, GroupRef};
 use stream_runtime::conformance::{unique_name, wait_for, Recorder};
 use stream_runtime::{
     Error, NewMessage, PublishOptions, Service, ServiceConfig, StartPosition, SubscribeOptions,
@@ -408,7 +408,6 @@ async fn killed_connections_lose_nothing() {
     let Some(publisher_backend) = pg::shared_backend().await else {
         return;
     };
-    let admin = publisher_backend.clone();
     let app = unique_name("pgfault");
     let consumer = Service::new(consumer_backend, ServiceConfig::default().app(app.clone()));
     let publisher = Service::from_shared(publisher_backend, ServiceConfig::default().app(app));
@@ -450,7 +449,7 @@ async fn killed_connections_lose_nothing() {
         }
         publisher
     });
-    let pool = admin_pool(&admin).await;
+    let pool = admin_pool().await;
     let mut killed = 0;
     for _ in 0..5 {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -472,9 +471,8 @@ async fn killed_connections_lose_nothing() {
     publisher.close().await.expect("close");
 }
 
-/// The pool of a shared backend, for admin queries.
-async fn admin_pool(backend: &SharedBackend) -> sqlx::PgPool {
-    let _ = backend;
+/// A small pool of its own for admin queries (counting, killing connections).
+async fn admin_pool() -> sqlx::PgPool {
     sqlx::postgres::PgPoolOptions::new()
         .max_connections(2)
         .connect(&pg::url())
@@ -493,7 +491,7 @@ async fn listener_reconnects_after_kill() {
     let Some(publisher_backend) = pg::shared_backend().await else {
         return;
     };
-    let pool = admin_pool(&publisher_backend).await;
+    let pool = admin_pool().await;
     let app = unique_name("pglisten");
     let consumer = Service::new(consumer_backend, ServiceConfig::default().app(app.clone()));
     let publisher = Service::from_shared(publisher_backend, ServiceConfig::default().app(app));
