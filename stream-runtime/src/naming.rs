@@ -21,7 +21,10 @@ pub fn validate(what: &'static str, value: &str) -> Result<()> {
         return Err(Error::invalid_name(
             what,
             value,
-            format!("it is {} bytes long; the limit is {MAX_NAME_BYTES}", value.len()),
+            format!(
+                "it is {} bytes long; the limit is {MAX_NAME_BYTES}",
+                value.len()
+            ),
         ));
     }
     if let Some(c) = value.chars().find(|c| c.is_whitespace() || c.is_control()) {
@@ -73,7 +76,10 @@ mod tests {
         }
         assert!(format_stream("app", "ns", &"x".repeat(MAX_NAME_BYTES)).is_err());
         assert!(format_stream("app", "ns", &"x".repeat(MAX_NAME_BYTES - 7)).is_ok());
-        assert_eq!(format_stream("App", "NS", "Orders").unwrap(), "App.NS.Orders");
+        assert_eq!(
+            format_stream("App", "NS", "Orders").unwrap(),
+            "App.NS.Orders"
+        );
     }
 
     #[test]

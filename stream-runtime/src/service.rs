@@ -365,4 +365,3 @@ impl Consumer {
         self.inner.running.close().await
     }
 }
-

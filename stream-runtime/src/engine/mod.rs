@@ -288,11 +288,7 @@ async fn drain(worker: &Arc<Worker>, tasks: &mut JoinSet<()>) -> CloseReport {
 }
 
 /// Acks handled messages in batches: whatever is queued when the previous batch finishes.
-async fn settle_acks(
-    sub: Subscription,
-    consumer: String,
-    mut rx: mpsc::UnboundedReceiver<Claim>,
-) {
+async fn settle_acks(sub: Subscription, consumer: String, mut rx: mpsc::UnboundedReceiver<Claim>) {
     const MAX_BATCH: usize = 512;
     let group = GroupRef {
         stream: &sub.stream,
@@ -407,14 +403,23 @@ fn retry_delay(sub: &Subscription, attempt: u32) -> Duration {
     }
 }
 
-async fn dead_letter(worker: &Worker, claim: &Claim, message: Message, attempts: u32, reason: &str) {
+async fn dead_letter(
+    worker: &Worker,
+    claim: &Claim,
+    message: Message,
+    attempts: u32,
+    reason: &str,
+) {
     use dead_letter_headers as h;
     let mut headers = message.headers;
     headers.insert(h::STREAM.to_owned(), message.stream);
     headers.insert(h::ID.to_owned(), message.id.to_string());
     headers.insert(h::GROUP.to_owned(), worker.sub.group.clone());
     headers.insert(h::ATTEMPTS.to_owned(), attempts.to_string());
-    headers.insert(h::REASON.to_owned(), truncate(reason, MAX_REASON_BYTES).to_owned());
+    headers.insert(
+        h::REASON.to_owned(),
+        truncate(reason, MAX_REASON_BYTES).to_owned(),
+    );
     let dead = NewMessage {
         payload: message.payload,
         headers,
@@ -490,7 +495,10 @@ mod tests {
                 retry_delay: policy,
             };
             let d = retry_delay(&sub, attempt);
-            assert!(d >= full / 2 && d <= full, "attempt {attempt}: {d:?} vs {full:?}");
+            assert!(
+                d >= full / 2 && d <= full,
+                "attempt {attempt}: {d:?} vs {full:?}"
+            );
         }
     }
 }
