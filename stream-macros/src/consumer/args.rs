@@ -59,6 +59,8 @@ pub struct Args {
 #[derive(Default)]
 struct Builder {
     seen: Vec<(&'static str, Span)>,
+    /// Keys suggested for misspelt ones: not reported missing as well.
+    suggested: Vec<&'static str>,
     krate: Option<syn::Path>,
     name: Option<String>,
     stream: Option<String>,
@@ -95,13 +97,13 @@ pub fn parse(
     for meta in metas {
         builder.set(meta, errors);
     }
-    if builder.stream.is_none() && !builder.seen.iter().any(|(k, _)| *k == "stream") {
+    if !builder.given("stream") {
         errors.push(syn::Error::new(
             Span::call_site(),
             "missing `stream = \"...\"`: the stream this consumer reads",
         ));
     }
-    if builder.group.is_none() && !builder.seen.iter().any(|(k, _)| *k == "group") {
+    if !builder.given("group") {
         errors.push(syn::Error::new(
             Span::call_site(),
             "missing `group = \"...\"`: the consumer group this consumer belongs to",
@@ -135,6 +137,11 @@ pub fn parse(
 }
 
 impl Builder {
+    /// Whether `key` was given, or a misspelling of it was reported.
+    fn given(&self, key: &str) -> bool {
+        self.seen.iter().any(|(k, _)| *k == key) || self.suggested.contains(&key)
+    }
+
     fn set(&mut self, meta: Meta, errors: &mut Errors) {
         let nv = match meta {
             Meta::NameValue(nv) => nv,
@@ -153,7 +160,9 @@ impl Builder {
         };
         let key_text = path_key(&nv.path);
         let Some(key) = KEYS.iter().copied().find(|k| *k == key_text) else {
-            let hint = closest(&key_text)
+            let suggestion = closest(&key_text);
+            self.suggested.extend(suggestion);
+            let hint = suggestion
                 .map(|k| format!("did you mean `{k}`? "))
                 .unwrap_or_default();
             errors.spanned(
