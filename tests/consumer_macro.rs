@@ -1,5 +1,7 @@
 //! `#[consumer]` end to end: what it registers (D1, D4), and a built handler running on the
 //! memory backend (D2, D8).
+// Helpers and handlers outside `#[test]` functions unwrap too: a poisoned lock is a test bug.
+#![allow(clippy::unwrap_used)]
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
