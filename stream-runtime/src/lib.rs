@@ -38,6 +38,27 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Declaring consumers
+//!
+//! Most programs declare their consumers with [`#[consumer]`](consumer) instead: the
+//! payload arrives typed (any `serde::Deserialize` type, or [`Raw`] bytes), and the runtime
+//! starts every registered consumer with its settings from the attribute and `Streams.toml`.
+//!
+//! ```
+//! use stream_runtime::prelude::*;
+//!
+//! #[derive(serde::Deserialize)]
+//! struct Order {
+//!     id: u64,
+//! }
+//!
+//! #[consumer(stream = "orders", group = "billing", max_retries = 5)]
+//! async fn bill(order: Order, msg: &Message) -> Result<(), HandlerError> {
+//!     println!("order {} (attempt {})", order.id, msg.attempt);
+//!     Ok(())
+//! }
+//! ```
+//!
 //! # Reading model
 //!
 //! Every subscription names a stream and a consumer group. Members of one group share the
