@@ -31,6 +31,7 @@ impl Recorder {
     }
 }
 
+const RECORD_LINE: u32 = line!() + 1;
 #[consumer(stream = "macro-orders", group = "billing")]
 async fn record(order: Order, msg: &Message, seen: State<Recorder>) -> Result<(), HandlerError> {
     seen.calls.lock().unwrap().push((
@@ -135,6 +136,7 @@ fn registers_name_stream_group_and_every_setting() {
 
     let d = def("record");
     assert_eq!((d.stream, d.group), ("macro-orders", "billing"));
+    assert_eq!(d.location.line, RECORD_LINE, "the attribute's line");
     assert_eq!(d.attributes, Attributes::NONE);
 
     let d = def("unlimited");

@@ -14,7 +14,8 @@ use serde::de::DeserializeOwned;
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be a consumer's payload: it does not implement `serde::Deserialize`",
     label = "this payload type does not implement `serde::Deserialize`",
-    note = "derive it with `#[derive(serde::Deserialize)]`, or take the bytes as they are with `stream_runtime::Raw`"
+    note = "derive it with `#[derive(serde::Deserialize)]`, or take the bytes as they are with `stream_runtime::Raw`",
+    note = "the first argument is the payload; to see the whole message, take `&Message` after it"
 )]
 pub trait Payload: Sized {
     /// Decodes a payload; the error text becomes the dead-letter reason.

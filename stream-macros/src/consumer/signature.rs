@@ -179,7 +179,7 @@ fn check_payload(ty: &Type, errors: &mut Errors) -> Option<Type> {
             );
             None
         }
-        ty if last_segment_is(ty, "State") => {
+        ty if is_state(ty) => {
             errors.spanned(
                 ty,
                 format!("missing payload argument before `State<..>`: {PAYLOAD_HELP}"),
@@ -204,11 +204,14 @@ fn is_message(ty: &Type) -> bool {
     }
 }
 
-fn last_segment_is(ty: &Type, name: &str) -> bool {
+/// `State<..>` (or a path ending in `::State<..>`): shared state, not a payload.
+fn is_state(ty: &Type) -> bool {
     match ty {
-        Type::Path(path) if path.qself.is_none() => {
-            path.path.segments.last().is_some_and(|s| s.ident == name)
-        }
+        Type::Path(path) if path.qself.is_none() => path
+            .path
+            .segments
+            .last()
+            .is_some_and(|s| s.ident == "State" && !s.arguments.is_none()),
         _ => false,
     }
 }
