@@ -10,7 +10,27 @@ use serde::de::DeserializeOwned;
 
 /// A type a consumer can take as its payload: decoded from the message's bytes.
 ///
-/// Implemented for every `serde::Deserialize` type (as JSON) and for [`Raw`].
+/// Implemented for every `serde::Deserialize` type (as JSON) and for [`Raw`]. Implement it
+/// for a type of your own (one that is not `Deserialize`) to use another encoding:
+///
+/// ```
+/// use stream_runtime::prelude::*;
+///
+/// struct Csv(Vec<String>);
+///
+/// impl stream_runtime::Payload for Csv {
+///     fn decode(bytes: &[u8]) -> Result<Self, String> {
+///         let text = std::str::from_utf8(bytes).map_err(|e| e.to_string())?;
+///         Ok(Csv(text.split(',').map(str::to_owned).collect()))
+///     }
+/// }
+///
+/// #[consumer(stream = "rows", group = "import")]
+/// async fn import(row: Csv) -> Result<(), HandlerError> {
+///     println!("{} columns", row.0.len());
+///     Ok(())
+/// }
+/// ```
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be a consumer's payload: it does not implement `serde::Deserialize`",
     label = "this payload type does not implement `serde::Deserialize`",

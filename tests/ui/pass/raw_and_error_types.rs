@@ -1,4 +1,4 @@
-// Raw payloads, state before `&Message`, several states, and any `Display` error type.
+// Raw payloads, a custom codec, state before `&Message`, several states, and any `Display` error type.
 use stream_runtime::prelude::*;
 
 struct Config;
@@ -24,6 +24,22 @@ async fn handler_error(_payload: Vec<u32>) -> Result<(), HandlerError> {
     Err(HandlerError::permanent("never"))
 }
 
+/// A payload with its own codec.
+struct Csv(Vec<String>);
+
+impl stream_runtime::Payload for Csv {
+    fn decode(bytes: &[u8]) -> Result<Self, String> {
+        let text = std::str::from_utf8(bytes).map_err(|e| e.to_string())?;
+        Ok(Csv(text.split(',').map(str::to_owned).collect()))
+    }
+}
+
+#[consumer(stream = "blobs", group = "e")]
+async fn csv(row: Csv) -> Result<(), HandlerError> {
+    assert!(!row.0.is_empty());
+    Ok(())
+}
+
 fn main() {
-    assert_eq!(stream_runtime::registry::consumers().unwrap().len(), 4);
+    assert_eq!(stream_runtime::registry::consumers().unwrap().len(), 5);
 }
