@@ -199,6 +199,6 @@ pub use stream_macros::consumer;
 pub mod prelude {
     pub use crate::{
         consumer, Consumer, Error, HandlerError, Message, MessageId, Producer, PublishOptions, Raw,
-        Result, Service, StartPosition, State, SubscribeOptions, Subscriber,
+        Result, Runtime, Service, StartPosition, State, SubscribeOptions, Subscriber,
     };
 }

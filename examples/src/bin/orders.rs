@@ -15,11 +15,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
-use stream_runtime::registry::{Attributes, ConsumerDef, Location, States};
-use stream_runtime::{
-    dead_letter_headers, handler_fn, Handler, HandlerError, Message, PublishOptions, Runtime,
-    Service,
-};
+use stream_runtime::dead_letter_headers;
+use stream_runtime::prelude::*;
 use tokio::sync::watch;
 
 /// What the shop publishes.
@@ -37,16 +34,26 @@ const FLAKY: u64 = 2;
 /// How long the demo may take before it gives up (and exits non-zero).
 const DEMO_DEADLINE: Duration = Duration::from_secs(60);
 
-/// What the consumers did, shared with the demo driver.
+/// What the consumers did, shared with the demo driver (cheap to clone).
+#[derive(Clone, Default)]
+struct Shop(Arc<ShopInner>);
+
 #[derive(Default)]
-struct Shop {
+struct ShopInner {
     billed: Mutex<BTreeSet<u64>>,
     shipped: Mutex<BTreeSet<u64>>,
     dead_letters: Mutex<Vec<String>>,
     changed: Mutex<Option<watch::Sender<()>>>,
 }
 
-impl Shop {
+impl std::ops::Deref for Shop {
+    type Target = ShopInner;
+    fn deref(&self) -> &ShopInner {
+        &self.0
+    }
+}
+
+impl ShopInner {
     fn note(&self, set: &Mutex<BTreeSet<u64>>, id: u64) {
         set.lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -78,7 +85,8 @@ impl Shop {
 // ---- the consumers --------------------------------------------------------------------
 
 /// Billing. The flaky order's first attempt fails; the retry succeeds.
-async fn bill(order: Order, msg: &Message, shop: &Shop) -> Result<(), HandlerError> {
+#[consumer(stream = "orders", group = "billing", max_retries = 5)]
+async fn bill(order: Order, msg: &Message, shop: State<Shop>) -> Result<(), HandlerError> {
     if order.id % 1000 == FLAKY && msg.attempt == 1 {
         tracing::warn!(
             "billing order {}: payment gateway timed out (attempt {}), will retry",
@@ -100,7 +108,8 @@ async fn bill(order: Order, msg: &Message, shop: &Shop) -> Result<(), HandlerErr
 }
 
 /// Shipping: a different group, so it sees every order too.
-async fn ship(order: Order, _msg: &Message, shop: &Shop) -> Result<(), HandlerError> {
+#[consumer(stream = "orders", group = "shipping")]
+async fn ship(order: Order, shop: State<Shop>) -> Result<(), HandlerError> {
     // Packing takes a moment: shutdown waits for parcels being packed.
     tracing::info!("packing order {}", order.id);
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -111,7 +120,8 @@ async fn ship(order: Order, _msg: &Message, shop: &Shop) -> Result<(), HandlerEr
 
 /// The dead-letter stream of `orders` is an ordinary stream: this consumer logs what
 /// arrives there.
-async fn dead_letters(msg: &Message, shop: &Shop) -> Result<(), HandlerError> {
+#[consumer(stream = "orders.dead", group = "audit")]
+async fn dead_letters(_payload: Raw, msg: &Message, shop: State<Shop>) -> Result<(), HandlerError> {
     tracing::warn!(
         "dead letter from {} (group {}, message {}, {} attempt(s)): {} -- payload {:?}",
         msg.header(dead_letter_headers::STREAM).unwrap_or("?"),
@@ -129,65 +139,6 @@ async fn dead_letters(msg: &Message, shop: &Shop) -> Result<(), HandlerError> {
     Ok(())
 }
 
-// What `#[consumer(...)]` registers for each function above.
-
-fn shop(states: &States) -> stream_runtime::Result<Arc<Shop>> {
-    states
-        .get::<Arc<Shop>>()
-        .map(|s| Arc::clone(&s))
-        .ok_or_else(|| stream_runtime::Error::Config("Shop state missing".into()))
-}
-
-fn build_bill(states: &States) -> stream_runtime::Result<Handler> {
-    let shop = shop(states)?;
-    Ok(stream_examples::json_handler(
-        move |o: Order, m: Message| {
-            let shop = shop.clone();
-            async move { bill(o, &m, &shop).await }
-        },
-    ))
-}
-
-fn build_ship(states: &States) -> stream_runtime::Result<Handler> {
-    let shop = shop(states)?;
-    Ok(stream_examples::json_handler(
-        move |o: Order, m: Message| {
-            let shop = shop.clone();
-            async move { ship(o, &m, &shop).await }
-        },
-    ))
-}
-
-fn build_dead_letters(states: &States) -> stream_runtime::Result<Handler> {
-    let shop = shop(states)?;
-    Ok(handler_fn(move |m: Message| {
-        let shop = shop.clone();
-        async move { dead_letters(&m, &shop).await }
-    }))
-}
-
-const BILL: Attributes = {
-    let mut a = Attributes::NONE;
-    a.max_retries = Some(stream_runtime::MaxRetries::Limited(5));
-    a
-};
-
-inventory::submit! {
-    // #[consumer(stream = "orders", group = "billing", max_retries = 5)]
-    ConsumerDef::__new("bill", "orders", "billing", BILL,
-        Location { file: file!(), line: line!() }, "Order", build_bill)
-}
-inventory::submit! {
-    // #[consumer(stream = "orders", group = "shipping")]
-    ConsumerDef::__new("ship", "orders", "shipping", Attributes::NONE,
-        Location { file: file!(), line: line!() }, "Order", build_ship)
-}
-inventory::submit! {
-    // #[consumer(stream = "orders.dead", group = "audit")]
-    ConsumerDef::__new("dead_letters", "orders.dead", "audit", Attributes::NONE,
-        Location { file: file!(), line: line!() }, "Raw", build_dead_letters)
-}
-
 // ---- the demo driver ------------------------------------------------------------------
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -196,7 +147,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// and shipped and the poison message reached the dead-letter stream from both groups.
 async fn demo(
     service: Service,
-    shop: Arc<Shop>,
+    shop: Shop,
     mut changed: watch::Receiver<()>,
 ) -> Result<(), BoxError> {
     let run = SystemTime::now()
@@ -265,7 +216,7 @@ async fn demo(
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     stream_examples::init_logging();
-    let shop = Arc::new(Shop::default());
+    let shop = Shop::default();
     let (tx, changed) = watch::channel(());
     *shop.changed.lock().unwrap_or_else(PoisonError::into_inner) = Some(tx);
     let driver = shop.clone();
