@@ -284,6 +284,11 @@ async fn backend_url(kind: &str, test: &str) -> Option<String> {
             let _ = service.close().await;
             Some(url)
         }
+        // A backend not merged into this build yet is not a missing service.
+        Err(stream_runtime::Error::Config(reason)) if reason.contains("this build lacks") => {
+            eprintln!("!!!! SKIPPING {kind} test: {reason}");
+            None
+        }
         Err(e) => stream_runtime::conformance::skip_or_fail(kind, &e.to_string()),
     }
 }
