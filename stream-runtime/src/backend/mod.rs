@@ -18,6 +18,8 @@ use crate::message::{Message, MessageId, NewMessage};
 use crate::options::{StartPosition, Trim};
 
 pub mod memory;
+#[cfg(feature = "redis")]
+pub mod redis;
 
 /// A boxed, sendable future: what [`Backend`] methods return.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -218,7 +220,14 @@ pub async fn connect(url: &str) -> Result<SharedBackend> {
     let scheme = url.split(':').next().unwrap_or_default();
     match scheme {
         "memory" => Ok(Arc::new(memory::MemoryBackend::new())),
-        "sqlite" | "postgres" | "postgresql" | "redis" | "rediss" => Err(crate::Error::Config(format!(
+        #[cfg(feature = "redis")]
+        "redis" | "rediss" => Ok(Arc::new(self::redis::RedisBackend::connect(url).await?)),
+        #[cfg(not(feature = "redis"))]
+        "redis" | "rediss" => Err(crate::Error::Config(format!(
+            "backend URL {}: this build lacks the `redis` feature of stream-runtime; enable it in Cargo.toml",
+            redact_url(url)
+        ))),
+        "sqlite" | "postgres" | "postgresql" => Err(crate::Error::Config(format!(
             "backend URL {}: this build lacks the `{}` feature of stream-runtime; enable it in Cargo.toml",
             redact_url(url),
             scheme.trim_end_matches("ql").replace("rediss", "redis")
