@@ -402,7 +402,7 @@ impl Backend for RedisBackend {
             let mut invocation = self.scripts.append.prepare_invoke();
             invocation
                 .key(stream_key(stream))
-                .arg(trim.max_len)
+                .arg(trim.max_len.min(i64::MAX as u64))
                 .arg(u64::try_from(trim.max_age.as_millis()).unwrap_or(u64::MAX));
             for message in messages {
                 let fields = fields(message);

@@ -21,14 +21,15 @@ end
 /// Returns the new ids in order.
 const APPEND: &str = r"
 local stream = KEYS[1]
-local max_len, max_age = tonumber(ARGV[1]), tonumber(ARGV[2])
+-- max_len stays a string: Lua numbers lose precision past 2^53.
+local max_len, max_age = ARGV[1], tonumber(ARGV[2])
 local ids = {}
 local i = 3
 while i <= #ARGV do
   local n = tonumber(ARGV[i])
   i = i + 1
   local args = {'XADD', stream}
-  if max_len > 0 then
+  if max_len ~= '0' then
     args[#args + 1] = 'MAXLEN'
     args[#args + 1] = '='
     args[#args + 1] = max_len
