@@ -20,6 +20,8 @@ use crate::options::{StartPosition, Trim};
 pub mod memory;
 #[cfg(feature = "redis")]
 pub mod redis;
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
 
 /// A boxed, sendable future: what [`Backend`] methods return.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -222,12 +224,11 @@ pub async fn connect(url: &str) -> Result<SharedBackend> {
         "memory" => Ok(Arc::new(memory::MemoryBackend::new())),
         #[cfg(feature = "redis")]
         "redis" | "rediss" => Ok(Arc::new(self::redis::RedisBackend::connect(url).await?)),
-        #[cfg(not(feature = "redis"))]
-        "redis" | "rediss" => Err(crate::Error::Config(format!(
-            "backend URL {}: this build lacks the `redis` feature of stream-runtime; enable it in Cargo.toml",
-            redact_url(url)
-        ))),
-        "sqlite" | "postgres" | "postgresql" => Err(crate::Error::Config(format!(
+        #[cfg(feature = "sqlite")]
+        "sqlite" => Ok(Arc::new(sqlite::SqliteBackend::connect(url).await?)),
+        // Reached only for the schemes whose backend features are off.
+        #[allow(unreachable_patterns)]
+        "sqlite" | "postgres" | "postgresql" | "redis" | "rediss" => Err(crate::Error::Config(format!(
             "backend URL {}: this build lacks the `{}` feature of stream-runtime; enable it in Cargo.toml",
             redact_url(url),
             scheme.trim_end_matches("ql").replace("rediss", "redis")
