@@ -531,7 +531,7 @@ mod redis_specific {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn survives_server_restart() {
         run_through_fault(async |server: &mut Throwaway| {
-            server.restart(false, Duration::from_millis(300)).await;
+            server.restart(false, Duration::from_secs(3)).await;
         })
         .await;
     }

@@ -263,6 +263,11 @@ impl RedisBackend {
         })
     }
 
+    /// A backend error naming the server (password redacted).
+    fn error(&self, what: String, e: RedisError) -> Error {
+        Error::backend(NAME, format!("{what} on {}", self.url), e)
+    }
+
     fn check_open(&self) -> Result<()> {
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::Closed);
@@ -289,7 +294,7 @@ impl RedisBackend {
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(2));
                 }
-                Err(e) => return Err(Error::backend(NAME, what(), e)),
+                Err(e) => return Err(self.error(what(), e)),
             }
         }
     }
@@ -411,7 +416,7 @@ impl Backend for RedisBackend {
             let ids: Vec<String> = invocation
                 .invoke_async(&mut self.conn.clone())
                 .await
-                .map_err(|e| Error::backend(NAME, format!("appending to {stream}"), e))?;
+                .map_err(|e| self.error(format!("appending to {stream}"), e))?;
             self.wakeups.notify(stream);
             Ok(ids.into_iter().map(MessageId::new).collect())
         })
@@ -441,11 +446,7 @@ impl Backend for RedisBackend {
             match result {
                 Ok(_) => Ok(()),
                 Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
-                Err(e) => Err(Error::backend(
-                    NAME,
-                    format!("creating group {group} of {stream}"),
-                    e,
-                )),
+                Err(e) => Err(self.error(format!("creating group {group} of {stream}"), e)),
             }
         })
     }
@@ -476,8 +477,7 @@ impl Backend for RedisBackend {
                 .invoke_async(&mut self.conn.clone())
                 .await
                 .map_err(|e| {
-                    Error::backend(
-                        NAME,
+                    self.error(
                         format!("claiming messages of {}/{}", group.stream, group.group),
                         e,
                     )
