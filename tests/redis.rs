@@ -288,6 +288,102 @@ mod redis_specific {
         producer_svc.close().await.expect("close");
     }
 
+    /// Two connections (as two processes would) subscribed to one group share its work:
+    /// every message is handled once, and both get some.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn group_shared_across_connections() {
+        let Some(a) = shared_backend().await else {
+            return;
+        };
+        let Some(b) = shared_backend().await else {
+            return;
+        };
+        let app = unique_name("rt");
+        let group = unique_name("g");
+        let a = Service::from_shared(a, ServiceConfig::default().app(&app));
+        let b = Service::from_shared(b, ServiceConfig::default().app(&app));
+        let (rec_a, rec_b) = (Recorder::new(), Recorder::new());
+        for (svc, rec) in [(&a, &rec_a), (&b, &rec_b)] {
+            let rec = rec.clone();
+            let slow = move |m: Message| {
+                rec.record(&m);
+                async {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    Ok(())
+                }
+            };
+            svc.subscribe("shared", &group, slow, fast().concurrency(2))
+                .await
+                .expect("subscribe");
+        }
+        a.publish_batch(
+            "shared",
+            (0..200).map(|i| format!("m{i}")),
+            PublishOptions::new(),
+        )
+        .await
+        .expect("publish");
+        wait_for("every message", || rec_a.len() + rec_b.len() >= 200).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut all = rec_a.payloads();
+        all.extend(rec_b.payloads());
+        let distinct: HashSet<&String> = all.iter().collect();
+        assert_eq!((all.len(), distinct.len()), (200, 200));
+        assert!(
+            !rec_a.is_empty() && !rec_b.is_empty(),
+            "one side got nothing"
+        );
+        a.close().await.expect("close");
+        b.close().await.expect("close");
+    }
+
+    /// A claim held by a consumer that went away (a crashed process) is reclaimed by
+    /// another process after the visibility timeout, with attempt 2.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn dead_process_claims_are_reclaimed() {
+        let Some(crashed) = shared_backend().await else {
+            return;
+        };
+        let Some(survivor) = shared_backend().await else {
+            return;
+        };
+        let svc = service(survivor);
+        let stream = svc.stream_name("orphans").expect("name");
+        let group = unique_name("g");
+        crashed
+            .ensure_group(&stream, &group, &StartPosition::Latest)
+            .await
+            .expect("group");
+        crashed
+            .append(&stream, vec![NewMessage::new("orphan")], Trim::NONE)
+            .await
+            .expect("append");
+        let g = GroupRef {
+            stream: &stream,
+            group: &group,
+            consumer: "crashed-process",
+        };
+        let claimed = crashed
+            .claim(g, 1, Duration::from_millis(200))
+            .await
+            .expect("claim");
+        assert_eq!(claimed.len(), 1);
+        drop(crashed); // never acks
+        let rec = Recorder::new();
+        svc.subscribe(
+            "orphans",
+            &group,
+            rec.handler(),
+            fast().visibility_timeout(Duration::from_millis(200)),
+        )
+        .await
+        .expect("subscribe");
+        rec.wait_len(1, "the reclaimed orphan").await;
+        let m = &rec.messages()[0];
+        assert_eq!((m.payload.as_slice(), m.attempt), (&b"orphan"[..], 2));
+        svc.close().await.expect("close");
+    }
+
     /// An unreachable server is an error naming the URL without its password.
     #[tokio::test]
     async fn unreachable_server_is_reported_redacted() {
