@@ -10,11 +10,16 @@ fn redis_url() -> String {
     std::env::var("STREAMS_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
 }
 
-async fn shared_backend() -> Option<SharedBackend> {
+/// A backend on the shared server, or `None` (a loud skip) when it is unreachable.
+async fn redis_backend() -> Option<RedisBackend> {
     match RedisBackend::connect(&redis_url()).await {
-        Ok(backend) => Some(std::sync::Arc::new(backend)),
+        Ok(backend) => Some(backend),
         Err(e) => stream_runtime::conformance::skip_or_fail("redis", &e.to_string()),
     }
+}
+
+async fn shared_backend() -> Option<SharedBackend> {
+    Some(std::sync::Arc::new(redis_backend().await?))
 }
 
 stream_runtime::conformance_tests!(redis, shared_backend());
@@ -36,7 +41,7 @@ mod redis_specific {
         StartPosition, SubscribeOptions, Trim,
     };
 
-    use super::{redis_url, shared_backend};
+    use super::{redis_backend, redis_url, shared_backend};
 
     fn service(backend: SharedBackend) -> Service {
         Service::from_shared(backend, ServiceConfig::default().app(unique_name("rt")))
@@ -242,6 +247,55 @@ mod redis_specific {
         assert_eq!(count(&mut conn).await, 1);
         svc.close().await.expect("close");
         assert_eq!(count(&mut conn).await, 0);
+        let _: () = conn.del(&key).await.expect("DEL");
+    }
+
+    /// A subscription that stops while the backend stays open has its (empty) consumer
+    /// removed after the idle-consumer timeout, by the claims of the others.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stopped_subscription_consumer_swept() {
+        let Some(backend) = redis_backend().await else {
+            return;
+        };
+        let backend = backend.idle_consumer_timeout(Duration::from_millis(200));
+        let svc = service(Arc::new(backend));
+        let group = unique_name("g");
+        let rec = Recorder::new();
+        let stopping = svc
+            .subscribe("sweep", &group, rec.handler(), fast())
+            .await
+            .expect("subscribe");
+        svc.subscribe("sweep-other", &group, Recorder::new().handler(), fast())
+            .await
+            .expect("subscribe");
+        svc.publish("sweep", "m", PublishOptions::new())
+            .await
+            .expect("publish");
+        rec.wait_len(1, "the message").await;
+        let key = stream_key(&svc.stream_name("sweep").expect("name"));
+        let mut conn = raw(&redis_url()).await;
+        let consumers =
+            |mut conn: redis::aio::MultiplexedConnection, key: String, group: String| async move {
+                let consumers: Vec<redis::Value> = redis::cmd("XINFO")
+                    .arg("CONSUMERS")
+                    .arg(&key)
+                    .arg(&group)
+                    .query_async(&mut conn)
+                    .await
+                    .expect("XINFO CONSUMERS");
+                consumers.len()
+            };
+        assert_eq!(consumers(conn.clone(), key.clone(), group.clone()).await, 1);
+        stopping.close().await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while consumers(conn.clone(), key.clone(), group.clone()).await > 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the stopped consumer was never removed"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        svc.close().await.expect("close");
         let _: () = conn.del(&key).await.expect("DEL");
     }
 

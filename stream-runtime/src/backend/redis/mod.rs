@@ -33,11 +33,11 @@
 mod scripts;
 mod watch;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ::redis::aio::ConnectionManager;
 use ::redis::{ErrorKind, RedisError, ServerErrorKind, Value};
@@ -61,6 +61,18 @@ const HEADER_PREFIX: &str = "h:";
 /// The oldest server this backend supports (XAUTOCLAIM's deleted-ids reply).
 const MIN_VERSION: (u32, u32) = (7, 0);
 
+/// The default of [`RedisBackend::idle_consumer_timeout`].
+pub const DEFAULT_IDLE_CONSUMER_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// (stream, group, consumer name).
+type ConsumerKey = (String, String, String);
+
+#[derive(Debug)]
+struct Consumers {
+    last_claim: HashMap<ConsumerKey, Instant>,
+    last_sweep: Instant,
+}
+
 /// Streams, groups and claims in Redis, with push wake-ups from blocking reads.
 pub struct RedisBackend {
     client: ::redis::Client,
@@ -69,8 +81,9 @@ pub struct RedisBackend {
     scripts: Scripts,
     wakeups: Arc<WakeupHub>,
     watchers: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
-    /// (stream, group, consumer) of every consumer this backend claimed for.
-    consumers: Mutex<HashSet<(String, String, String)>>,
+    /// The consumers this backend claimed for, and when each last claimed.
+    consumers: Mutex<Consumers>,
+    idle_consumer_timeout: Duration,
     closed: AtomicBool,
 }
 
@@ -258,7 +271,11 @@ impl RedisBackend {
             scripts: Scripts::new(),
             wakeups: Arc::new(WakeupHub::new()),
             watchers: Mutex::new(HashMap::new()),
-            consumers: Mutex::new(HashSet::new()),
+            consumers: Mutex::new(Consumers {
+                last_claim: HashMap::new(),
+                last_sweep: Instant::now(),
+            }),
+            idle_consumer_timeout: DEFAULT_IDLE_CONSUMER_TIMEOUT,
             closed: AtomicBool::new(false),
         })
     }
@@ -299,7 +316,19 @@ impl RedisBackend {
         }
     }
 
-    fn remember_consumer(&self, group: GroupRef<'_>) {
+    /// How long a consumer of this backend may go without claiming before it is removed
+    /// from its group, if it holds no pending entries (default 60 s). Removing an empty
+    /// consumer is always safe (Redis recreates it on its next read); this only keeps
+    /// `XINFO CONSUMERS` free of subscriptions that stopped while the backend stays open.
+    pub fn idle_consumer_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_consumer_timeout = timeout;
+        self
+    }
+
+    /// Records a claim by `group.consumer`; returns the consumers due for removal when a
+    /// sweep is due.
+    fn remember_consumer(&self, group: GroupRef<'_>) -> Vec<ConsumerKey> {
+        let now = Instant::now();
         let mut consumers = self
             .consumers
             .lock()
@@ -309,7 +338,22 @@ impl RedisBackend {
             group.group.to_owned(),
             group.consumer.to_owned(),
         );
-        consumers.insert(key);
+        consumers.last_claim.insert(key, now);
+        if now.duration_since(consumers.last_sweep) < self.idle_consumer_timeout {
+            return Vec::new();
+        }
+        consumers.last_sweep = now;
+        let timeout = self.idle_consumer_timeout;
+        let stale: Vec<ConsumerKey> = consumers
+            .last_claim
+            .iter()
+            .filter(|(_, at)| now.duration_since(**at) >= timeout)
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in &stale {
+            consumers.last_claim.remove(key);
+        }
+        stale
     }
 
     /// Parks claims until `now + delay` (retry and release).
@@ -331,25 +375,38 @@ impl RedisBackend {
         .await
     }
 
-    async fn remove_idle_consumers(&self) {
-        let consumers = std::mem::take(
-            &mut *self
-                .consumers
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner),
-        );
+    /// Deletes those of `consumers` that hold no pending entries; the others are kept in
+    /// the list for a later sweep (their entries get reclaimed by other consumers).
+    async fn remove_idle_consumers(&self, consumers: Vec<ConsumerKey>) {
         let mut conn = self.conn.clone();
-        for (stream, group, consumer) in consumers {
+        let mut kept = Vec::new();
+        for key in consumers {
+            let (stream, group, consumer) = &key;
             let result: ::redis::RedisResult<i64> = self
                 .scripts
                 .remove_idle_consumer
-                .key(stream_key(&stream))
-                .arg(&group)
-                .arg(&consumer)
+                .key(stream_key(stream))
+                .arg(group)
+                .arg(consumer)
                 .invoke_async(&mut conn)
                 .await;
-            if let Err(e) = result {
-                tracing::debug!(%stream, %group, %consumer, error = %e, "could not remove an idle consumer");
+            match result {
+                Ok(1) => {}
+                Ok(_) => kept.push(key),
+                Err(e) => {
+                    tracing::debug!(%stream, %group, %consumer, error = %e, "could not remove an idle consumer");
+                    kept.push(key);
+                }
+            }
+        }
+        if !kept.is_empty() {
+            let mut consumers = self
+                .consumers
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let long_ago = consumers.last_sweep;
+            for key in kept {
+                consumers.last_claim.entry(key).or_insert(long_ago);
             }
         }
     }
@@ -462,7 +519,10 @@ impl Backend for RedisBackend {
             if max == 0 {
                 return Ok(Vec::new());
             }
-            self.remember_consumer(group);
+            let stale = self.remember_consumer(group);
+            if !stale.is_empty() {
+                self.remove_idle_consumers(stale).await;
+            }
             let reply: Value = self
                 .scripts
                 .claim
@@ -606,7 +666,15 @@ impl Backend for RedisBackend {
             for (_, watcher) in watchers {
                 watcher.abort();
             }
-            self.remove_idle_consumers().await;
+            let consumers = std::mem::take(
+                &mut self
+                    .consumers
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .last_claim,
+            );
+            self.remove_idle_consumers(consumers.into_keys().collect())
+                .await;
             self.wakeups.notify_all();
             Ok(())
         })
