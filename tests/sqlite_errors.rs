@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use stream_runtime::backend::sqlite::SqliteBackend;
 use stream_runtime::backend::Backend;
 use stream_runtime::conformance::unique_name;
-use stream_runtime::{Error, NewMessage, StartPosition, Trim};
+use stream_runtime::{Error, StartPosition};
 
 /// A fresh directory in the system's temp directory.
 fn scratch_dir() -> PathBuf {
@@ -81,40 +81,6 @@ async fn read_only_database_is_named() {
 
 /// A database file without write permission. Skipped when running with privileges that
 /// ignore file permissions (root), where the file stays writable.
-#[tokio::test]
-async fn read_only_file_is_named() {
-    let dir = scratch_dir();
-    let path = dir.join("streams.db");
-    let url = format!("sqlite://{}", path.display());
-    let backend = SqliteBackend::connect(&url)
-        .await
-        .expect("creating the database");
-    backend
-        .append("s", vec![NewMessage::new("kept")], Trim::NONE)
-        .await
-        .expect("append");
-    backend.close().await.expect("closing");
-    let read_only = |p: &std::path::Path| {
-        let mut perms = std::fs::metadata(p).expect("metadata").permissions();
-        perms.set_readonly(true);
-        std::fs::set_permissions(p, perms).expect("chmod");
-    };
-    for entry in std::fs::read_dir(&dir).expect("listing") {
-        read_only(&entry.expect("entry").path());
-    }
-    read_only(&dir);
-    if std::fs::OpenOptions::new().append(true).open(&path).is_ok() {
-        eprintln!("skipping read_only_file_is_named: this user may write read-only files");
-        return;
-    }
-    let error = connect_error(&url).await;
-    assert!(error.contains(&path.display().to_string()), "{error}");
-    assert!(
-        error.contains("read-only") || error.contains("readonly"),
-        "{error}"
-    );
-}
-
 #[tokio::test]
 async fn bad_url_is_a_clear_error() {
     let error = match stream_runtime::backend::connect("sqlite://x.db?mode=sideways").await {

@@ -18,6 +18,8 @@ use crate::message::{Message, MessageId, NewMessage};
 use crate::options::{StartPosition, Trim};
 
 pub mod memory;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 #[cfg(feature = "redis")]
 pub mod redis;
 #[cfg(feature = "sqlite")]
@@ -226,6 +228,8 @@ pub async fn connect(url: &str) -> Result<SharedBackend> {
         "redis" | "rediss" => Ok(Arc::new(self::redis::RedisBackend::connect(url).await?)),
         #[cfg(feature = "sqlite")]
         "sqlite" => Ok(Arc::new(sqlite::SqliteBackend::connect(url).await?)),
+        #[cfg(feature = "postgres")]
+        "postgres" | "postgresql" => Ok(Arc::new(postgres::PostgresBackend::connect(url).await?)),
         // Reached only for the schemes whose backend features are off.
         #[allow(unreachable_patterns)]
         "sqlite" | "postgres" | "postgresql" | "redis" | "rediss" => Err(crate::Error::Config(format!(

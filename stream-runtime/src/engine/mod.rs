@@ -1,5 +1,5 @@
 //! The one delivery engine: workers, deadlines, attempts, the retry/dead-letter decision,
-//! panics, shutdown and drain (S6-S16), on top of any [`Backend`].
+//! panics, shutdown and drain (S6-S16), on top of any [`Backend`](crate::Backend).
 //!
 //! Each subscription runs one dispatcher task. It claims only as many messages as it has
 //! free workers, so a claim's visibility deadline starts when its handler starts (S6), and
