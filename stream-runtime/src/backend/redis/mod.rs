@@ -166,14 +166,6 @@ fn unexpected(what: &str, value: &Value) -> Error {
     )
 }
 
-fn text(value: &Value) -> Option<String> {
-    match value {
-        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
-        Value::SimpleString(s) => Some(s.clone()),
-        _ => None,
-    }
-}
-
 /// Payload and headers as stream fields.
 fn fields(message: NewMessage) -> Vec<Vec<u8>> {
     let mut out = Vec::with_capacity(2 + 2 * message.headers.len());
@@ -196,43 +188,56 @@ fn created_at(id: &str) -> SystemTime {
 }
 
 /// One claimed entry from the claim script: `{id, deliveries, {field, value, ...}}`.
-fn parse_claimed(stream: &str, value: &Value) -> Result<Claimed> {
-    let bad = || unexpected("the claim script", value);
+fn parse_claimed(stream: &str, value: Value) -> Result<Claimed> {
+    let bad = |value: &Value| unexpected("the claim script", value);
     let Value::Array(parts) = value else {
-        return Err(bad());
+        return Err(bad(&value));
     };
-    let [id, deliveries, entry_fields] = parts.as_slice() else {
-        return Err(bad());
+    let parts: [Value; 3] = match parts.try_into() {
+        Ok(parts) => parts,
+        Err(parts) => return Err(bad(&Value::Array(parts))),
     };
-    let id = text(id).ok_or_else(bad)?;
+    let [id, deliveries, entry_fields] = parts;
+    let id = match id {
+        Value::BulkString(b) => String::from_utf8(b)
+            .map_err(|e| Error::backend(NAME, "reading the reply of the claim script", e))?,
+        other => return Err(bad(&other)),
+    };
     let deliveries = match deliveries {
-        Value::Int(n) => u32::try_from(*n).map_err(|_| bad())?,
-        _ => return Err(bad()),
+        Value::Int(n) => u32::try_from(n).map_err(|_| bad(&deliveries))?,
+        other => return Err(bad(&other)),
     };
     let Value::Array(entry_fields) = entry_fields else {
-        return Err(bad());
+        return Err(bad(&entry_fields));
     };
     let mut payload = Vec::new();
     let mut headers = Headers::new();
-    for pair in entry_fields.chunks(2) {
-        let [Value::BulkString(field), Value::BulkString(value)] = pair else {
-            return Err(bad());
+    let mut entry_fields = entry_fields.into_iter();
+    while let (Some(field), Some(value)) = (entry_fields.next(), entry_fields.next()) {
+        let (Value::BulkString(field), Value::BulkString(value)) = (field, value) else {
+            return Err(Error::backend(
+                NAME,
+                "reading the reply of the claim script",
+                format!("entry {id} has a field that is not a string"),
+            ));
         };
         if field == PAYLOAD_FIELD.as_bytes() {
-            payload.clone_from(value);
+            payload = value;
         } else if let Some(name) = field.strip_prefix(HEADER_PREFIX.as_bytes()) {
             headers.insert(
                 String::from_utf8_lossy(name).into_owned(),
-                String::from_utf8_lossy(value).into_owned(),
+                String::from_utf8(value)
+                    .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
             );
         }
     }
+    let created_at = created_at(&id);
     let message = Message::new(
-        MessageId::new(id.clone()),
+        MessageId::new(id),
         stream,
         payload,
         headers,
-        created_at(&id),
+        created_at,
         deliveries,
     );
     Ok(Claimed {
@@ -542,13 +547,13 @@ impl Backend for RedisBackend {
                         e,
                     )
                 })?;
-            match &reply {
+            match reply {
                 Value::Array(entries) => entries
-                    .iter()
+                    .into_iter()
                     .map(|entry| parse_claimed(group.stream, entry))
                     .collect(),
                 Value::Nil => Ok(Vec::new()),
-                other => Err(unexpected("the claim script", other)),
+                other => Err(unexpected("the claim script", &other)),
             }
         })
     }
