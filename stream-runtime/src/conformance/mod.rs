@@ -1,6 +1,6 @@
 //! The backend conformance suite: one set of cases, run against every backend.
 //!
-//! ```ignore
+//! ```text
 //! // tests/memory.rs
 //! stream_runtime::conformance_tests!(memory, async {
 //!     Some(std::sync::Arc::new(stream_runtime::backend::memory::MemoryBackend::new())
