@@ -1,0 +1,351 @@
+//! Review of the engine and the backends: races between claim, ack, retry, trim and
+//! dead-letter at the `Backend` level on every backend, odd names, start positions, and the
+//! engine's close/panic paths.
+
+mod pg;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use stream_runtime::backend::{Backend, Claim, GroupRef, SharedBackend};
+use stream_runtime::conformance::unique_name;
+use stream_runtime::{NewMessage, StartPosition, Trim};
+
+fn g<'a>(stream: &'a str, group: &'a str, consumer: &'a str) -> GroupRef<'a> {
+    GroupRef {
+        stream,
+        group,
+        consumer,
+    }
+}
+
+fn text(payload: &[u8]) -> String {
+    String::from_utf8_lossy(payload).into_owned()
+}
+
+async fn append(b: &SharedBackend, stream: &str, payloads: &[&str], trim: Trim) -> Vec<String> {
+    b.append(
+        stream,
+        payloads.iter().map(|p| NewMessage::new(*p)).collect(),
+        trim,
+    )
+    .await
+    .expect("append")
+    .into_iter()
+    .map(String::from)
+    .collect()
+}
+
+/// Everything claimable now for the group, as payloads (claims with a long visibility).
+async fn drain_payloads(b: &SharedBackend, stream: &str, group: &str) -> Vec<String> {
+    let claimed = b
+        .claim(g(stream, group, "drainer"), 100, Duration::from_secs(60))
+        .await
+        .expect("claim");
+    claimed.iter().map(|c| text(&c.message.payload)).collect()
+}
+
+/// The visibility timeout of claims meant to expire.
+const VIS: Duration = Duration::from_millis(300);
+
+/// A stream name no other case uses.
+fn stream() -> String {
+    format!("{}.ns.s", unique_name("rc"))
+}
+
+/// S5: `Earliest` after trimming starts at the first retained message; `Latest` on a stream
+/// that does not exist yet sees its first message; `FromId(last)` sees only later ones.
+pub async fn start_positions_at_the_edges(b: SharedBackend) {
+    let s = stream();
+    append(&b, &s, &["a", "b", "c", "d"], Trim::NONE).await;
+    append(
+        &b,
+        &s,
+        &["e"],
+        Trim {
+            max_len: 2,
+            max_age: Duration::ZERO,
+        },
+    )
+    .await;
+    b.ensure_group(&s, "early", &StartPosition::Earliest)
+        .await
+        .expect("earliest");
+    assert_eq!(drain_payloads(&b, &s, "early").await, ["d", "e"]);
+
+    let empty = stream();
+    b.ensure_group(&empty, "late", &StartPosition::Latest)
+        .await
+        .expect("latest on a missing stream");
+    append(&b, &empty, &["first"], Trim::NONE).await;
+    assert_eq!(drain_payloads(&b, &empty, "late").await, ["first"]);
+
+    let s2 = stream();
+    let ids = append(&b, &s2, &["x", "y"], Trim::NONE).await;
+    b.ensure_group(&s2, "from", &StartPosition::FromId(ids[1].clone()))
+        .await
+        .expect("from the last id");
+    assert!(drain_payloads(&b, &s2, "from").await.is_empty());
+    append(&b, &s2, &["z"], Trim::NONE).await;
+    assert_eq!(drain_payloads(&b, &s2, "from").await, ["z"]);
+}
+
+/// S7: one ack batch mixing a stale claim (taken over since) with fresh ones acks only the
+/// fresh ones; the new owner's claim stays pending.
+pub async fn mixed_stale_and_fresh_ack_batch(b: SharedBackend) {
+    let s = stream();
+    b.ensure_group(&s, "grp", &StartPosition::Earliest)
+        .await
+        .expect("group");
+    append(&b, &s, &["m1", "m2", "m3"], Trim::NONE).await;
+    // Consumer A claims all three; they expire. (Redis measures expiry by the reclaimer's
+    // visibility timeout, so every claim here uses the same one.)
+    let first = b
+        .claim(g(&s, "grp", "A"), 3, VIS)
+        .await
+        .expect("claim");
+    assert_eq!(first.len(), 3);
+    tokio::time::sleep(VIS + Duration::from_millis(50)).await;
+    // Consumer B takes m1 over, then A takes m2 and m3 again (fresh tokens).
+    let taken = b
+        .claim(g(&s, "grp", "B"), 1, VIS)
+        .await
+        .expect("reclaim m1");
+    assert_eq!(taken.len(), 1, "m1 reclaimed");
+    assert_eq!(text(&taken[0].message.payload), "m1");
+    assert_eq!(taken[0].message.attempt, 2);
+    let rest = b
+        .claim(g(&s, "grp", "A"), 2, VIS)
+        .await
+        .expect("reclaim m2, m3");
+    assert_eq!(rest.len(), 2);
+    let a = &first[..1];
+    let mut batch: Vec<Claim> = vec![a[0].claim()];
+    batch.extend(rest.iter().map(|c| c.claim()));
+    b.ack(g(&s, "grp", "A"), &batch).await.expect("mixed ack");
+    // m1 is still B's: B's retry works (so the stale ack did not remove it).
+    assert!(b
+        .retry(g(&s, "grp", "B"), &taken[0].claim(), Duration::ZERO)
+        .await
+        .expect("retry"));
+    let again = b
+        .claim(g(&s, "grp", "C"), 10, VIS)
+        .await
+        .expect("claim after retry");
+    assert_eq!(
+        again.iter().map(|c| text(&c.message.payload)).collect::<Vec<_>>(),
+        ["m1"],
+        "m2 and m3 were acked, m1 came back"
+    );
+    assert_eq!(again[0].message.attempt, 3);
+}
+
+/// S3, S7: a message trimmed between claim and settle: ack, retry and dead-letter are
+/// harmless no-ops (no error, no dead letter of a message that is gone) and the group
+/// goes on with the retained messages.
+pub async fn trim_between_claim_and_settle(b: SharedBackend) {
+    let s = stream();
+    let dead = format!("{s}.dead");
+    b.ensure_group(&s, "grp", &StartPosition::Earliest)
+        .await
+        .expect("group");
+    b.ensure_group(&dead, "dl", &StartPosition::Earliest)
+        .await
+        .expect("dead-letter group");
+    append(&b, &s, &["m1", "m2", "m3"], Trim::NONE).await;
+    let claimed = b
+        .claim(g(&s, "grp", "A"), 3, Duration::from_secs(60))
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 3);
+    append(
+        &b,
+        &s,
+        &["m4"],
+        Trim {
+            max_len: 1,
+            max_age: Duration::ZERO,
+        },
+    )
+    .await;
+    b.ack(g(&s, "grp", "A"), &[claimed[0].claim()])
+        .await
+        .expect("ack of a trimmed message");
+    let retried = b
+        .retry(g(&s, "grp", "A"), &claimed[1].claim(), Duration::ZERO)
+        .await
+        .expect("retry of a trimmed message");
+    let moved = b
+        .dead_letter(
+            g(&s, "grp", "A"),
+            &claimed[2].claim(),
+            &dead,
+            NewMessage::new("m3"),
+        )
+        .await
+        .expect("dead-letter of a trimmed message");
+    // Whatever the backend answered, the trimmed messages never come back.
+    let _ = (retried, moved);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(drain_payloads(&b, &s, "grp").await, ["m4"]);
+}
+
+/// S7, S12: a dead-letter move racing a reclaim: the stale owner's move does nothing, the
+/// new owner's moves exactly one copy.
+pub async fn dead_letter_racing_reclaim(b: SharedBackend) {
+    let s = stream();
+    let dead = format!("{s}.dead");
+    b.ensure_group(&s, "grp", &StartPosition::Earliest)
+        .await
+        .expect("group");
+    b.ensure_group(&dead, "dl", &StartPosition::Earliest)
+        .await
+        .expect("dead-letter group");
+    append(&b, &s, &["m"], Trim::NONE).await;
+    let old = b.claim(g(&s, "grp", "A"), 1, VIS).await.expect("claim");
+    tokio::time::sleep(VIS + Duration::from_millis(50)).await;
+    let new = b
+        .claim(g(&s, "grp", "A"), 1, VIS)
+        .await
+        .expect("reclaim by the same consumer");
+    assert_eq!(new.len(), 1);
+    assert_eq!(new[0].message.attempt, 2);
+    assert!(!b
+        .dead_letter(g(&s, "grp", "A"), &old[0].claim(), &dead, NewMessage::new("stale"))
+        .await
+        .expect("stale move"));
+    assert!(b
+        .dead_letter(g(&s, "grp", "A"), &new[0].claim(), &dead, NewMessage::new("fresh"))
+        .await
+        .expect("fresh move"));
+    assert!(!b
+        .dead_letter(g(&s, "grp", "A"), &new[0].claim(), &dead, NewMessage::new("twice"))
+        .await
+        .expect("second move"));
+    assert_eq!(drain_payloads(&b, &dead, "dl").await, ["fresh"]);
+    assert!(drain_payloads(&b, &s, "grp").await.is_empty());
+}
+
+/// S4, S5: many concurrent creators of one group: no error, one group, one cursor.
+pub async fn concurrent_group_creation(b: SharedBackend) {
+    let s = stream();
+    append(&b, &s, &["old"], Trim::NONE).await;
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let b = b.clone();
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            let start = if i % 2 == 0 {
+                StartPosition::Earliest
+            } else {
+                StartPosition::Latest
+            };
+            b.ensure_group(&s, "racing", &start).await
+        }));
+    }
+    for t in tasks {
+        t.await.expect("task").expect("ensure_group");
+    }
+    append(&b, &s, &["new"], Trim::NONE).await;
+    let first = drain_payloads(&b, &s, "racing").await;
+    assert!(
+        first == ["old", "new"] || first == ["new"],
+        "one cursor: {first:?}"
+    );
+    assert!(drain_payloads(&b, &s, "racing").await.is_empty());
+}
+
+/// S1: names with upper case, dots, quotes, braces, percent signs, unicode and 200 bytes
+/// reach the backend safely and stay distinct.
+pub async fn odd_names(b: SharedBackend) {
+    let base = unique_name("rc");
+    let long = format!("{base}.{}", "é".repeat((200 - base.len() - 1) / 2));
+    assert!(long.len() <= 200);
+    let names = [
+        format!("{base}.NS.Orders.V2"),
+        format!("{base}.ns.it's\"quoted\";--"),
+        format!("{base}.ns.{{brace}}%25%"),
+        format!("{base}.ns.日本語-ストリーム"),
+        long,
+    ];
+    for (i, name) in names.iter().enumerate() {
+        let group = format!("Gr'{i}{{}}%\"é");
+        b.ensure_group(name, &group, &StartPosition::Earliest)
+            .await
+            .unwrap_or_else(|e| panic!("group on {name:?}: {e}"));
+        append(&b, name, &[&format!("p{i}")], Trim::NONE).await;
+    }
+    for (i, name) in names.iter().enumerate() {
+        let group = format!("Gr'{i}{{}}%\"é");
+        let claimed = b
+            .claim(g(name, &group, "c"), 10, Duration::from_secs(60))
+            .await
+            .expect("claim");
+        assert_eq!(claimed.len(), 1, "{name:?}");
+        assert_eq!(text(&claimed[0].message.payload), format!("p{i}"));
+        assert_eq!(claimed[0].message.stream, *name);
+        b.ack(g(name, &group, "c"), &[claimed[0].claim()])
+            .await
+            .expect("ack");
+    }
+}
+
+macro_rules! probes {
+    ($module:ident, $factory:expr; $($case:ident),* $(,)?) => {
+        mod $module {
+            #[allow(unused_imports)]
+            use std::sync::Arc;
+            #[allow(unused_imports)]
+            use stream_runtime::backend::{Backend, SharedBackend};
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let Some(backend) = $factory.await else { return };
+                    super::$case(backend.clone()).await;
+                    backend.close().await.expect("close");
+                }
+            )*
+        }
+    };
+    ($($module:ident => $factory:expr),* $(,)?) => {
+        $(
+            probes!($module, $factory;
+                start_positions_at_the_edges,
+                mixed_stale_and_fresh_ack_batch,
+                trim_between_claim_and_settle,
+                dead_letter_racing_reclaim,
+                concurrent_group_creation,
+                odd_names,
+            );
+        )*
+    };
+}
+
+fn sqlite_url() -> String {
+    let dir = std::env::temp_dir().join(format!("stream-tests-review-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    format!(
+        "sqlite://{}",
+        dir.join(format!("{}.db", unique_name("rc"))).display()
+    )
+}
+
+fn redis_url() -> String {
+    std::env::var("STREAMS_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+probes! {
+    memory => async {
+        Some(Arc::new(stream_runtime::backend::memory::MemoryBackend::new()) as SharedBackend)
+    },
+    sqlite => async {
+        Some(stream_runtime::backend::connect(&super::sqlite_url()).await.expect("sqlite"))
+    },
+    postgres => crate::pg::shared_backend(),
+    redis => async {
+        match stream_runtime::backend::redis::RedisBackend::connect(&super::redis_url()).await {
+            Ok(b) => Some(Arc::new(b) as SharedBackend),
+            Err(e) => stream_runtime::conformance::skip_or_fail("redis", &e.to_string()),
+        }
+    },
+}
