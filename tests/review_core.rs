@@ -4,10 +4,9 @@
 
 mod pg;
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use stream_runtime::backend::{Backend, Claim, GroupRef, SharedBackend};
+use stream_runtime::backend::{Claim, GroupRef, SharedBackend};
 use stream_runtime::conformance::unique_name;
 use stream_runtime::{NewMessage, StartPosition, Trim};
 
@@ -100,10 +99,7 @@ pub async fn mixed_stale_and_fresh_ack_batch(b: SharedBackend) {
     append(&b, &s, &["m1", "m2", "m3"], Trim::NONE).await;
     // Consumer A claims all three; they expire. (Redis measures expiry by the reclaimer's
     // visibility timeout, so every claim here uses the same one.)
-    let first = b
-        .claim(g(&s, "grp", "A"), 3, VIS)
-        .await
-        .expect("claim");
+    let first = b.claim(g(&s, "grp", "A"), 3, VIS).await.expect("claim");
     assert_eq!(first.len(), 3);
     tokio::time::sleep(VIS + Duration::from_millis(50)).await;
     // Consumer B takes m1 over, then A takes m2 and m3 again (fresh tokens).
@@ -133,7 +129,10 @@ pub async fn mixed_stale_and_fresh_ack_batch(b: SharedBackend) {
         .await
         .expect("claim after retry");
     assert_eq!(
-        again.iter().map(|c| text(&c.message.payload)).collect::<Vec<_>>(),
+        again
+            .iter()
+            .map(|c| text(&c.message.payload))
+            .collect::<Vec<_>>(),
         ["m1"],
         "m2 and m3 were acked, m1 came back"
     );
@@ -211,15 +210,30 @@ pub async fn dead_letter_racing_reclaim(b: SharedBackend) {
     assert_eq!(new.len(), 1);
     assert_eq!(new[0].message.attempt, 2);
     assert!(!b
-        .dead_letter(g(&s, "grp", "A"), &old[0].claim(), &dead, NewMessage::new("stale"))
+        .dead_letter(
+            g(&s, "grp", "A"),
+            &old[0].claim(),
+            &dead,
+            NewMessage::new("stale")
+        )
         .await
         .expect("stale move"));
     assert!(b
-        .dead_letter(g(&s, "grp", "A"), &new[0].claim(), &dead, NewMessage::new("fresh"))
+        .dead_letter(
+            g(&s, "grp", "A"),
+            &new[0].claim(),
+            &dead,
+            NewMessage::new("fresh")
+        )
         .await
         .expect("fresh move"));
     assert!(!b
-        .dead_letter(g(&s, "grp", "A"), &new[0].claim(), &dead, NewMessage::new("twice"))
+        .dead_letter(
+            g(&s, "grp", "A"),
+            &new[0].claim(),
+            &dead,
+            NewMessage::new("twice")
+        )
         .await
         .expect("second move"));
     assert_eq!(drain_payloads(&b, &dead, "dl").await, ["fresh"]);
@@ -348,4 +362,205 @@ probes! {
             Err(e) => stream_runtime::conformance::skip_or_fail("redis", &e.to_string()),
         }
     },
+}
+
+/// The engine's close and panic paths, on the memory backend (and a wrapper that makes its
+/// claims hang, as an unreachable server would).
+mod engine {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use stream_runtime::backend::memory::MemoryBackend;
+    use stream_runtime::backend::{
+        Backend, BoxFuture, Claim, Claimed, GroupRef, SharedBackend, Wakeup,
+    };
+    use stream_runtime::conformance::{wait_for, Recorder};
+    use stream_runtime::{
+        Message, MessageId, NewMessage, PublishOptions, Result, RetryDelay, Service, ServiceConfig,
+        StartPosition, SubscribeOptions, Trim,
+    };
+
+    /// The memory backend, with claims that never answer once `hang` is set.
+    #[derive(Default)]
+    struct HangingClaims {
+        inner: MemoryBackend,
+        hang: AtomicBool,
+        hanging: AtomicUsize,
+    }
+
+    impl Backend for HangingClaims {
+        fn name(&self) -> &'static str {
+            "hanging"
+        }
+        fn append<'a>(
+            &'a self,
+            stream: &'a str,
+            messages: Vec<NewMessage>,
+            trim: Trim,
+        ) -> BoxFuture<'a, Result<Vec<MessageId>>> {
+            self.inner.append(stream, messages, trim)
+        }
+        fn ensure_group<'a>(
+            &'a self,
+            stream: &'a str,
+            group: &'a str,
+            start: &'a StartPosition,
+        ) -> BoxFuture<'a, Result<()>> {
+            self.inner.ensure_group(stream, group, start)
+        }
+        fn claim<'a>(
+            &'a self,
+            group: GroupRef<'a>,
+            max: usize,
+            visibility: Duration,
+        ) -> BoxFuture<'a, Result<Vec<Claimed>>> {
+            if self.hang.load(Ordering::SeqCst) {
+                self.hanging.fetch_add(1, Ordering::SeqCst);
+                return Box::pin(std::future::pending());
+            }
+            self.inner.claim(group, max, visibility)
+        }
+        fn ack<'a>(
+            &'a self,
+            group: GroupRef<'a>,
+            claims: &'a [Claim],
+        ) -> BoxFuture<'a, Result<()>> {
+            self.inner.ack(group, claims)
+        }
+        fn retry<'a>(
+            &'a self,
+            group: GroupRef<'a>,
+            claim: &'a Claim,
+            delay: Duration,
+        ) -> BoxFuture<'a, Result<bool>> {
+            self.inner.retry(group, claim, delay)
+        }
+        fn dead_letter<'a>(
+            &'a self,
+            group: GroupRef<'a>,
+            claim: &'a Claim,
+            to: &'a str,
+            message: NewMessage,
+        ) -> BoxFuture<'a, Result<bool>> {
+            self.inner.dead_letter(group, claim, to, message)
+        }
+        fn release<'a>(
+            &'a self,
+            group: GroupRef<'a>,
+            claims: &'a [Claim],
+        ) -> BoxFuture<'a, Result<()>> {
+            self.inner.release(group, claims)
+        }
+        fn wakeup(&self, stream: &str) -> Wakeup {
+            self.inner.wakeup(stream)
+        }
+        fn close(&self) -> BoxFuture<'_, Result<()>> {
+            self.inner.close()
+        }
+    }
+
+    fn fast() -> SubscribeOptions {
+        SubscribeOptions::new()
+            .poll_interval(Duration::from_millis(10))
+            .visibility_timeout(Duration::from_secs(30))
+            .shutdown_timeout(Duration::from_millis(300))
+            .retry_delay(RetryDelay::Fixed(Duration::from_millis(10)))
+    }
+
+    /// S15: close while a claim is in flight on a backend that stopped answering returns
+    /// within the shutdown timeout instead of waiting for the claim forever.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn close_while_a_claim_hangs_keeps_the_shutdown_timeout() {
+        let backend = Arc::new(HangingClaims::default());
+        let service =
+            Service::from_shared(backend.clone() as SharedBackend, ServiceConfig::default());
+        let consumer = service
+            .subscribe("s", "g", Recorder::new().handler(), fast())
+            .await
+            .expect("subscribe");
+        backend.hang.store(true, Ordering::SeqCst);
+        wait_for("a hanging claim", || {
+            backend.hanging.load(Ordering::SeqCst) > 0
+        })
+        .await;
+        let started = Instant::now();
+        let report = tokio::time::timeout(Duration::from_secs(5), consumer.close())
+            .await
+            .expect("close returned within the shutdown timeout");
+        assert_eq!(report.aborted, 0);
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        tokio::time::timeout(Duration::from_secs(5), service.close())
+            .await
+            .expect("service close returned")
+            .expect("service close");
+    }
+
+    /// S15: a close whose future is dropped half-way (a timeout around it) does not make the
+    /// next close return at once with an empty report while handlers still run.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn close_survives_a_cancelled_close() {
+        let service = Service::memory();
+        let started = Arc::new(AtomicBool::new(false));
+        let handler = {
+            let started = started.clone();
+            move |_m: Message| {
+                started.store(true, Ordering::SeqCst);
+                std::future::pending::<std::result::Result<(), stream_runtime::HandlerError>>()
+            }
+        };
+        let consumer = service
+            .subscribe("s", "g", handler, fast())
+            .await
+            .expect("subscribe");
+        service
+            .publish("s", "m", PublishOptions::new())
+            .await
+            .expect("publish");
+        wait_for("the handler", || started.load(Ordering::SeqCst)).await;
+        assert!(
+            tokio::time::timeout(Duration::from_millis(20), consumer.close())
+                .await
+                .is_err(),
+            "close waits for the drain"
+        );
+        let report = consumer.close().await;
+        assert_eq!(report.aborted, 1, "the second close waited for the drain");
+        service.close().await.expect("close");
+    }
+
+    /// S11: a handler that panics before returning its future (outside its `async` block)
+    /// counts as an error: retried after the retry delay, not after the visibility timeout,
+    /// and not reported as aborted at close.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn panic_before_the_future_counts_as_an_error() {
+        let service = Service::memory();
+        let rec = Recorder::new();
+        let handler = {
+            let rec = rec.clone();
+            move |m: Message| {
+                rec.record(&m);
+                if m.attempt == 1 {
+                    panic!("boom before the future");
+                }
+                std::future::ready(Ok(()))
+            }
+        };
+        let consumer = service
+            .subscribe("s", "g", handler, fast())
+            .await
+            .expect("subscribe");
+        service
+            .publish("s", "m", PublishOptions::new())
+            .await
+            .expect("publish");
+        rec.wait_len(2, "the retry after the panic").await;
+        assert_eq!(rec.messages()[1].attempt, 2);
+        assert_eq!(consumer.close().await.aborted, 0);
+        service.close().await.expect("close");
+    }
 }

@@ -159,7 +159,9 @@ impl Running {
     pub async fn close(&self) -> CloseReport {
         self.stop.send_replace(true);
         let mut dispatcher = self.dispatcher.lock().await;
-        if let Some(handle) = dispatcher.take() {
+        // The handle is taken only once the dispatcher finished: a close whose future is
+        // dropped half-way (a timeout around it) leaves the next close something to wait on.
+        if let Some(handle) = dispatcher.as_mut() {
             let report = match handle.await {
                 Ok(report) => report,
                 Err(e) => {
@@ -167,6 +169,7 @@ impl Running {
                     CloseReport::default()
                 }
             };
+            *dispatcher = None;
             *self.report.lock().unwrap_or_else(PoisonError::into_inner) = Some(report);
         }
         self.report
@@ -235,6 +238,8 @@ async fn dispatch(sub: Subscription, mut stop: watch::Receiver<bool>) -> CloseRe
     let mut tasks = JoinSet::new();
     let mut idle = false;
     let mut failures = 0u32;
+    // Set when close was asked for while a claim was in flight: the drain ends there.
+    let mut drain_deadline: Option<Instant> = None;
 
     loop {
         if idle && !worker.wait_for_work(&mut wakeup, &mut stop).await {
@@ -255,12 +260,39 @@ async fn dispatch(sub: Subscription, mut stop: watch::Receiver<bool>) -> CloseRe
         while tasks.try_join_next().is_some() {}
 
         wakeup.mark_seen();
-        let claimed = match worker
-            .sub
-            .backend
-            .claim(worker.group(), permits.len(), worker.sub.visibility_timeout)
-            .await
-        {
+        let claiming =
+            worker
+                .sub
+                .backend
+                .claim(worker.group(), permits.len(), worker.sub.visibility_timeout);
+        tokio::pin!(claiming);
+        let answered = tokio::select! {
+            biased;
+            result = &mut claiming => Some(result),
+            _ = stop.wait_for(|s| *s) => None,
+        };
+        let result = match answered {
+            Some(result) => result,
+            None => {
+                // Closed while a claim is in flight (a slow or unreachable backend): it gets
+                // the shutdown budget, no more. What it claims in time is handled and
+                // drained like the rest; if it never answers, its claims (if any) come back
+                // after the visibility timeout.
+                let deadline = Instant::now() + worker.sub.shutdown_timeout;
+                drain_deadline = Some(deadline);
+                match tokio::time::timeout_at(deadline.into(), claiming).await {
+                    Ok(result) => result,
+                    Err(_) => {
+                        tracing::warn!(
+                            stream = %worker.sub.stream, group = %worker.sub.group,
+                            "a claim was still in flight at the shutdown deadline; abandoned"
+                        );
+                        break;
+                    }
+                }
+            }
+        };
+        let claimed = match result {
             Ok(claimed) => {
                 failures = 0;
                 claimed
@@ -286,9 +318,13 @@ async fn dispatch(sub: Subscription, mut stop: watch::Receiver<bool>) -> CloseRe
         for (claimed, permit) in claimed.into_iter().zip(permits.drain(..)) {
             tasks.spawn(run_one(worker.clone(), claimed, permit));
         }
+        if drain_deadline.is_some() {
+            break;
+        }
     }
 
-    let report = drain(&worker, &mut tasks).await;
+    let deadline = drain_deadline.unwrap_or_else(|| Instant::now() + worker.sub.shutdown_timeout);
+    let report = drain(&worker, &mut tasks, deadline).await;
     drop(worker);
     if settler.await.is_err() {
         tracing::error!("ack settler task failed");
@@ -305,9 +341,9 @@ fn backoff(failures: u32, poll_interval: Duration) -> Duration {
         .min(cap)
 }
 
-async fn drain(worker: &Arc<Worker>, tasks: &mut JoinSet<()>) -> CloseReport {
+async fn drain(worker: &Arc<Worker>, tasks: &mut JoinSet<()>, deadline: Instant) -> CloseReport {
     let all_done = async { while tasks.join_next().await.is_some() {} };
-    if tokio::time::timeout(worker.sub.shutdown_timeout, all_done)
+    if tokio::time::timeout_at(deadline.into(), all_done)
         .await
         .is_err()
     {
@@ -405,7 +441,19 @@ async fn run_one(worker: Arc<Worker>, claimed: Claimed, permit: OwnedSemaphorePe
     // A handler still running at its visibility deadline has lost its claim: another worker
     // may take the message over, so its slot is freed for that; the handler runs on (its
     // settling is fenced), and a stuck handler cannot starve the subscription.
-    let mut handler = CatchUnwind((worker.sub.handler)(message.clone()));
+    // A handler that panics before returning its future (work done outside its `async`
+    // block) fails like one that panics inside it (S11), instead of killing this task.
+    let started = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        (worker.sub.handler)(message.clone())
+    }));
+    let future = started.unwrap_or_else(|panic| {
+        let error = HandlerError::retry(format!(
+            "handler panicked: {}",
+            catch_unwind::panic_message(panic.as_ref())
+        ));
+        Box::pin(std::future::ready(Err(error)))
+    });
+    let mut handler = CatchUnwind(future);
     let mut permit = Some(permit);
     let outcome = tokio::select! {
         biased;
