@@ -626,3 +626,55 @@ mod redaction {
         }
     }
 }
+
+/// S1: the default dead-letter stream `<full>.dead` must be readable with the same
+/// subscribe call, so a stream whose dead-letter name passes 200 bytes is refused up front.
+mod names {
+    use stream_runtime::conformance::Recorder;
+    use stream_runtime::{Error, Service, SubscribeOptions};
+
+    #[tokio::test]
+    async fn dead_letter_name_over_the_limit_is_refused() {
+        let service = Service::memory();
+        // "app.default." is 12 bytes: a 188-byte name makes a full name of exactly 200.
+        let name = "x".repeat(188);
+        let result = service
+            .subscribe(
+                &name,
+                "g",
+                Recorder::new().handler(),
+                SubscribeOptions::new(),
+            )
+            .await;
+        match result {
+            Err(Error::InvalidName { what, reason, .. }) => {
+                assert_eq!(what, "dead-letter stream");
+                assert!(reason.contains("dead_letter"), "{reason}");
+            }
+            other => panic!("expected an invalid dead-letter name, got {other:?}"),
+        }
+        // With a short custom dead-letter stream it works, and so does a 195-byte full name
+        // whose `.dead` stream is exactly 200 bytes.
+        let ok = service
+            .subscribe(
+                &name,
+                "g",
+                Recorder::new().handler(),
+                SubscribeOptions::new().dead_letter("dead"),
+            )
+            .await
+            .expect("custom dead-letter stream");
+        ok.close().await;
+        let fits = service
+            .subscribe(
+                &"y".repeat(183),
+                "g",
+                Recorder::new().handler(),
+                SubscribeOptions::new(),
+            )
+            .await
+            .expect("dead-letter stream of exactly 200 bytes");
+        fits.close().await;
+        service.close().await.expect("close");
+    }
+}
