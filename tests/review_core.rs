@@ -678,3 +678,62 @@ mod names {
         service.close().await.expect("close");
     }
 }
+
+/// Faults on Redis: data lost under a running consumer (a restart without persistence, an
+/// old snapshot, a deleted key) must not stall the consumer silently forever.
+mod redis_faults {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use stream_runtime::backend::redis::{stream_key, RedisBackend};
+    use stream_runtime::backend::SharedBackend;
+    use stream_runtime::conformance::{unique_name, Recorder};
+    use stream_runtime::{PublishOptions, RetryDelay, Service, ServiceConfig, SubscribeOptions};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn consumer_goes_on_after_its_group_is_lost() {
+        let url = super::redis_url();
+        let backend = match RedisBackend::connect(&url).await {
+            Ok(b) => Arc::new(b) as SharedBackend,
+            Err(e) => {
+                let _: Option<()> =
+                    stream_runtime::conformance::skip_or_fail("redis", &e.to_string());
+                return;
+            }
+        };
+        let service =
+            Service::from_shared(backend, ServiceConfig::default().app(unique_name("rc")));
+        let rec = Recorder::new();
+        let options = SubscribeOptions::new()
+            .poll_interval(Duration::from_millis(25))
+            .retry_delay(RetryDelay::Fixed(Duration::from_millis(20)));
+        let consumer = service
+            .subscribe("lost", "g", rec.handler(), options)
+            .await
+            .expect("subscribe");
+        service
+            .publish("lost", "before", PublishOptions::new())
+            .await
+            .expect("publish");
+        rec.wait_payload("before").await;
+        // The server loses the stream with its group.
+        let full = service.stream_name("lost").expect("name");
+        let mut raw = redis::Client::open(url.as_str())
+            .expect("url")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect");
+        let _: i64 = redis::cmd("DEL")
+            .arg(stream_key(&full))
+            .query_async(&mut raw)
+            .await
+            .expect("DEL");
+        service
+            .publish("lost", "after", PublishOptions::new())
+            .await
+            .expect("publish after the loss");
+        rec.wait_payload("after").await;
+        consumer.close().await;
+        service.close().await.expect("close");
+    }
+}

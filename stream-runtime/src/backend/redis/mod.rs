@@ -528,25 +528,45 @@ impl Backend for RedisBackend {
             if !stale.is_empty() {
                 self.remove_idle_consumers(stale).await;
             }
-            let reply: Value = self
-                .scripts
-                .claim
-                .key(stream_key(group.stream))
-                .key(retry_key(group.stream, group.group))
-                .key(cursors_key(group.stream))
-                .arg(group.group)
-                .arg(group.consumer)
-                .arg(max)
-                .arg(u64::try_from(visibility.as_millis()).unwrap_or(u64::MAX))
-                .arg(PARKED)
-                .invoke_async(&mut self.conn.clone())
-                .await
-                .map_err(|e| {
-                    self.error(
-                        format!("claiming messages of {}/{}", group.stream, group.group),
-                        e,
-                    )
-                })?;
+            let mut recreated = false;
+            let reply: Value = loop {
+                let result = self
+                    .scripts
+                    .claim
+                    .key(stream_key(group.stream))
+                    .key(retry_key(group.stream, group.group))
+                    .key(cursors_key(group.stream))
+                    .arg(group.group)
+                    .arg(group.consumer)
+                    .arg(max)
+                    .arg(u64::try_from(visibility.as_millis()).unwrap_or(u64::MAX))
+                    .arg(PARKED)
+                    .invoke_async(&mut self.conn.clone())
+                    .await;
+                match result {
+                    Ok(reply) => break reply,
+                    // The group (or the whole stream) is gone: the server lost its data (a
+                    // restart without persistence, an old snapshot) or someone deleted it.
+                    // Create it again from the start of what the stream holds now, so the
+                    // consumer goes on instead of silently claiming nothing forever.
+                    Err(e) if !recreated && e.code() == Some("NOGROUP") => {
+                        recreated = true;
+                        tracing::warn!(
+                            stream = %group.stream, group = %group.group,
+                            "the consumer group is missing on the Redis server (data lost or \
+                             deleted); creating it again from the start of the stream"
+                        );
+                        self.ensure_group(group.stream, group.group, &StartPosition::Earliest)
+                            .await?;
+                    }
+                    Err(e) => {
+                        return Err(self.error(
+                            format!("claiming messages of {}/{}", group.stream, group.group),
+                            e,
+                        ))
+                    }
+                }
+            };
             match reply {
                 Value::Array(entries) => entries
                     .into_iter()

@@ -63,7 +63,8 @@ return ids
 /// 3. new messages with `XREADGROUP ... >` (no BLOCK).
 ///
 /// Returns `{id, delivery count, {field, value, ...}}` for each claimed entry: reclaimed
-/// ones in id order, then new ones in id order.
+/// ones in id order, then new ones in id order. A missing group (the data was lost) is the
+/// `NOGROUP` error, which the backend answers by creating the group again.
 const CLAIM: &str = r"
 local stream, retries, cursors = KEYS[1], KEYS[2], KEYS[3]
 local group, consumer, max = ARGV[1], ARGV[2], tonumber(ARGV[3])
@@ -87,10 +88,7 @@ local due = redis.call('ZRANGEBYSCORE', retries, '-inf', now, 'LIMIT', 0, max)
 for _, id in ipairs(due) do
   redis.call('ZREM', retries, id)
   local got = redis.pcall('XCLAIM', stream, group, consumer, 0, id)
-  if failed(got) then
-    if string.find(got.err, 'NOGROUP') then return {} end
-    return got
-  end
+  if failed(got) then return got end
   if got[1] then
     reclaimed[#reclaimed + 1] = {got[1][1], deliveries(id), got[1][2]}
   end
@@ -105,10 +103,7 @@ while #reclaimed < max and rounds < 8 do
   rounds = rounds + 1
   local r = redis.pcall('XAUTOCLAIM', stream, group, consumer, min_idle, cursor,
     'COUNT', max - #reclaimed)
-  if failed(r) then
-    if string.find(r.err, 'NOGROUP') then return {} end
-    return r
-  end
+  if failed(r) then return r end
   cursor = r[1]
   for _, e in ipairs(r[2]) do
     if e then
