@@ -533,6 +533,49 @@ mod engine {
         service.close().await.expect("close");
     }
 
+    /// "Never" durations (`Duration::MAX` poll interval, visibility, retry delay and
+    /// shutdown timeout) work instead of panicking the dispatcher on `Instant` overflow.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn never_durations_do_not_panic() {
+        let service = Service::memory();
+        let rec = Recorder::new();
+        let handler = {
+            let rec = rec.clone();
+            move |m: Message| {
+                rec.record(&m);
+                let fail = m.payload == b"fail";
+                async move {
+                    if fail {
+                        Err(stream_runtime::HandlerError::retry("again, some day"))
+                    } else {
+                        Ok(())
+                    }
+                }
+            }
+        };
+        let options = SubscribeOptions::new()
+            .poll_interval(Duration::MAX)
+            .visibility_timeout(Duration::MAX)
+            .shutdown_timeout(Duration::MAX)
+            .retry_delay(RetryDelay::Fixed(Duration::MAX));
+        let consumer = service
+            .subscribe("s", "g", handler, options)
+            .await
+            .expect("subscribe");
+        for payload in ["fail", "ok"] {
+            service
+                .publish("s", payload, PublishOptions::new())
+                .await
+                .expect("publish");
+        }
+        rec.wait_len(2, "both messages").await;
+        let report = tokio::time::timeout(Duration::from_secs(5), consumer.close())
+            .await
+            .expect("close returns");
+        assert_eq!(report.aborted, 0);
+        service.close().await.expect("close");
+    }
+
     /// S11: a handler that panics before returning its future (outside its `async` block)
     /// counts as an error: retried after the retry delay, not after the visibility timeout,
     /// and not reported as aborted at close.

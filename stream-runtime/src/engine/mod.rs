@@ -92,6 +92,16 @@ struct Worker {
     retry_scheduled: Notify,
 }
 
+/// `Instant::now() + d`, or a time a century away when that overflows: durations such as
+/// `Duration::MAX` ("never poll", "wait forever") must not panic the dispatcher.
+pub(crate) fn after(d: Duration) -> Instant {
+    const FAR: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    let now = Instant::now();
+    now.checked_add(d)
+        .or_else(|| now.checked_add(FAR))
+        .unwrap_or(now)
+}
+
 /// Slack added to a retry's due time, for backends whose clock (the database's) runs a
 /// little behind ours.
 const RETRY_SLACK: Duration = Duration::from_millis(5);
@@ -101,7 +111,7 @@ impl Worker {
         self.retries_due
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .push(Reverse(Instant::now() + delay + RETRY_SLACK));
+            .push(Reverse(after(delay.saturating_add(RETRY_SLACK))));
         self.retry_scheduled.notify_one();
     }
 
@@ -121,7 +131,7 @@ impl Worker {
     /// Waits until new messages may be claimable: a wake-up from the backend, a retry
     /// falling due, or the poll interval. Returns false when the consumer is stopping.
     async fn wait_for_work(&self, wakeup: &mut Wakeup, stop: &mut watch::Receiver<bool>) -> bool {
-        let poll_at = Instant::now() + self.sub.poll_interval;
+        let poll_at = after(self.sub.poll_interval);
         loop {
             let due = self
                 .next_retry_due()
@@ -278,7 +288,7 @@ async fn dispatch(sub: Subscription, mut stop: watch::Receiver<bool>) -> CloseRe
                 // the shutdown budget, no more. What it claims in time is handled and
                 // drained like the rest; if it never answers, its claims (if any) come back
                 // after the visibility timeout.
-                let deadline = Instant::now() + worker.sub.shutdown_timeout;
+                let deadline = after(worker.sub.shutdown_timeout);
                 drain_deadline = Some(deadline);
                 match tokio::time::timeout_at(deadline.into(), claiming).await {
                     Ok(result) => result,
@@ -323,7 +333,7 @@ async fn dispatch(sub: Subscription, mut stop: watch::Receiver<bool>) -> CloseRe
         }
     }
 
-    let deadline = drain_deadline.unwrap_or_else(|| Instant::now() + worker.sub.shutdown_timeout);
+    let deadline = drain_deadline.unwrap_or_else(|| after(worker.sub.shutdown_timeout));
     let report = drain(&worker, &mut tasks, deadline).await;
     drop(worker);
     if settler.await.is_err() {
