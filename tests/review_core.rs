@@ -304,6 +304,51 @@ pub async fn odd_names(b: SharedBackend) {
     }
 }
 
+/// "Never" durations (`Duration::MAX` poll interval, visibility, retry delay and shutdown
+/// timeout) work instead of panicking the dispatcher or failing every claim.
+pub async fn never_durations(b: SharedBackend) {
+    use stream_runtime::conformance::Recorder;
+    use stream_runtime::{
+        HandlerError, Message, PublishOptions, RetryDelay, Service, ServiceConfig, SubscribeOptions,
+    };
+    let service = Service::from_shared(b, ServiceConfig::default().app(unique_name("rc")));
+    let rec = Recorder::new();
+    let handler = {
+        let rec = rec.clone();
+        move |m: Message| {
+            rec.record(&m);
+            let fail = m.payload == b"fail";
+            async move {
+                if fail {
+                    Err(HandlerError::retry("again, some day"))
+                } else {
+                    Ok(())
+                }
+            }
+        }
+    };
+    let options = SubscribeOptions::new()
+        .poll_interval(Duration::MAX)
+        .visibility_timeout(Duration::MAX)
+        .shutdown_timeout(Duration::MAX)
+        .retry_delay(RetryDelay::Fixed(Duration::MAX));
+    let consumer = service
+        .subscribe("never", "g", handler, options)
+        .await
+        .expect("subscribe");
+    for payload in ["fail", "ok"] {
+        service
+            .publish("never", payload, PublishOptions::new())
+            .await
+            .expect("publish");
+    }
+    rec.wait_len(2, "both messages").await;
+    let report = tokio::time::timeout(Duration::from_secs(5), consumer.close())
+        .await
+        .expect("close returns");
+    assert_eq!(report.aborted, 0);
+}
+
 macro_rules! probes {
     ($module:ident, $factory:expr; $($case:ident),* $(,)?) => {
         mod $module {
@@ -330,6 +375,7 @@ macro_rules! probes {
                 dead_letter_racing_reclaim,
                 concurrent_group_creation,
                 odd_names,
+                never_durations,
             );
         )*
     };
@@ -530,49 +576,6 @@ mod engine {
         );
         let report = consumer.close().await;
         assert_eq!(report.aborted, 1, "the second close waited for the drain");
-        service.close().await.expect("close");
-    }
-
-    /// "Never" durations (`Duration::MAX` poll interval, visibility, retry delay and
-    /// shutdown timeout) work instead of panicking the dispatcher on `Instant` overflow.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn never_durations_do_not_panic() {
-        let service = Service::memory();
-        let rec = Recorder::new();
-        let handler = {
-            let rec = rec.clone();
-            move |m: Message| {
-                rec.record(&m);
-                let fail = m.payload == b"fail";
-                async move {
-                    if fail {
-                        Err(stream_runtime::HandlerError::retry("again, some day"))
-                    } else {
-                        Ok(())
-                    }
-                }
-            }
-        };
-        let options = SubscribeOptions::new()
-            .poll_interval(Duration::MAX)
-            .visibility_timeout(Duration::MAX)
-            .shutdown_timeout(Duration::MAX)
-            .retry_delay(RetryDelay::Fixed(Duration::MAX));
-        let consumer = service
-            .subscribe("s", "g", handler, options)
-            .await
-            .expect("subscribe");
-        for payload in ["fail", "ok"] {
-            service
-                .publish("s", payload, PublishOptions::new())
-                .await
-                .expect("publish");
-        }
-        rec.wait_len(2, "both messages").await;
-        let report = tokio::time::timeout(Duration::from_secs(5), consumer.close())
-            .await
-            .expect("close returns");
-        assert_eq!(report.aborted, 0);
         service.close().await.expect("close");
     }
 

@@ -178,6 +178,12 @@ fn fields(message: NewMessage) -> Vec<Vec<u8>> {
     out
 }
 
+/// A duration in milliseconds as Redis parses them (a signed 64-bit integer): a larger one
+/// (`Duration::MAX`) is capped instead of failing every call with "invalid min-idle-time".
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
 /// The time part of an id as a time.
 fn created_at(id: &str) -> SystemTime {
     let ms = id
@@ -370,7 +376,7 @@ impl RedisBackend {
             .arg(group.group)
             .arg(group.consumer)
             .arg(PARKED)
-            .arg(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX));
+            .arg(millis(delay));
         for claim in claims {
             invocation.arg(claim.id.as_str()).arg(claim.token.0);
         }
@@ -539,7 +545,7 @@ impl Backend for RedisBackend {
                     .arg(group.group)
                     .arg(group.consumer)
                     .arg(max)
-                    .arg(u64::try_from(visibility.as_millis()).unwrap_or(u64::MAX))
+                    .arg(millis(visibility))
                     .arg(PARKED)
                     .invoke_async(&mut self.conn.clone())
                     .await;
