@@ -477,12 +477,14 @@ mod engine {
         StartPosition, SubscribeOptions, Trim,
     };
 
-    /// The memory backend, with claims that never answer once `hang` is set.
+    /// The memory backend, with claims that never answer once `hang` is set, and that
+    /// answer 100 ms late (a slow round trip) while `slow` is set.
     #[derive(Default)]
     struct HangingClaims {
         inner: MemoryBackend,
         hang: AtomicBool,
         hanging: AtomicUsize,
+        slow: AtomicBool,
     }
 
     impl Backend for HangingClaims {
@@ -514,6 +516,13 @@ mod engine {
             if self.hang.load(Ordering::SeqCst) {
                 self.hanging.fetch_add(1, Ordering::SeqCst);
                 return Box::pin(std::future::pending());
+            }
+            if self.slow.load(Ordering::SeqCst) {
+                return Box::pin(async move {
+                    let claimed = self.inner.claim(group, max, visibility).await;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    claimed
+                });
             }
             self.inner.claim(group, max, visibility)
         }
@@ -594,6 +603,45 @@ mod engine {
             .await
             .expect("service close returned")
             .expect("service close");
+    }
+
+    /// S9, S14: a retry that falls due while a claim is in flight is claimed when that
+    /// claim returns, not at the next poll (here: an hour away).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn retry_due_during_a_slow_claim_is_not_left_to_the_poll() {
+        let backend = Arc::new(HangingClaims::default());
+        backend.slow.store(true, Ordering::SeqCst);
+        let service =
+            Service::from_shared(backend.clone() as SharedBackend, ServiceConfig::default());
+        let rec = Recorder::new();
+        let handler = {
+            let rec = rec.clone();
+            move |m: Message| {
+                rec.record(&m);
+                let first = m.attempt == 1;
+                async move {
+                    if first {
+                        Err(stream_runtime::HandlerError::retry("once"))
+                    } else {
+                        Ok(())
+                    }
+                }
+            }
+        };
+        let options = fast()
+            .poll_interval(Duration::from_secs(3600))
+            .retry_delay(RetryDelay::Fixed(Duration::from_millis(30)));
+        let consumer = service
+            .subscribe("s", "g", handler, options)
+            .await
+            .expect("subscribe");
+        service
+            .publish("s", "m", PublishOptions::new())
+            .await
+            .expect("publish");
+        rec.wait_len(2, "the retry").await;
+        consumer.close().await;
+        service.close().await.expect("close");
     }
 
     /// S15: a close whose future is dropped half-way (a timeout around it) does not make the

@@ -115,14 +115,15 @@ impl Worker {
         self.retry_scheduled.notify_one();
     }
 
-    /// The earliest retry due time, dropping those already passed.
-    fn next_retry_due(&self) -> Option<Instant> {
+    /// The earliest retry due time, dropping those the last claim (started at
+    /// `claimed_at`) already covered. One that fell due while that claim was in flight is
+    /// kept: it is in the past, so the wait ends at once and the next claim takes it.
+    fn next_retry_due(&self, claimed_at: Instant) -> Option<Instant> {
         let mut due = self
             .retries_due
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let now = Instant::now();
-        while due.peek().is_some_and(|Reverse(at)| *at <= now) {
+        while due.peek().is_some_and(|Reverse(at)| *at <= claimed_at) {
             due.pop();
         }
         due.peek().map(|Reverse(at)| *at)
@@ -130,11 +131,17 @@ impl Worker {
 
     /// Waits until new messages may be claimable: a wake-up from the backend, a retry
     /// falling due, or the poll interval. Returns false when the consumer is stopping.
-    async fn wait_for_work(&self, wakeup: &mut Wakeup, stop: &mut watch::Receiver<bool>) -> bool {
+    /// `claimed_at` is when the last claim started.
+    async fn wait_for_work(
+        &self,
+        wakeup: &mut Wakeup,
+        stop: &mut watch::Receiver<bool>,
+        claimed_at: Instant,
+    ) -> bool {
         let poll_at = after(self.sub.poll_interval);
         loop {
             let due = self
-                .next_retry_due()
+                .next_retry_due(claimed_at)
                 .filter(|at| *at < poll_at)
                 .unwrap_or(poll_at);
             tokio::select! {
@@ -248,11 +255,16 @@ async fn dispatch(sub: Subscription, mut stop: watch::Receiver<bool>) -> CloseRe
     let mut tasks = JoinSet::new();
     let mut idle = false;
     let mut failures = 0u32;
+    let mut claimed_at = Instant::now();
     // Set when close was asked for while a claim was in flight: the drain ends there.
     let mut drain_deadline: Option<Instant> = None;
 
     loop {
-        if idle && !worker.wait_for_work(&mut wakeup, &mut stop).await {
+        if idle
+            && !worker
+                .wait_for_work(&mut wakeup, &mut stop, claimed_at)
+                .await
+        {
             break;
         }
         let first = tokio::select! {
@@ -270,6 +282,7 @@ async fn dispatch(sub: Subscription, mut stop: watch::Receiver<bool>) -> CloseRe
         while tasks.try_join_next().is_some() {}
 
         wakeup.mark_seen();
+        claimed_at = Instant::now();
         let claiming =
             worker
                 .sub
