@@ -882,9 +882,6 @@ mod redis_faults {
     }
 }
 
-// Passes on memory, SQLite and Postgres (they store each claim's deadline); the Redis
-// backend measures expiry with the reclaiming worker's visibility (XAUTOCLAIM's
-// min-idle-time), so it fails there: see the review report.
 probes!(memory_deadlines, async {
     Some(Arc::new(stream_runtime::backend::memory::MemoryBackend::new()) as SharedBackend)
 }; claim_deadline_is_the_claimers);
@@ -893,27 +890,9 @@ probes!(sqlite_deadlines, async {
 }; claim_deadline_is_the_claimers);
 probes!(postgres_deadlines, crate::pg::shared_backend(); claim_deadline_is_the_claimers);
 
-mod redis_known_bugs {
-    use std::sync::Arc;
-
-    use stream_runtime::backend::SharedBackend;
-
-    /// Known bug (S6, S13), not fixed yet: run with `--ignored`.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[ignore = "the Redis backend reclaims by the reclaimer's visibility, not the claim's"]
-    async fn claim_deadline_is_the_claimers() {
-        let backend = match stream_runtime::backend::redis::RedisBackend::connect(
-            &super::redis_url(),
-        )
-        .await
-        {
-            Ok(b) => Arc::new(b) as SharedBackend,
-            Err(e) => {
-                let _: Option<()> =
-                    stream_runtime::conformance::skip_or_fail("redis", &e.to_string());
-                return;
-            }
-        };
-        super::claim_deadline_is_the_claimers(backend).await;
+probes!(redis_deadlines, async {
+    match stream_runtime::backend::redis::RedisBackend::connect(&super::redis_url()).await {
+        Ok(b) => Some(Arc::new(b) as SharedBackend),
+        Err(e) => stream_runtime::conformance::skip_or_fail("redis", &e.to_string()),
     }
-}
+}; claim_deadline_is_the_claimers);
