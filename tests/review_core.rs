@@ -644,6 +644,25 @@ mod engine {
         service.close().await.expect("close");
     }
 
+    /// S13, bad input: an absurd concurrency (a typo in a config) neither panics the
+    /// dispatcher (tokio's semaphore limit) nor makes a claim allocate a permit per worker.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn huge_concurrency_works() {
+        let service = Service::memory();
+        let rec = Recorder::new();
+        let consumer = service
+            .subscribe("s", "g", rec.handler(), fast().concurrency(usize::MAX))
+            .await
+            .expect("subscribe");
+        service
+            .publish_batch("s", ["a", "b", "c"], PublishOptions::new())
+            .await
+            .expect("publish");
+        rec.wait_len(3, "three messages").await;
+        assert_eq!(consumer.close().await.aborted, 0);
+        service.close().await.expect("close");
+    }
+
     /// S15: a close whose future is dropped half-way (a timeout around it) does not make the
     /// next close return at once with an empty report while handlers still run.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -102,6 +102,9 @@ pub(crate) fn after(d: Duration) -> Instant {
         .unwrap_or(now)
 }
 
+/// The most messages one claim asks for.
+const MAX_CLAIM: usize = 512;
+
 /// Slack added to a retry's due time, for backends whose clock (the database's) runs a
 /// little behind ours.
 const RETRY_SLACK: Duration = Duration::from_millis(5);
@@ -234,7 +237,8 @@ pub(crate) fn start(sub: Subscription) -> Running {
 }
 
 async fn dispatch(sub: Subscription, mut stop: watch::Receiver<bool>) -> CloseReport {
-    let concurrency = sub.concurrency.max(1);
+    // Beyond MAX_PERMITS the semaphore would panic, killing the subscription silently.
+    let concurrency = sub.concurrency.clamp(1, Semaphore::MAX_PERMITS);
     let workers = Arc::new(Semaphore::new(concurrency));
     let (acks, ack_rx) = mpsc::unbounded_channel();
     let worker = Arc::new(Worker {
@@ -276,8 +280,13 @@ async fn dispatch(sub: Subscription, mut stop: watch::Receiver<bool>) -> CloseRe
             },
         };
         let mut permits: Vec<OwnedSemaphorePermit> = vec![first];
-        while let Ok(p) = workers.clone().try_acquire_owned() {
-            permits.push(p);
+        // At most MAX_CLAIM free workers per claim: a huge concurrency (a typo in a config)
+        // must not make one claim allocate a permit per possible worker.
+        while permits.len() < MAX_CLAIM {
+            match workers.clone().try_acquire_owned() {
+                Ok(p) => permits.push(p),
+                Err(_) => break,
+            }
         }
         while tasks.try_join_next().is_some() {}
 
