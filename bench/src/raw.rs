@@ -287,13 +287,15 @@ impl Raw {
     }
 
     /// Consumes a pre-filled backlog of `n` messages (the fill is not timed) with a claim of
-    /// up to `batch` then one ack of them, until all are acknowledged.
+    /// up to `batch` then one ack of them, until all are acknowledged or `cap` passed;
+    /// returns how many were and the time taken.
     pub async fn consume(
         &mut self,
         n: usize,
         batch: usize,
         payload: &[u8],
-    ) -> Result<Duration, BoxError> {
+        cap: Duration,
+    ) -> Result<(usize, Duration), BoxError> {
         if let Raw::Memory = self {
             let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
             for _ in 0..n {
@@ -310,7 +312,7 @@ impl Raw {
                 seen += got;
                 buf.clear();
             }
-            return Ok(start.elapsed());
+            return Ok((seen, start.elapsed()));
         }
         self.clear("queue").await?;
         self.fill("queue", n, 1000, payload).await?;
@@ -322,7 +324,7 @@ impl Raw {
             Raw::Memory => unreachable!("handled above"),
             Raw::Sqlite(pool) => {
                 start = Instant::now();
-                while seen < n {
+                while seen < n && start.elapsed() < cap {
                     token += 1;
                     let now = now_ms();
                     let rows = sqlx::query(
@@ -370,7 +372,7 @@ impl Raw {
                     "DELETE FROM {schema}.raw_queue WHERE token = $1 AND id = ANY($2::bigint[])"
                 );
                 start = Instant::now();
-                while seen < n {
+                while seen < n && start.elapsed() < cap {
                     token += 1;
                     let rows = sqlx::query(&claim)
                         .bind(token)
@@ -403,7 +405,7 @@ impl Raw {
                     .query_async(con)
                     .await?;
                 start = Instant::now();
-                while seen < n {
+                while seen < n && start.elapsed() < cap {
                     let reply: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
                         .arg("GROUP")
                         .arg("g")
@@ -436,7 +438,7 @@ impl Raw {
         }
         let elapsed = start.elapsed();
         self.clear("queue").await?;
-        Ok(elapsed)
+        Ok((seen.min(n), elapsed))
     }
 
     /// End-to-end latency of the bare transport at `rate` msg/s, from each message's
