@@ -18,6 +18,10 @@ use crate::message::{Message, MessageId, NewMessage};
 use crate::options::{StartPosition, Trim};
 
 pub mod memory;
+#[cfg(feature = "postgres")]
+pub mod postgres;
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
 
 /// A boxed, sendable future: what [`Backend`] methods return.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -218,6 +222,12 @@ pub async fn connect(url: &str) -> Result<SharedBackend> {
     let scheme = url.split(':').next().unwrap_or_default();
     match scheme {
         "memory" => Ok(Arc::new(memory::MemoryBackend::new())),
+        #[cfg(feature = "sqlite")]
+        "sqlite" => Ok(Arc::new(sqlite::SqliteBackend::connect(url).await?)),
+        #[cfg(feature = "postgres")]
+        "postgres" | "postgresql" => Ok(Arc::new(postgres::PostgresBackend::connect(url).await?)),
+        // Reached only for the schemes whose backend features are off.
+        #[allow(unreachable_patterns)]
         "sqlite" | "postgres" | "postgresql" | "redis" | "rediss" => Err(crate::Error::Config(format!(
             "backend URL {}: this build lacks the `{}` feature of stream-runtime; enable it in Cargo.toml",
             redact_url(url),

@@ -501,8 +501,8 @@ pub async fn unlimited_retries(h: &Harness) {
     assert!(dead.is_empty(), "nothing dead-lettered");
 }
 
-/// S9: a handler that always hangs ends in the dead-letter stream: an expired claim that
-/// used its attempts is dead-lettered on reclaim.
+/// S9: a handler that always hangs ends in the dead-letter stream, even with one worker:
+/// an expired claim that used its attempts is dead-lettered on reclaim.
 pub async fn hanging_handler_dead_letters(h: &Harness) {
     let rec = Recorder::new();
     let handler = {
@@ -519,7 +519,6 @@ pub async fn hanging_handler_dead_letters(h: &Harness) {
             handler,
             h.options()
                 .max_retries(1)
-                .concurrency(4)
                 .visibility_timeout(Duration::from_millis(200))
                 .shutdown_timeout(Duration::from_millis(50)),
         )

@@ -1,5 +1,5 @@
 //! The one delivery engine: workers, deadlines, attempts, the retry/dead-letter decision,
-//! panics, shutdown and drain (S6-S16), on top of any [`Backend`].
+//! panics, shutdown and drain (S6-S16), on top of any [`Backend`](crate::Backend).
 //!
 //! Each subscription runs one dispatcher task. It claims only as many messages as it has
 //! free workers, so a claim's visibility deadline starts when its handler starts (S6), and
@@ -334,7 +334,7 @@ impl Drop for InFlight<'_> {
     }
 }
 
-async fn run_one(worker: Arc<Worker>, claimed: Claimed, _permit: OwnedSemaphorePermit) {
+async fn run_one(worker: Arc<Worker>, claimed: Claimed, permit: OwnedSemaphorePermit) {
     let mut guard = InFlight {
         claim: claimed.claim(),
         settling: false,
@@ -355,7 +355,24 @@ async fn run_one(worker: Arc<Worker>, claimed: Claimed, _permit: OwnedSemaphoreP
         return;
     }
 
-    let outcome = CatchUnwind((worker.sub.handler)(message.clone())).await;
+    // A handler still running at its visibility deadline has lost its claim: another worker
+    // may take the message over, so its slot is freed for that; the handler runs on (its
+    // settling is fenced), and a stuck handler cannot starve the subscription.
+    let mut handler = CatchUnwind((worker.sub.handler)(message.clone()));
+    let mut permit = Some(permit);
+    let outcome = tokio::select! {
+        biased;
+        outcome = &mut handler => outcome,
+        _ = tokio::time::sleep(worker.sub.visibility_timeout) => {
+            tracing::warn!(
+                stream = %worker.sub.stream, group = %worker.sub.group, id = %message.id, attempt,
+                timeout = ?worker.sub.visibility_timeout,
+                "handler passed its visibility timeout; the message may be redelivered"
+            );
+            drop(permit.take());
+            handler.await
+        }
+    };
     let error = match outcome {
         Ok(Ok(())) => {
             let claim = guard.settle().clone();

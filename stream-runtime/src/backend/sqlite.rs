@@ -1,0 +1,816 @@
+//! The SQLite backend: the embedded default. One database file holds every stream, group
+//! and pending claim; several processes on one machine may share the file.
+//!
+//! - **Schema**: created on connect by numbered migrations ([`MIGRATIONS`]) recorded in
+//!   `stream_schema_migrations`, applied inside one `BEGIN IMMEDIATE` transaction, so two
+//!   processes opening a fresh file at once apply each migration exactly once.
+//! - **Durability** (S17): WAL journal with `synchronous = NORMAL`. A transaction is in the
+//!   WAL before `COMMIT` returns, so a returned publish, ack or claim survives a crash or
+//!   SIGKILL of the process. Only an OS crash or power loss may lose the last commits (the WAL
+//!   is fsynced at checkpoints, not at every commit); the database is never corrupted.
+//! - **Concurrency**: in this process every write goes through one writer connection (so
+//!   writers queue fairly instead of spinning on the file lock); other processes are waited
+//!   for with `busy_timeout`. Writing transactions start with `BEGIN IMMEDIATE`, which takes
+//!   the write lock up front, so a transaction never fails halfway with `SQLITE_BUSY`.
+//!   SQLite has no `SKIP LOCKED`: claims are serialised by that lock, and a claim first
+//!   checks for work with a plain read so idle consumers never take it.
+//! - **Ids** are the global `INTEGER PRIMARY KEY AUTOINCREMENT` rowid: strictly increasing,
+//!   never reused, so strictly increasing within each stream too. Start ids are integers.
+//! - **Wake-ups**: in this process through a [`WakeupHub`] after each commit; across
+//!   processes the engine's poll interval.
+//!
+//! Not for network filesystems: SQLite's locking needs one machine's local filesystem.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{Row, Sqlite, Transaction};
+
+use super::{
+    redact_url, Backend, BoxFuture, Claim, ClaimToken, Claimed, GroupRef, Wakeup, WakeupHub,
+};
+use crate::error::{Error, Result};
+use crate::message::{Headers, Message, MessageId, NewMessage};
+use crate::options::{StartPosition, Trim};
+
+const NAME: &str = "sqlite";
+
+/// How long a statement waits for another process's lock before failing with `SQLITE_BUSY`.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// SQLite's primary result code for writes to a read-only database.
+const SQLITE_READONLY: i32 = 8;
+
+/// Connections for reads (the cheap "is there work?" check of a claim).
+const READ_CONNECTIONS: u32 = 4;
+
+/// Rows per multi-row statement: well under SQLite's limit of 32766 bound parameters.
+const CHUNK: usize = 500;
+
+/// The schema, one migration per entry; entry `i` is version `i + 1`. Never edit an entry
+/// that has shipped: append a new one.
+pub const MIGRATIONS: &[&str] = &[
+    // 1: messages, groups, pending claims, the claim-token counter.
+    "CREATE TABLE stream_messages (
+         id         INTEGER PRIMARY KEY AUTOINCREMENT,
+         stream     TEXT    NOT NULL,
+         payload    BLOB    NOT NULL,
+         headers    TEXT    NOT NULL,  -- JSON object of strings
+         created_at INTEGER NOT NULL   -- milliseconds since the Unix epoch
+     );
+     CREATE INDEX stream_messages_by_stream ON stream_messages (stream, id);
+     CREATE INDEX stream_messages_by_age ON stream_messages (stream, created_at);
+     CREATE TABLE stream_groups (
+         stream     TEXT    NOT NULL,
+         group_name TEXT    NOT NULL,
+         cursor     INTEGER NOT NULL,  -- the last message id handed out to the group
+         PRIMARY KEY (stream, group_name)
+     ) WITHOUT ROWID;
+     CREATE TABLE stream_pending (
+         stream     TEXT    NOT NULL,
+         group_name TEXT    NOT NULL,
+         id         INTEGER NOT NULL,  -- stream_messages.id
+         token      INTEGER NOT NULL,  -- the current claim's token; 0 while nobody holds it
+         deadline   INTEGER NOT NULL,  -- claimable again from then (ms since the Unix epoch)
+         deliveries INTEGER NOT NULL,
+         PRIMARY KEY (stream, group_name, id)
+     ) WITHOUT ROWID;
+     CREATE INDEX stream_pending_by_deadline ON stream_pending (stream, group_name, deadline);
+     CREATE TABLE stream_tokens (
+         only_row   INTEGER PRIMARY KEY CHECK (only_row = 1),
+         last_token INTEGER NOT NULL
+     );
+     INSERT INTO stream_tokens (only_row, last_token) VALUES (1, 0);",
+];
+
+/// Streams in one SQLite database file (or in memory with `sqlite::memory:`).
+#[derive(Debug)]
+pub struct SqliteBackend {
+    /// One connection: every write transaction of this process, queued in order.
+    writer: SqlitePool,
+    /// Read-only checks; the writer itself for an in-memory database.
+    reader: SqlitePool,
+    /// The URL as given (no secrets in SQLite URLs), for error messages.
+    location: String,
+    wakeups: WakeupHub,
+    closed: AtomicBool,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn duration_ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn time_of(ms: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+}
+
+/// `"?1, ?2, ..."`-style numbered placeholder rows: `rows` groups of `width`, numbered from
+/// `first`.
+fn placeholders(rows: usize, width: usize, first: usize, prefix: &str) -> String {
+    let mut sql = String::new();
+    for r in 0..rows {
+        if r > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('(');
+        sql.push_str(prefix);
+        for c in 0..width {
+            if c > 0 || !prefix.is_empty() {
+                sql.push_str(", ");
+            }
+            sql.push('?');
+            sql.push_str(&(first + r * width + c).to_string());
+        }
+        sql.push(')');
+    }
+    sql
+}
+
+/// Claims whose ids this backend could have issued: `(id, token)`.
+fn parse_claims(claims: &[Claim]) -> Vec<(i64, i64)> {
+    claims
+        .iter()
+        .filter_map(|c| {
+            let id = c.id.as_str().parse::<i64>().ok()?;
+            let token = i64::try_from(c.token.0).ok().filter(|&t| t != 0)?;
+            Some((id, token))
+        })
+        .collect()
+}
+
+impl SqliteBackend {
+    /// Opens (creating if missing) the database a URL names and brings its schema up to
+    /// date: `sqlite://PATH`, `sqlite:PATH` or `sqlite::memory:`. `sqlite:///abs/path.db` is
+    /// an absolute path; `sqlite://streams.db` is relative to the working directory.
+    pub async fn connect(url: &str) -> Result<Self> {
+        let location = redact_url(url);
+        let opening = || format!("opening database {location}");
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(|e| Error::backend(NAME, opening(), e))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(BUSY_TIMEOUT)
+            .foreign_keys(false);
+        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        // The writer keeps its one connection for the backend's life: an in-memory database
+        // lives exactly as long as a connection to it.
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(options.clone())
+            .await
+            .map_err(|e| Error::backend(NAME, explain_open_failure(url, &location), e))?;
+        let reader = if in_memory {
+            writer.clone()
+        } else {
+            SqlitePoolOptions::new()
+                .max_connections(READ_CONNECTIONS)
+                .connect_with(options)
+                .await
+                .map_err(|e| Error::backend(NAME, explain_open_failure(url, &location), e))?
+        };
+        let backend = SqliteBackend {
+            writer,
+            reader,
+            location,
+            wakeups: WakeupHub::new(),
+            closed: AtomicBool::new(false),
+        };
+        backend.migrate().await?;
+        Ok(backend)
+    }
+
+    fn err(&self, context: impl Into<String>, e: sqlx::Error) -> Error {
+        if matches!(e, sqlx::Error::PoolClosed) {
+            return Error::Closed;
+        }
+        let hint = match &e {
+            sqlx::Error::Database(db)
+                if db
+                    .code()
+                    .and_then(|code| code.parse::<i32>().ok())
+                    .is_some_and(|code| code & 0xff == SQLITE_READONLY) =>
+            {
+                ": the database is read-only; check the permissions of the file, of its \
+                 -wal and -shm files and of their directory, and that the URL has no mode=ro"
+            }
+            _ => "",
+        };
+        Error::backend(
+            NAME,
+            format!("{} ({}){hint}", context.into(), self.location),
+            e,
+        )
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            Err(Error::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Starts a write transaction holding the database's write lock.
+    async fn begin(&self, what: &str) -> Result<Transaction<'static, Sqlite>> {
+        self.check_open()?;
+        self.writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(|e| self.err(what, e))
+    }
+
+    async fn commit(&self, tx: Transaction<'static, Sqlite>, what: &str) -> Result<()> {
+        tx.commit().await.map_err(|e| self.err(what, e))
+    }
+
+    /// Applies every migration this database lacks, in one transaction.
+    async fn migrate(&self) -> Result<()> {
+        let what = "creating the schema";
+        let mut tx = self.begin(what).await?;
+        sqlx::query(
+            "CREATE TABLE IF NOT EXISTS stream_schema_migrations (
+                 version    INTEGER PRIMARY KEY,
+                 applied_at INTEGER NOT NULL
+             )",
+        )
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| self.err(what, e))?;
+        let current: i64 =
+            sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM stream_schema_migrations")
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(|e| self.err(what, e))?;
+        let known = MIGRATIONS.len() as i64;
+        if current > known {
+            return Err(Error::backend(
+                NAME,
+                format!("opening database {}", self.location),
+                format!(
+                    "its schema is at version {current}, newer than this build knows ({known}); \
+                     upgrade stream-runtime"
+                ),
+            ));
+        }
+        for (index, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+            let version = index as i64 + 1;
+            let what = format!("applying schema migration {version}");
+            sqlx::raw_sql(sql)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| self.err(what.clone(), e))?;
+            sqlx::query(
+                "INSERT INTO stream_schema_migrations (version, applied_at) VALUES (?1, ?2)",
+            )
+            .bind(version)
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.err(what.clone(), e))?;
+        }
+        // A database opened read-only passes everything above once its schema exists; find
+        // out now, not at the first publish. Rewriting one row costs one page.
+        sqlx::query("UPDATE stream_tokens SET last_token = last_token")
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.err("checking that the database is writable", e))?;
+        self.commit(tx, what).await
+    }
+
+    /// Inserts messages into `stream` within `tx`; returns their ids in order.
+    async fn insert(
+        &self,
+        tx: &mut Transaction<'static, Sqlite>,
+        stream: &str,
+        messages: Vec<NewMessage>,
+        what: &str,
+    ) -> Result<Vec<i64>> {
+        let created_at = now_ms();
+        let mut ids = Vec::with_capacity(messages.len());
+        let mut rest = messages.into_iter().peekable();
+        while rest.peek().is_some() {
+            let chunk: Vec<NewMessage> = rest.by_ref().take(CHUNK).collect();
+            let sql = format!(
+                "INSERT INTO stream_messages (stream, created_at, payload, headers) VALUES {} \
+                 RETURNING id",
+                placeholders(chunk.len(), 2, 3, "?1, ?2")
+            );
+            let mut query = sqlx::query(&sql).bind(stream).bind(created_at);
+            for message in chunk {
+                let headers = serde_json::to_string(&message.headers)
+                    .map_err(|e| Error::backend(NAME, what.to_owned(), e))?;
+                query = query.bind(message.payload).bind(headers);
+            }
+            let mut chunk_ids: Vec<i64> = query
+                .fetch_all(&mut **tx)
+                .await
+                .map_err(|e| self.err(what, e))?
+                .iter()
+                .map(|row| row.try_get::<i64, _>(0))
+                .collect::<Result<_, _>>()
+                .map_err(|e| self.err(what, e))?;
+            // RETURNING yields rows in no promised order; the ids were assigned in order.
+            chunk_ids.sort_unstable();
+            ids.extend(chunk_ids);
+        }
+        Ok(ids)
+    }
+
+    /// Trims `stream` exactly within `tx`, dropping trimmed messages' pending entries.
+    async fn trim(
+        &self,
+        tx: &mut Transaction<'static, Sqlite>,
+        stream: &str,
+        trim: Trim,
+        what: &str,
+    ) -> Result<()> {
+        let mut dropped = 0;
+        if trim.max_len > 0 {
+            let keep = i64::try_from(trim.max_len).unwrap_or(i64::MAX);
+            dropped += sqlx::query(
+                "DELETE FROM stream_messages WHERE stream = ?1 AND id <= (
+                     SELECT id FROM stream_messages WHERE stream = ?1
+                     ORDER BY id DESC LIMIT 1 OFFSET ?2)",
+            )
+            .bind(stream)
+            .bind(keep)
+            .execute(&mut **tx)
+            .await
+            .map_err(|e| self.err(what, e))?
+            .rows_affected();
+        }
+        if !trim.max_age.is_zero() {
+            let oldest_kept = now_ms().saturating_sub(duration_ms(trim.max_age));
+            dropped +=
+                sqlx::query("DELETE FROM stream_messages WHERE stream = ?1 AND created_at < ?2")
+                    .bind(stream)
+                    .bind(oldest_kept)
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(|e| self.err(what, e))?
+                    .rows_affected();
+        }
+        if dropped > 0 {
+            sqlx::query(
+                "DELETE FROM stream_pending WHERE stream = ?1 AND NOT EXISTS (
+                     SELECT 1 FROM stream_messages m WHERE m.id = stream_pending.id)",
+            )
+            .bind(stream)
+            .execute(&mut **tx)
+            .await
+            .map_err(|e| self.err(what, e))?;
+        }
+        Ok(())
+    }
+
+    /// Whether a claim could find anything: an expired pending entry or a message past the
+    /// cursor. A plain read, so idle consumers never take the write lock.
+    async fn has_work(&self, group: GroupRef<'_>, now: i64, what: &str) -> Result<bool> {
+        self.check_open()?;
+        sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM stream_pending
+                            WHERE stream = ?1 AND group_name = ?2 AND deadline <= ?3)
+                 OR EXISTS (SELECT 1 FROM stream_groups g JOIN stream_messages m
+                              ON m.stream = g.stream AND m.id > g.cursor
+                            WHERE g.stream = ?1 AND g.group_name = ?2)",
+        )
+        .bind(group.stream)
+        .bind(group.group)
+        .bind(now)
+        .fetch_one(&self.reader)
+        .await
+        .map_err(|e| self.err(what, e))
+    }
+
+    /// Acks (deletes) or releases (makes claimable now) the pending entries of `claims` still
+    /// held with their tokens, in one transaction of one statement per [`CHUNK`] claims.
+    async fn settle_batch(
+        &self,
+        group: GroupRef<'_>,
+        claims: &[Claim],
+        settle: Settle,
+        what: &str,
+    ) -> Result<()> {
+        self.check_open()?;
+        let pairs = parse_claims(claims);
+        if pairs.is_empty() {
+            return Ok(());
+        }
+        let now = now_ms();
+        let mut tx = self.begin(what).await?;
+        for chunk in pairs.chunks(CHUNK) {
+            let fenced = format!(
+                "WHERE stream = ?1 AND group_name = ?2 AND (id, token) IN (VALUES {})",
+                placeholders(chunk.len(), 2, 3, "")
+            );
+            let sql = match settle {
+                Settle::Ack => format!("DELETE FROM stream_pending {fenced}"),
+                Settle::Release => {
+                    let now_param = 3 + 2 * chunk.len();
+                    format!("UPDATE stream_pending SET token = 0, deadline = ?{now_param} {fenced}")
+                }
+            };
+            let mut query = sqlx::query(&sql).bind(group.stream).bind(group.group);
+            for &(id, token) in chunk {
+                query = query.bind(id).bind(token);
+            }
+            if let Settle::Release = settle {
+                query = query.bind(now);
+            }
+            query
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| self.err(what, e))?;
+        }
+        self.commit(tx, what).await
+    }
+}
+
+/// What [`SqliteBackend::settle_batch`] does to held claims.
+#[derive(Clone, Copy, Debug)]
+enum Settle {
+    Ack,
+    Release,
+}
+
+/// The context of a failed open, with a hint when the cause is plain from the filesystem.
+fn explain_open_failure(url: &str, location: &str) -> String {
+    let path = url
+        .trim_start_matches("sqlite:")
+        .trim_start_matches("//")
+        .split('?')
+        .next()
+        .unwrap_or_default();
+    let path = Path::new(path);
+    let hint = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() && !dir.is_dir() => {
+            format!(": directory {} does not exist", dir.display())
+        }
+        _ if path.is_dir() => ": the path is a directory, not a database file".to_owned(),
+        _ => String::new(),
+    };
+    format!("opening database {location}{hint}")
+}
+
+fn decode_message(
+    stream: &str,
+    row: &SqliteRow,
+    deliveries: i64,
+) -> std::result::Result<Message, String> {
+    let id: i64 = row.try_get("id").map_err(|e| e.to_string())?;
+    let payload: Vec<u8> = row.try_get("payload").map_err(|e| e.to_string())?;
+    let headers: String = row.try_get("headers").map_err(|e| e.to_string())?;
+    let headers: Headers = serde_json::from_str(&headers)
+        .map_err(|e| format!("headers of message {id} are not a JSON string map: {e}"))?;
+    let created_at: i64 = row.try_get("created_at").map_err(|e| e.to_string())?;
+    Ok(Message::new(
+        MessageId::new(id.to_string()),
+        stream,
+        payload,
+        headers,
+        time_of(created_at),
+        u32::try_from(deliveries).unwrap_or(u32::MAX),
+    ))
+}
+
+impl Backend for SqliteBackend {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn append<'a>(
+        &'a self,
+        stream: &'a str,
+        messages: Vec<NewMessage>,
+        trim: Trim,
+    ) -> BoxFuture<'a, Result<Vec<MessageId>>> {
+        Box::pin(async move {
+            if messages.is_empty() {
+                return Ok(Vec::new());
+            }
+            let what = format!("appending to {stream}");
+            let mut tx = self.begin(&what).await?;
+            let ids = self.insert(&mut tx, stream, messages, &what).await?;
+            self.trim(&mut tx, stream, trim, &what).await?;
+            self.commit(tx, &what).await?;
+            self.wakeups.notify(stream);
+            Ok(ids
+                .into_iter()
+                .map(|id| MessageId::new(id.to_string()))
+                .collect())
+        })
+    }
+
+    fn ensure_group<'a>(
+        &'a self,
+        stream: &'a str,
+        group: &'a str,
+        start: &'a StartPosition,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let from_id = match start {
+                StartPosition::FromId(id) => Some(
+                    id.parse::<i64>()
+                        .ok()
+                        .filter(|&id| id >= 0)
+                        .ok_or_else(|| Error::InvalidStartId {
+                            id: id.clone(),
+                            reason:
+                                "the sqlite backend's ids are non-negative integers, e.g. \"42\""
+                                    .to_owned(),
+                        })?,
+                ),
+                _ => None,
+            };
+            self.check_open()?;
+            let what = format!("creating group {group} of {stream}");
+            // One statement: atomic, and a no-op when another process created it first.
+            let cursor_sql = match (start, from_id) {
+                (_, Some(_)) | (StartPosition::Earliest, _) => "?3",
+                _ => "(SELECT COALESCE(MAX(id), 0) FROM stream_messages WHERE stream = ?1)",
+            };
+            let sql = format!(
+                "INSERT INTO stream_groups (stream, group_name, cursor) VALUES (?1, ?2, {cursor_sql})
+                 ON CONFLICT (stream, group_name) DO NOTHING"
+            );
+            sqlx::query(&sql)
+                .bind(stream)
+                .bind(group)
+                .bind(from_id.unwrap_or(0))
+                .execute(&self.writer)
+                .await
+                .map_err(|e| self.err(what, e))?;
+            Ok(())
+        })
+    }
+
+    fn claim<'a>(
+        &'a self,
+        group: GroupRef<'a>,
+        max: usize,
+        visibility: Duration,
+    ) -> BoxFuture<'a, Result<Vec<Claimed>>> {
+        Box::pin(async move {
+            let what = format!(
+                "claiming messages of {} for group {}",
+                group.stream, group.group
+            );
+            if max == 0 || !self.has_work(group, now_ms(), &what).await? {
+                return Ok(Vec::new());
+            }
+            let limit = i64::try_from(max).unwrap_or(i64::MAX);
+            let mut tx = self.begin(&what).await?;
+            let now = now_ms();
+            let deadline = now.saturating_add(duration_ms(visibility));
+            let decode = |e: String| Error::backend(NAME, what.clone(), e);
+
+            // Expired pending entries first, in id order.
+            let expired = sqlx::query(
+                "SELECT p.id AS id, p.deliveries AS deliveries, m.payload AS payload,
+                        m.headers AS headers, m.created_at AS created_at
+                 FROM stream_pending p JOIN stream_messages m ON m.id = p.id
+                 WHERE p.stream = ?1 AND p.group_name = ?2 AND p.deadline <= ?3
+                 ORDER BY p.id LIMIT ?4",
+            )
+            .bind(group.stream)
+            .bind(group.group)
+            .bind(now)
+            .bind(limit)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(|e| self.err(what.clone(), e))?;
+            // Then new messages past the cursor.
+            let fresh = if expired.len() < max {
+                sqlx::query(
+                    "SELECT m.id AS id, m.payload AS payload, m.headers AS headers,
+                            m.created_at AS created_at
+                     FROM stream_groups g JOIN stream_messages m
+                       ON m.stream = g.stream AND m.id > g.cursor
+                     WHERE g.stream = ?1 AND g.group_name = ?2
+                     ORDER BY m.id LIMIT ?3",
+                )
+                .bind(group.stream)
+                .bind(group.group)
+                .bind(limit - expired.len() as i64)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(|e| self.err(what.clone(), e))?
+            } else {
+                Vec::new()
+            };
+            let count = expired.len() + fresh.len();
+            if count == 0 {
+                self.commit(tx, &what).await?;
+                return Ok(Vec::new());
+            }
+            // Reserve one fresh token per claim.
+            let last_token: i64 = sqlx::query_scalar(
+                "UPDATE stream_tokens SET last_token = last_token + ?1 WHERE only_row = 1
+                 RETURNING last_token",
+            )
+            .bind(count as i64)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(|e| self.err(what.clone(), e))?;
+            let mut next_token = last_token - count as i64;
+            let mut claimed = Vec::with_capacity(count);
+
+            for row in &expired {
+                next_token += 1;
+                let deliveries: i64 = row
+                    .try_get::<i64, _>("deliveries")
+                    .map_err(|e| self.err(what.clone(), e))?
+                    + 1;
+                let message = decode_message(group.stream, row, deliveries).map_err(decode)?;
+                let id: i64 = row.try_get("id").map_err(|e| self.err(what.clone(), e))?;
+                sqlx::query(
+                    "UPDATE stream_pending SET token = ?4, deadline = ?5, deliveries = ?6
+                     WHERE stream = ?1 AND group_name = ?2 AND id = ?3",
+                )
+                .bind(group.stream)
+                .bind(group.group)
+                .bind(id)
+                .bind(next_token)
+                .bind(deadline)
+                .bind(deliveries)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| self.err(what.clone(), e))?;
+                claimed.push(Claimed {
+                    message,
+                    token: ClaimToken(next_token as u64),
+                });
+            }
+
+            if let Some(last) = fresh.last() {
+                let last_id: i64 = last.try_get("id").map_err(|e| self.err(what.clone(), e))?;
+                let mut rows = Vec::with_capacity(fresh.len());
+                for row in &fresh {
+                    next_token += 1;
+                    let message = decode_message(group.stream, row, 1).map_err(decode)?;
+                    let id: i64 = row.try_get("id").map_err(|e| self.err(what.clone(), e))?;
+                    rows.push((id, next_token));
+                    claimed.push(Claimed {
+                        message,
+                        token: ClaimToken(next_token as u64),
+                    });
+                }
+                for chunk in rows.chunks(CHUNK) {
+                    let sql = format!(
+                        "INSERT INTO stream_pending
+                             (stream, group_name, deadline, deliveries, id, token)
+                         VALUES {}",
+                        placeholders(chunk.len(), 2, 4, "?1, ?2, ?3, 1")
+                    );
+                    let mut query = sqlx::query(&sql)
+                        .bind(group.stream)
+                        .bind(group.group)
+                        .bind(deadline);
+                    for &(id, token) in chunk {
+                        query = query.bind(id).bind(token);
+                    }
+                    query
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(|e| self.err(what.clone(), e))?;
+                }
+                sqlx::query(
+                    "UPDATE stream_groups SET cursor = ?3 WHERE stream = ?1 AND group_name = ?2",
+                )
+                .bind(group.stream)
+                .bind(group.group)
+                .bind(last_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| self.err(what.clone(), e))?;
+            }
+            self.commit(tx, &what).await?;
+            Ok(claimed)
+        })
+    }
+
+    fn ack<'a>(&'a self, group: GroupRef<'a>, claims: &'a [Claim]) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let what = format!(
+                "acknowledging messages of {} for group {}",
+                group.stream, group.group
+            );
+            self.settle_batch(group, claims, Settle::Ack, &what).await
+        })
+    }
+
+    fn retry<'a>(
+        &'a self,
+        group: GroupRef<'a>,
+        claim: &'a Claim,
+        delay: Duration,
+    ) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            self.check_open()?;
+            let Some(&(id, token)) = parse_claims(std::slice::from_ref(claim)).first() else {
+                return Ok(false);
+            };
+            let what = format!("scheduling a retry of message {id} of {}", group.stream);
+            let done = sqlx::query(
+                "UPDATE stream_pending SET token = 0, deadline = ?5
+                 WHERE stream = ?1 AND group_name = ?2 AND id = ?3 AND token = ?4",
+            )
+            .bind(group.stream)
+            .bind(group.group)
+            .bind(id)
+            .bind(token)
+            .bind(now_ms().saturating_add(duration_ms(delay)))
+            .execute(&self.writer)
+            .await
+            .map_err(|e| self.err(what, e))?
+            .rows_affected();
+            Ok(done > 0)
+        })
+    }
+
+    fn dead_letter<'a>(
+        &'a self,
+        group: GroupRef<'a>,
+        claim: &'a Claim,
+        to: &'a str,
+        message: NewMessage,
+    ) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            self.check_open()?;
+            let Some(&(id, token)) = parse_claims(std::slice::from_ref(claim)).first() else {
+                return Ok(false);
+            };
+            let what = format!("moving message {id} of {} to {to}", group.stream);
+            let mut tx = self.begin(&what).await?;
+            let held = sqlx::query(
+                "DELETE FROM stream_pending
+                 WHERE stream = ?1 AND group_name = ?2 AND id = ?3 AND token = ?4",
+            )
+            .bind(group.stream)
+            .bind(group.group)
+            .bind(id)
+            .bind(token)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.err(what.clone(), e))?
+            .rows_affected()
+                > 0;
+            if !held {
+                tx.rollback().await.map_err(|e| self.err(what, e))?;
+                return Ok(false);
+            }
+            self.insert(&mut tx, to, vec![message], &what).await?;
+            self.commit(tx, &what).await?;
+            self.wakeups.notify(to);
+            Ok(true)
+        })
+    }
+
+    fn release<'a>(
+        &'a self,
+        group: GroupRef<'a>,
+        claims: &'a [Claim],
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let what = format!(
+                "releasing messages of {} for group {}",
+                group.stream, group.group
+            );
+            self.settle_batch(group, claims, Settle::Release, &what)
+                .await?;
+            self.wakeups.notify(group.stream);
+            Ok(())
+        })
+    }
+
+    fn wakeup(&self, stream: &str) -> Wakeup {
+        self.wakeups.subscribe(stream)
+    }
+
+    fn close(&self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            if !self.closed.swap(true, Ordering::AcqRel) {
+                self.wakeups.notify_all();
+                self.reader.close().await;
+                self.writer.close().await;
+            }
+            Ok(())
+        })
+    }
+}
