@@ -10,6 +10,7 @@
 //! `consume`, `e2e`), `--json PATH` (JSON lines; default `target/stream-bench.jsonl`, `-` for
 //! stdout). Services: `STREAMS_TEST_POSTGRES_URL`, `STREAMS_TEST_REDIS_URL`.
 
+mod counting;
 mod ours;
 mod raw;
 mod stats;
@@ -87,6 +88,11 @@ struct Plan {
     /// A consume run stops timing after this long even if the backlog is not drained.
     cap: Duration,
     workloads: Vec<String>,
+    /// Wrap the backend to count claim and ack calls (`--count-calls`).
+    count_calls: bool,
+    /// Run every path once, unrecorded, before measuring (`--no-warmup` skips it, to
+    /// profile one workload alone).
+    warmup: bool,
 }
 
 impl Plan {
@@ -109,6 +115,8 @@ impl Plan {
             workloads: ["publish", "batch", "consume", "e2e"]
                 .map(String::from)
                 .to_vec(),
+            count_calls: false,
+            warmup: true,
         }
     }
 
@@ -131,6 +139,8 @@ struct Row {
     error: Option<String>,
     /// Consume runs: the fewest messages a repetition handled before the time cap.
     fewest_handled: Option<usize>,
+    /// With `--count-calls`: the engine's backend calls in the last repetition.
+    calls: Option<Value>,
 }
 
 enum Figure {
@@ -190,6 +200,9 @@ impl Row {
                     v["overhead_us_per_msg"] = json!(round((o[0].median - r[0].median) * 1e3));
                 }
             }
+        }
+        if let Some(calls) = &self.calls {
+            v["calls"] = calls.clone();
         }
         if let Some(e) = &self.error {
             v["error"] = json!(e);
@@ -425,10 +438,15 @@ async fn run_backend(
     let (ours_url, raw_url) = url_for(kind, &dir, tag);
     let app = format!("bench{tag}");
     // Without the backend (not in this build, say) the raw ceilings are still measured.
-    let service = match Service::connect(&ours_url, ServiceConfig::default().app(app.clone()))
-        .await
-    {
-        Ok(s) => Some(s),
+    let config = ServiceConfig::default().app(app.clone());
+    let mut counters = None;
+    let service = match stream_runtime::backend::connect(&ours_url).await {
+        Ok(backend) if plan.count_calls => {
+            let (backend, c) = counting::Counting::wrap(backend);
+            counters = Some(c);
+            Some(Service::from_shared(backend, config))
+        }
+        Ok(backend) => Some(Service::from_shared(backend, config)),
         Err(e) => {
             eprintln!("== {}: our backend is unavailable: {e}", kind.name());
             None
@@ -443,7 +461,7 @@ async fn run_backend(
     let scale = kind.scale();
 
     // Warm-up: every path once at a small size, not recorded.
-    {
+    if plan.warmup {
         let t = Instant::now();
         if let Some(service) = &service {
             ours::publish_one(service, "warmup", 50 * scale, &payload).await?;
@@ -481,6 +499,7 @@ async fn run_backend(
         durability: durability.clone(),
         error: c.error(),
         fewest_handled: c.fewest,
+        calls: None,
         figure: Figure::Throughput {
             ours: Summary::of(&c.ours),
             raw: Summary::of(&c.raw),
@@ -550,9 +569,11 @@ async fn run_backend(
             eprintln!("   prefilled {backlog} in {:.1?}", t.elapsed());
             for &concurrency in &plan.concurrencies {
                 let mut c = Collected::new();
+                let mut calls = None;
                 let mut reps = Reps::new(plan);
                 while let Some(rep) = reps.next() {
                     let group = format!("c{concurrency}-r{rep}");
+                    let before = counters.as_ref().map(|c| c.snapshot());
                     let measured = match &service {
                         Some(s) => {
                             ours::consume(s, &stream, &group, backlog, concurrency, plan.cap)
@@ -561,6 +582,9 @@ async fn run_backend(
                         None => Err(UNAVAILABLE.into()),
                     };
                     c.push_counted("ours", measured, false);
+                    if let (Some(counters), Some(before)) = (&counters, before) {
+                        calls = Some(counters.snapshot().since(before));
+                    }
                     c.push_counted(
                         "raw",
                         raw.consume(backlog, concurrency, &payload, plan.cap).await,
@@ -569,7 +593,10 @@ async fn run_backend(
                 }
                 let reps = reps.done;
                 let capped = c.fewest.is_some_and(|f| f < backlog);
-                emit(row(
+                if let Some(calls) = &calls {
+                    eprintln!("   calls: {calls}");
+                }
+                let mut r = row(
                     format!("consume_backlog{backlog}_c{concurrency}"),
                     format!(
                         "consume {}k backlog, concurrency {concurrency}{}",
@@ -581,7 +608,9 @@ async fn run_backend(
                     Some(concurrency),
                     reps,
                     c,
-                ));
+                );
+                r.calls = calls;
+                emit(r);
             }
         }
     }
@@ -629,6 +658,7 @@ async fn run_backend(
             durability: durability.clone(),
             error: (!errors.is_empty()).then(|| errors.join("; ")),
             fewest_handled: None,
+            calls: None,
             figure: Figure::Latency {
                 ours: summarize(&ours_p),
                 raw: summarize(&raw_p),
@@ -678,12 +708,22 @@ async fn cleanup(
 
 fn usage() -> &'static str {
     "usage: stream-bench [--backend memory,sqlite,postgres,redis] [--quick] [--reps N] \
-     [--only publish,batch,consume,e2e] [--json PATH|-]"
+     [--only publish,batch,consume,e2e] [--json PATH|-] [--count-calls] \
+     [--concurrency 1,8,64] [--backlog 10000,100000] [--no-warmup]"
 }
 
 fn main() -> Result<(), BoxError> {
     let mut kinds = vec![Kind::Memory, Kind::Sqlite, Kind::Postgres, Kind::Redis];
     let mut quick = false;
+    let mut count_calls = false;
+    let mut concurrencies = None;
+    let mut backlogs = None;
+    let mut no_warmup = false;
+    let list = |s: &str| -> Result<Vec<usize>, BoxError> {
+        s.split(',')
+            .map(|x| x.trim().parse::<usize>().map_err(BoxError::from))
+            .collect()
+    };
     let mut reps = None;
     let mut only = None;
     let mut json_path = "target/stream-bench.jsonl".to_owned();
@@ -698,9 +738,13 @@ fn main() -> Result<(), BoxError> {
                     .collect::<Result<_, _>>()?;
             }
             "--quick" => quick = true,
+            "--count-calls" => count_calls = true,
             "--reps" => reps = Some(value()?.parse::<usize>()?.max(1)),
             "--only" => only = Some(value()?),
             "--json" => json_path = value()?,
+            "--concurrency" => concurrencies = Some(list(&value()?)?),
+            "--backlog" => backlogs = Some(list(&value()?)?),
+            "--no-warmup" => no_warmup = true,
             "--help" | "-h" => {
                 println!("{}", usage());
                 return Ok(());
@@ -711,6 +755,14 @@ fn main() -> Result<(), BoxError> {
         }
     }
     let mut plan = Plan::new(quick);
+    plan.count_calls = count_calls;
+    plan.warmup = !no_warmup;
+    if let Some(c) = concurrencies {
+        plan.concurrencies = c;
+    }
+    if let Some(b) = backlogs {
+        plan.backlogs = b;
+    }
     if let Some(r) = reps {
         plan.max_reps = r;
         plan.budget = Duration::from_secs(3600);
