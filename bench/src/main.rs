@@ -93,6 +93,8 @@ struct Plan {
     /// Run every path once, unrecorded, before measuring (`--no-warmup` skips it, to
     /// profile one workload alone).
     warmup: bool,
+    /// Measure the raw ceilings too (`--no-raw` skips them, to profile ours alone).
+    raw: bool,
 }
 
 impl Plan {
@@ -117,6 +119,7 @@ impl Plan {
                 .to_vec(),
             count_calls: false,
             warmup: true,
+            raw: true,
         }
     }
 
@@ -469,15 +472,19 @@ async fn run_backend(
             let n = 1_000 * scale + 50 * scale;
             ours::consume(service, "warmup", "warmup", n, 8, plan.cap).await?;
         }
-        raw.publish_one(50 * scale, &payload).await?;
-        raw.publish_batch(1_000 * scale, BATCH, &payload).await?;
-        raw.consume(1_000 * scale, 8, &payload, plan.cap).await?;
+        if plan.raw {
+            raw.publish_one(50 * scale, &payload).await?;
+            raw.publish_batch(1_000 * scale, BATCH, &payload).await?;
+            raw.consume(1_000 * scale, 8, &payload, plan.cap).await?;
+        }
         if plan.wants("e2e") {
             if let Some(service) = &service {
                 ours::e2e(service, "warmup-e2e", plan.e2e_rate, 100, E2E_CONCURRENCY, &payload)
                     .await?;
             }
-            raw.e2e(plan.e2e_rate, 100).await?;
+            if plan.raw {
+                raw.e2e(plan.e2e_rate, 100).await?;
+            }
         }
         eprintln!("   warm-up done in {:.1?}", t.elapsed());
     }
@@ -516,7 +523,9 @@ async fn run_backend(
                     Some(s) => ours::publish_one(s, &stream, n, &payload).await,
                     None => Err(UNAVAILABLE.into()),
                 }, false);
-            c.push("raw", n, raw.publish_one(n, &payload).await, true);
+            if plan.raw {
+                c.push("raw", n, raw.publish_one(n, &payload).await, true);
+            }
         }
         let reps = reps.done;
         emit(row(
@@ -545,7 +554,9 @@ async fn run_backend(
                 },
                 false,
             );
-            c.push("raw", n, raw.publish_batch(n, BATCH, &payload).await, true);
+            if plan.raw {
+                c.push("raw", n, raw.publish_batch(n, BATCH, &payload).await, true);
+            }
         }
         let reps = reps.done;
         emit(row(
@@ -585,11 +596,13 @@ async fn run_backend(
                     if let (Some(counters), Some(before)) = (&counters, before) {
                         calls = Some(counters.snapshot().since(before));
                     }
-                    c.push_counted(
-                        "raw",
-                        raw.consume(backlog, concurrency, &payload, plan.cap).await,
-                        true,
-                    );
+                    if plan.raw {
+                        c.push_counted(
+                            "raw",
+                            raw.consume(backlog, concurrency, &payload, plan.cap).await,
+                            true,
+                        );
+                    }
                 }
                 let reps = reps.done;
                 let capped = c.fewest.is_some_and(|f| f < backlog);
@@ -633,7 +646,12 @@ async fn run_backend(
                 Ok(l) => ours_p.push(Percentiles::of(l)),
                 Err(e) => errors.push(format!("ours: {e}")),
             }
-            match raw.e2e(plan.e2e_rate, count).await {
+            let measured = if plan.raw {
+                raw.e2e(plan.e2e_rate, count).await
+            } else {
+                Ok(None)
+            };
+            match measured {
                 Ok(Some(l)) => raw_p.push(Percentiles::of(l)),
                 Ok(None) => {}
                 Err(e) => errors.push(format!("raw: {e}")),
@@ -709,7 +727,7 @@ async fn cleanup(
 fn usage() -> &'static str {
     "usage: stream-bench [--backend memory,sqlite,postgres,redis] [--quick] [--reps N] \
      [--only publish,batch,consume,e2e] [--json PATH|-] [--count-calls] \
-     [--concurrency 1,8,64] [--backlog 10000,100000] [--no-warmup]"
+     [--concurrency 1,8,64] [--backlog 10000,100000] [--no-warmup] [--no-raw]"
 }
 
 fn main() -> Result<(), BoxError> {
@@ -719,6 +737,7 @@ fn main() -> Result<(), BoxError> {
     let mut concurrencies = None;
     let mut backlogs = None;
     let mut no_warmup = false;
+    let mut no_raw = false;
     let list = |s: &str| -> Result<Vec<usize>, BoxError> {
         s.split(',')
             .map(|x| x.trim().parse::<usize>().map_err(BoxError::from))
@@ -745,6 +764,7 @@ fn main() -> Result<(), BoxError> {
             "--concurrency" => concurrencies = Some(list(&value()?)?),
             "--backlog" => backlogs = Some(list(&value()?)?),
             "--no-warmup" => no_warmup = true,
+            "--no-raw" => no_raw = true,
             "--help" | "-h" => {
                 println!("{}", usage());
                 return Ok(());
@@ -757,6 +777,7 @@ fn main() -> Result<(), BoxError> {
     let mut plan = Plan::new(quick);
     plan.count_calls = count_calls;
     plan.warmup = !no_warmup;
+    plan.raw = !no_raw;
     if let Some(c) = concurrencies {
         plan.concurrencies = c;
     }
