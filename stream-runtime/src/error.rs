@@ -68,6 +68,14 @@ pub enum Error {
     /// Registered consumers conflict with each other.
     #[error("consumer registry: {0}")]
     Registry(String),
+
+    /// The runtime could not start every consumer, or could not shut down cleanly.
+    #[error("runtime: {0}")]
+    Runtime(String),
+
+    /// The application's own future (given to `Runtime::run_until`) failed.
+    #[error("application failed: {0}")]
+    Application(#[source] BoxError),
 }
 
 impl Error {

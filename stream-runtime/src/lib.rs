@@ -38,6 +38,27 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Declaring consumers
+//!
+//! Most programs declare their consumers with [`#[consumer]`](consumer) instead: the
+//! payload arrives typed (any `serde::Deserialize` type, or [`Raw`] bytes), and the runtime
+//! starts every registered consumer with its settings from the attribute and `Streams.toml`.
+//!
+//! ```
+//! use stream_runtime::prelude::*;
+//!
+//! #[derive(serde::Deserialize)]
+//! struct Order {
+//!     id: u64,
+//! }
+//!
+//! #[consumer(stream = "orders", group = "billing", max_retries = 5)]
+//! async fn bill(order: Order, msg: &Message) -> Result<(), HandlerError> {
+//!     println!("order {} (attempt {})", order.id, msg.attempt);
+//!     Ok(())
+//! }
+//! ```
+//!
 //! # Reading model
 //!
 //! Every subscription names a stream and a consumer group. Members of one group share the
@@ -67,19 +88,25 @@
 //! once ([`engine`]), and backends ([`backend`]) only store.
 #![warn(missing_docs)]
 
+#[doc(hidden)]
+pub mod __private;
 pub mod backend;
+mod codec;
+pub mod config;
 pub mod engine;
 mod error;
 mod message;
 mod naming;
 mod options;
 pub mod registry;
+pub mod runtime;
 mod service;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
 
 pub use backend::{Backend, ClaimToken};
+pub use codec::{Payload, Raw};
 pub use engine::{dead_letter_headers, handler_fn, CloseReport, Handler};
 pub use error::{BoxError, Error, HandlerError, Result};
 pub use message::{Headers, Message, MessageId, NewMessage};
@@ -92,4 +119,86 @@ pub use options::{
     DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_VISIBILITY_TIMEOUT,
 };
 pub use registry::State;
+pub use runtime::{run, Runtime};
 pub use service::{Consumer, Producer, Service, Subscriber};
+
+/// Registers an `async fn` as a consumer of a stream (D1-D3).
+///
+/// ```
+/// use serde::Deserialize;
+/// use stream_runtime::prelude::*;
+///
+/// #[derive(Deserialize)]
+/// struct Order {
+///     id: u64,
+///     amount_cents: i64,
+/// }
+///
+/// struct Ledger;
+///
+/// #[consumer(stream = "orders", group = "billing", max_retries = 5, visibility_timeout = "30s")]
+/// async fn bill(order: Order, msg: &Message, ledger: State<Ledger>) -> Result<(), HandlerError> {
+///     let _ledger: &Ledger = &ledger;
+///     if order.amount_cents < 0 {
+///         // No retry can fix this: straight to the dead-letter stream.
+///         return Err(HandlerError::permanent(format!("order {} has a negative amount", order.id)));
+///     }
+///     println!("billing order {} (attempt {})", order.id, msg.attempt);
+///     Ok(())
+/// }
+///
+/// // Registered at link time; the runtime starts every registered consumer.
+/// let def = stream_runtime::registry::consumers()
+///     .unwrap()
+///     .into_iter()
+///     .find(|d| d.name == "bill")
+///     .unwrap();
+/// assert_eq!((def.stream, def.group), ("orders", "billing"));
+/// ```
+///
+/// # Keys
+///
+/// | key | value | default |
+/// | --- | --- | --- |
+/// | `stream` | the stream's short name (required) | |
+/// | `group` | the consumer group (required) | |
+/// | `max_retries` | retries after the first attempt, or `"unlimited"` | 3 |
+/// | `concurrency` | workers, at least 1 | 1 |
+/// | `visibility_timeout` | how long a claim hides a message: `"30s"`, `"250ms"`, `"1m30s"` (units `ms`, `s`, `m`, `h`) | `"30s"` |
+/// | `poll_interval` | fallback wake-up cadence | `"1s"` |
+/// | `shutdown_timeout` | how long shutdown waits for running handlers | `"30s"` |
+/// | `start` | where a new group starts: `"latest"`, `"earliest"` or a message id | `"latest"` |
+/// | `dead_letter` | dead-letter stream's short name | `<stream>.dead` |
+/// | `app`, `namespace` | override the service's | the service's |
+/// | `name` | the consumer's unique name, which keys `Streams.toml` overrides | the function's name |
+/// | `crate` | path to this crate, when it is re-exported under another name | `"::stream_runtime"` |
+///
+/// `Streams.toml` and the environment override these settings.
+///
+/// # The function
+///
+/// - It is an `async fn`, not generic, not a method.
+/// - Its first argument is the payload: any `serde::Deserialize` type, decoded from JSON, or
+///   [`Raw`] for the bytes as they are. A payload that fails to decode is dead-lettered on
+///   its first attempt with the decode error as the reason; it is never retried (D8).
+/// - After it, in any order: `&Message` for the id, headers and attempt, and any number of
+///   [`State<T>`] arguments for shared application state. A state missing at startup is an
+///   error naming the consumer and the type.
+/// - It returns `Result<(), E>` for any `E` that implements `Display`. An error is retried
+///   after the retry delay until `max_retries` is used up; return
+///   [`HandlerError::permanent`] to dead-letter at once.
+///
+/// The function stays an ordinary function that you can call (and unit-test) directly.
+/// Misuse — a missing key, an unknown or duplicate key, a bad duration, a payload type that
+/// is not `Deserialize`, ... — is a compile error pointing at the mistake.
+///
+/// Registration rides on the linker; see [`registry`] for the one caveat.
+pub use stream_macros::consumer;
+
+/// The names most programs need: `use stream_runtime::prelude::*;`.
+pub mod prelude {
+    pub use crate::{
+        consumer, Consumer, Error, HandlerError, Message, MessageId, Producer, PublishOptions, Raw,
+        Result, Runtime, Service, StartPosition, State, SubscribeOptions, Subscriber,
+    };
+}

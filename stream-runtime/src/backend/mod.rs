@@ -20,6 +20,8 @@ use crate::options::{StartPosition, Trim};
 pub mod memory;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+#[cfg(feature = "redis")]
+pub mod redis;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 
@@ -222,6 +224,8 @@ pub async fn connect(url: &str) -> Result<SharedBackend> {
     let scheme = url.split(':').next().unwrap_or_default();
     match scheme {
         "memory" => Ok(Arc::new(memory::MemoryBackend::new())),
+        #[cfg(feature = "redis")]
+        "redis" | "rediss" => Ok(Arc::new(self::redis::RedisBackend::connect(url).await?)),
         #[cfg(feature = "sqlite")]
         "sqlite" => Ok(Arc::new(sqlite::SqliteBackend::connect(url).await?)),
         #[cfg(feature = "postgres")]

@@ -375,6 +375,40 @@ pub async fn attempts_are_exact(h: &Harness) {
     assert!(flaky.iter().all(|m| m.id == flaky[0].id));
 }
 
+/// S9, S14: a retried message comes back after its retry delay, not at the next poll.
+pub async fn retry_does_not_wait_for_poll(h: &Harness) {
+    let rec = Recorder::new();
+    let handler = {
+        let rec = rec.clone();
+        move |m: Message| {
+            rec.record(&m);
+            async move {
+                if m.attempt == 1 {
+                    Err(HandlerError::retry("once"))
+                } else {
+                    Ok(())
+                }
+            }
+        }
+    };
+    h.service
+        .subscribe(
+            "retrytimer",
+            &group(),
+            handler,
+            h.options()
+                .poll_interval(Duration::from_secs(60))
+                .retry_delay(RetryDelay::Fixed(Duration::from_millis(200))),
+        )
+        .await
+        .expect("subscribe");
+    tokio::time::sleep(Duration::from_millis(50)).await; // let the consumer go idle
+    publish(h, "retrytimer", "m").await;
+    rec.wait_len(2, "the retry").await;
+    let seen = rec.messages();
+    assert_eq!(seen[1].attempt, 2);
+}
+
 /// S9, S12: a message failing every attempt is dead-lettered after max_retries + 1
 /// attempts, keeping payload and headers and adding the envelope headers.
 pub async fn retry_then_dead_letter(h: &Harness) {

@@ -1,6 +1,6 @@
 //! The backend conformance suite: one set of cases, run against every backend.
 //!
-//! ```ignore
+//! ```text
 //! // tests/memory.rs
 //! stream_runtime::conformance_tests!(memory, async {
 //!     Some(std::sync::Arc::new(stream_runtime::backend::memory::MemoryBackend::new())
@@ -59,6 +59,7 @@ macro_rules! conformance_tests {
                 invalid_start_id_errors,
                 reclaim_after_visibility_timeout,
                 attempts_are_exact,
+                retry_does_not_wait_for_poll,
                 retry_then_dead_letter,
                 permanent_error_dead_letters_at_once,
                 max_retries_zero,

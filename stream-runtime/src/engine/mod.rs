@@ -8,15 +8,17 @@
 
 mod catch_unwind;
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::backend::{BoxFuture, Claim, Claimed, GroupRef, SharedBackend};
+use crate::backend::{BoxFuture, Claim, Claimed, GroupRef, SharedBackend, Wakeup};
 use crate::error::HandlerError;
 use crate::message::{Message, NewMessage};
 use crate::options::{MaxRetries, RetryDelay};
@@ -84,9 +86,57 @@ struct Worker {
     acks: mpsc::UnboundedSender<Claim>,
     /// Claims of handlers aborted at shutdown, to release.
     aborted: Arc<Mutex<Vec<Claim>>>,
+    /// When retried messages of this subscription become claimable, so an idle dispatcher
+    /// wakes for them instead of waiting for the next poll.
+    retries_due: Mutex<BinaryHeap<Reverse<Instant>>>,
+    retry_scheduled: Notify,
 }
 
+/// Slack added to a retry's due time, for backends whose clock (the database's) runs a
+/// little behind ours.
+const RETRY_SLACK: Duration = Duration::from_millis(5);
+
 impl Worker {
+    fn schedule_retry_wake(&self, delay: Duration) {
+        self.retries_due
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(Reverse(Instant::now() + delay + RETRY_SLACK));
+        self.retry_scheduled.notify_one();
+    }
+
+    /// The earliest retry due time, dropping those already passed.
+    fn next_retry_due(&self) -> Option<Instant> {
+        let mut due = self
+            .retries_due
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        while due.peek().is_some_and(|Reverse(at)| *at <= now) {
+            due.pop();
+        }
+        due.peek().map(|Reverse(at)| *at)
+    }
+
+    /// Waits until new messages may be claimable: a wake-up from the backend, a retry
+    /// falling due, or the poll interval. Returns false when the consumer is stopping.
+    async fn wait_for_work(&self, wakeup: &mut Wakeup, stop: &mut watch::Receiver<bool>) -> bool {
+        let poll_at = Instant::now() + self.sub.poll_interval;
+        loop {
+            let due = self
+                .next_retry_due()
+                .filter(|at| *at < poll_at)
+                .unwrap_or(poll_at);
+            tokio::select! {
+                biased;
+                _ = stop.wait_for(|s| *s) => return false,
+                _ = wakeup.changed() => return true,
+                _ = self.retry_scheduled.notified() => continue,
+                _ = tokio::time::sleep_until(due.into()) => return true,
+            }
+        }
+    }
+
     fn group(&self) -> GroupRef<'_> {
         GroupRef {
             stream: &self.sub.stream,
@@ -171,6 +221,8 @@ async fn dispatch(sub: Subscription, mut stop: watch::Receiver<bool>) -> CloseRe
         consumer: consumer_name(),
         acks,
         aborted: Arc::new(Mutex::new(Vec::new())),
+        retries_due: Mutex::new(BinaryHeap::new()),
+        retry_scheduled: Notify::new(),
         sub,
     });
     // The settler must not hold `worker`: it owns the ack sender the settler waits on.
@@ -185,13 +237,8 @@ async fn dispatch(sub: Subscription, mut stop: watch::Receiver<bool>) -> CloseRe
     let mut failures = 0u32;
 
     loop {
-        if idle {
-            tokio::select! {
-                biased;
-                _ = stop.wait_for(|s| *s) => break,
-                _ = wakeup.changed() => {}
-                _ = tokio::time::sleep(worker.sub.poll_interval) => {}
-            }
+        if idle && !worker.wait_for_work(&mut wakeup, &mut stop).await {
+            break;
         }
         let first = tokio::select! {
             biased;
@@ -395,11 +442,13 @@ async fn run_one(worker: Arc<Worker>, claimed: Claimed, permit: OwnedSemaphorePe
     } else {
         let delay = retry_delay(&worker.sub, attempt);
         let claim = guard.settle();
-        if let Err(e) = worker.sub.backend.retry(worker.group(), claim, delay).await {
-            tracing::warn!(
+        match worker.sub.backend.retry(worker.group(), claim, delay).await {
+            Ok(true) => worker.schedule_retry_wake(delay),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(
                 stream = %worker.sub.stream, group = %worker.sub.group, id = %claim.id, error = %e,
                 "scheduling a retry failed; the message comes back after the visibility timeout"
-            );
+            ),
         }
     }
 }

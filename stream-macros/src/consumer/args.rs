@@ -1,0 +1,453 @@
+//! Phase 1: the attribute's arguments, through a builder with one setter per key that
+//! rejects duplicates and lists the valid keys for an unknown one (tokio-macros style).
+
+use proc_macro2::Span;
+use syn::parse::Parser;
+use syn::punctuated::Punctuated;
+use syn::spanned::Spanned;
+use syn::{Expr, ExprLit, Lit, Meta, Token};
+
+use super::Errors;
+
+/// Every key the attribute takes, in the order the docs list them.
+const KEYS: &[&str] = &[
+    "stream",
+    "group",
+    "max_retries",
+    "concurrency",
+    "visibility_timeout",
+    "poll_interval",
+    "shutdown_timeout",
+    "start",
+    "dead_letter",
+    "app",
+    "namespace",
+    "name",
+    "crate",
+];
+
+/// The longest name accepted (the runtime's `MAX_NAME_BYTES`).
+const MAX_NAME_BYTES: usize = 200;
+
+/// `max_retries` as given.
+#[derive(Clone, Copy, Debug)]
+pub enum MaxRetries {
+    Limited(u32),
+    Unlimited,
+}
+
+/// The checked arguments.
+pub struct Args {
+    /// Path of the runtime crate (`crate = "..."`, default `::stream_runtime`).
+    pub krate: syn::Path,
+    pub name: String,
+    pub stream: String,
+    pub group: String,
+    pub max_retries: Option<MaxRetries>,
+    pub concurrency: Option<usize>,
+    /// Durations in milliseconds.
+    pub visibility_timeout: Option<u64>,
+    pub poll_interval: Option<u64>,
+    pub shutdown_timeout: Option<u64>,
+    pub start: Option<String>,
+    pub dead_letter: Option<String>,
+    pub app: Option<String>,
+    pub namespace: Option<String>,
+}
+
+/// One value per key, with the span of the key that set it (to report duplicates).
+#[derive(Default)]
+struct Builder {
+    seen: Vec<(&'static str, Span)>,
+    /// Keys suggested for misspelt ones: not reported missing as well.
+    suggested: Vec<&'static str>,
+    krate: Option<syn::Path>,
+    name: Option<String>,
+    stream: Option<String>,
+    group: Option<String>,
+    max_retries: Option<MaxRetries>,
+    concurrency: Option<usize>,
+    visibility_timeout: Option<u64>,
+    poll_interval: Option<u64>,
+    shutdown_timeout: Option<u64>,
+    start: Option<String>,
+    dead_letter: Option<String>,
+    app: Option<String>,
+    namespace: Option<String>,
+}
+
+/// Parses and checks the arguments; `None` when any of them is wrong (reported in `errors`).
+pub fn parse(
+    tokens: proc_macro2::TokenStream,
+    function: &syn::Ident,
+    errors: &mut Errors,
+) -> Option<Args> {
+    let metas = match Punctuated::<Meta, Token![,]>::parse_terminated.parse2(tokens) {
+        Ok(metas) => metas,
+        Err(e) => {
+            errors.push(syn::Error::new(
+                e.span(),
+                format!("{e}; #[consumer] takes `key = value` pairs, e.g. #[consumer(stream = \"orders\", group = \"billing\")]"),
+            ));
+            return None;
+        }
+    };
+    let before = errors.count();
+    let mut builder = Builder::default();
+    for meta in metas {
+        builder.set(meta, errors);
+    }
+    if !builder.given("stream") {
+        errors.push(syn::Error::new(
+            Span::call_site(),
+            "missing `stream = \"...\"`: the stream this consumer reads",
+        ));
+    }
+    if !builder.given("group") {
+        errors.push(syn::Error::new(
+            Span::call_site(),
+            "missing `group = \"...\"`: the consumer group this consumer belongs to",
+        ));
+    }
+    if errors.count() > before {
+        return None;
+    }
+    let (Some(stream), Some(group)) = (builder.stream, builder.group) else {
+        return None;
+    };
+    Some(Args {
+        krate: builder
+            .krate
+            .unwrap_or_else(|| syn::parse_quote!(::stream_runtime)),
+        name: builder
+            .name
+            .unwrap_or_else(|| syn::ext::IdentExt::unraw(function).to_string()),
+        stream,
+        group,
+        max_retries: builder.max_retries,
+        concurrency: builder.concurrency,
+        visibility_timeout: builder.visibility_timeout,
+        poll_interval: builder.poll_interval,
+        shutdown_timeout: builder.shutdown_timeout,
+        start: builder.start,
+        dead_letter: builder.dead_letter,
+        app: builder.app,
+        namespace: builder.namespace,
+    })
+}
+
+impl Builder {
+    /// Whether `key` was given, or a misspelling of it was reported.
+    fn given(&self, key: &str) -> bool {
+        self.seen.iter().any(|(k, _)| *k == key) || self.suggested.contains(&key)
+    }
+
+    fn set(&mut self, meta: Meta, errors: &mut Errors) {
+        let nv = match meta {
+            Meta::NameValue(nv) => nv,
+            other => {
+                let path = other.path();
+                let key = path_key(path);
+                errors.spanned(
+                    &other,
+                    format!(
+                        "expected `{key} = value`; #[consumer] takes `key = value` pairs, e.g. \
+                         stream = \"orders\""
+                    ),
+                );
+                return;
+            }
+        };
+        let key_text = path_key(&nv.path);
+        let Some(key) = KEYS.iter().copied().find(|k| *k == key_text) else {
+            let suggestion = closest(&key_text);
+            self.suggested.extend(suggestion);
+            let hint = suggestion
+                .map(|k| format!("did you mean `{k}`? "))
+                .unwrap_or_default();
+            errors.spanned(
+                &nv.path,
+                format!(
+                    "unknown key `{key_text}`; {hint}valid keys are: {}",
+                    KEYS.iter()
+                        .map(|k| format!("`{k}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            );
+            return;
+        };
+        if self.seen.iter().any(|(k, _)| *k == key) {
+            errors.spanned(&nv.path, format!("duplicate key `{key}`"));
+            return;
+        }
+        self.seen.push((key, nv.path.span()));
+        let value = &nv.value;
+        match key {
+            "stream" => self.stream = name_value(key, value, errors),
+            "group" => self.group = name_value(key, value, errors),
+            "dead_letter" => self.dead_letter = name_value(key, value, errors),
+            "app" => self.app = name_value(key, value, errors),
+            "namespace" => self.namespace = name_value(key, value, errors),
+            "name" => self.name = name_value(key, value, errors),
+            "max_retries" => self.max_retries = max_retries(value, errors),
+            "concurrency" => self.concurrency = concurrency(value, errors),
+            "visibility_timeout" => self.visibility_timeout = duration(key, value, false, errors),
+            "poll_interval" => self.poll_interval = duration(key, value, false, errors),
+            "shutdown_timeout" => self.shutdown_timeout = duration(key, value, true, errors),
+            "start" => self.start = start(value, errors),
+            "crate" => self.krate = krate(value, errors),
+            _ => unreachable!("every key in KEYS has a setter"),
+        }
+    }
+}
+
+fn path_key(path: &syn::Path) -> String {
+    path.segments
+        .iter()
+        .map(|s| syn::ext::IdentExt::unraw(&s.ident).to_string())
+        .collect::<Vec<_>>()
+        .join("::")
+}
+
+/// The valid key nearest to a misspelt one, if any is close.
+fn closest(key: &str) -> Option<&'static str> {
+    KEYS.iter()
+        .copied()
+        .map(|k| (edit_distance(k, key), k))
+        .filter(|(d, k)| *d <= (k.len() / 3).max(1))
+        .min()
+        .map(|(_, k)| k)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+fn lit_str<'a>(key: &str, value: &'a Expr, errors: &mut Errors) -> Option<&'a syn::LitStr> {
+    match value {
+        Expr::Lit(ExprLit {
+            lit: Lit::Str(s), ..
+        }) => Some(s),
+        other => {
+            errors.spanned(
+                other,
+                format!("`{key}` takes a string literal, e.g. {key} = \"...\""),
+            );
+            None
+        }
+    }
+}
+
+/// A stream, group, app, namespace or consumer name: the runtime's naming rules.
+fn name_value(key: &str, value: &Expr, errors: &mut Errors) -> Option<String> {
+    let lit = lit_str(key, value, errors)?;
+    let text = lit.value();
+    let problem = if text.is_empty() {
+        Some("it is empty".to_owned())
+    } else if text.len() > MAX_NAME_BYTES {
+        Some(format!(
+            "it is {} bytes long; the limit is {MAX_NAME_BYTES}",
+            text.len()
+        ))
+    } else {
+        text.chars()
+            .find(|c| c.is_whitespace() || c.is_control())
+            .map(|c| {
+                format!("it contains {c:?}; whitespace and control characters are not allowed")
+            })
+    };
+    match problem {
+        Some(problem) => {
+            errors.spanned(lit, format!("invalid `{key}` {text:?}: {problem}"));
+            None
+        }
+        None => Some(text),
+    }
+}
+
+fn max_retries(value: &Expr, errors: &mut Errors) -> Option<MaxRetries> {
+    const HELP: &str =
+        "`max_retries` takes a whole number of retries (0 = one attempt) or \"unlimited\"";
+    match value {
+        Expr::Lit(ExprLit {
+            lit: Lit::Int(int), ..
+        }) => match int.base10_parse::<u32>() {
+            Ok(n) => Some(MaxRetries::Limited(n)),
+            Err(e) => {
+                errors.spanned(int, format!("{HELP}: {e}"));
+                None
+            }
+        },
+        Expr::Lit(ExprLit {
+            lit: Lit::Str(s), ..
+        }) if s.value() == "unlimited" => Some(MaxRetries::Unlimited),
+        other => {
+            errors.spanned(other, HELP);
+            None
+        }
+    }
+}
+
+fn concurrency(value: &Expr, errors: &mut Errors) -> Option<usize> {
+    const HELP: &str = "`concurrency` takes the number of workers, a whole number of at least 1";
+    match value {
+        Expr::Lit(ExprLit {
+            lit: Lit::Int(int), ..
+        }) => match int.base10_parse::<usize>() {
+            Ok(0) => {
+                errors.spanned(int, format!("{HELP}, not 0"));
+                None
+            }
+            Ok(n) => Some(n),
+            Err(e) => {
+                errors.spanned(int, format!("{HELP}: {e}"));
+                None
+            }
+        },
+        other => {
+            errors.spanned(other, HELP);
+            None
+        }
+    }
+}
+
+/// A duration literal, in milliseconds.
+fn duration(key: &str, value: &Expr, zero_ok: bool, errors: &mut Errors) -> Option<u64> {
+    let lit = lit_str(key, value, errors)?;
+    let text = lit.value();
+    match parse_duration(&text) {
+        Ok(0) if !zero_ok => {
+            errors.spanned(lit, format!("`{key}` must be longer than zero"));
+            None
+        }
+        Ok(ms) => Some(ms),
+        Err(problem) => {
+            errors.spanned(
+                lit,
+                format!(
+                    "invalid duration {text:?} for `{key}`: {problem}; write a whole number \
+                     and a unit (ms, s, m, h), e.g. \"30s\", \"250ms\" or \"1m30s\""
+                ),
+            );
+            None
+        }
+    }
+}
+
+/// `"30s"`, `"250ms"`, `"1m30s"`, `"2h"` as milliseconds.
+pub(crate) fn parse_duration(text: &str) -> Result<u64, String> {
+    if text.is_empty() {
+        return Err("it is empty".to_owned());
+    }
+    let mut rest = text;
+    let mut total: u64 = 0;
+    while !rest.is_empty() {
+        let digits = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+        if digits == 0 {
+            return Err(format!("expected a number at {rest:?}"));
+        }
+        let number: u64 = rest[..digits]
+            .parse()
+            .map_err(|_| format!("{:?} is too large", &rest[..digits]))?;
+        rest = &rest[digits..];
+        let unit_len = rest.len()
+            - rest
+                .trim_start_matches(|c: char| c.is_ascii_alphabetic())
+                .len();
+        let unit = &rest[..unit_len];
+        let factor = match unit {
+            "ms" => 1,
+            "s" => 1_000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "" => return Err(format!("{number} has no unit")),
+            other => return Err(format!("unknown unit {other:?}")),
+        };
+        rest = &rest[unit_len..];
+        total = number
+            .checked_mul(factor)
+            .and_then(|ms| total.checked_add(ms))
+            .ok_or_else(|| "it is too long".to_owned())?;
+    }
+    Ok(total)
+}
+
+fn start(value: &Expr, errors: &mut Errors) -> Option<String> {
+    let lit = lit_str("start", value, errors)?;
+    let text = lit.value();
+    if text.is_empty() || text.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        errors.spanned(
+            lit,
+            format!("invalid `start` {text:?}: write \"latest\", \"earliest\" or a message id"),
+        );
+        return None;
+    }
+    Some(text)
+}
+
+fn krate(value: &Expr, errors: &mut Errors) -> Option<syn::Path> {
+    match value {
+        Expr::Path(p) if p.qself.is_none() => Some(p.path.clone()),
+        Expr::Lit(ExprLit {
+            lit: Lit::Str(s), ..
+        }) => match s.parse::<syn::Path>() {
+            Ok(path) => Some(path),
+            Err(e) => {
+                errors.spanned(s, format!("`crate` takes a path to stream_runtime: {e}"));
+                None
+            }
+        },
+        other => {
+            errors.spanned(
+                other,
+                "`crate` takes a path to stream_runtime, e.g. crate = \"::my_reexport::stream_runtime\"",
+            );
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s"), Ok(30_000));
+        assert_eq!(parse_duration("250ms"), Ok(250));
+        assert_eq!(parse_duration("1m30s"), Ok(90_000));
+        assert_eq!(parse_duration("2h"), Ok(7_200_000));
+        assert_eq!(parse_duration("0s"), Ok(0));
+        for bad in [
+            "",
+            "30",
+            "s",
+            "1.5s",
+            "30 s",
+            "10d",
+            "-1s",
+            "99999999999999999999ms",
+        ] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn suggestions() {
+        assert_eq!(super::closest("strem"), Some("stream"));
+        assert_eq!(super::closest("max_retry"), Some("max_retries"));
+        assert_eq!(super::closest("zzz"), None);
+    }
+}

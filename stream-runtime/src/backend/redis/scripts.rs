@@ -1,0 +1,255 @@
+//! The Lua scripts behind every multi-step operation, so each runs atomically on the server.
+//!
+//! Every script takes the keys it touches in `KEYS` (all of one stream share a hash tag).
+//! Ownership of a claim is checked the same way everywhere ([`HELD`]): the entry's pending
+//! record (`XPENDING key group id id 1`) must name our consumer and carry the delivery count
+//! our claim got. A claim taken over since has another consumer or a higher count.
+
+/// `held(stream, group, consumer, id, token)`: whether the claim is still ours.
+const HELD: &str = r"
+local function held(stream, group, consumer, id, token)
+  local p = redis.pcall('XPENDING', stream, group, id, id, 1)
+  if type(p) ~= 'table' or p.err or not p[1] then return false end
+  return p[1][2] == consumer and tonumber(p[1][4]) == tonumber(token)
+end
+";
+
+/// Appends messages and trims the stream.
+///
+/// KEYS: stream. ARGV: max_len (0 = none), max_age in ms (0 = none), then per message the
+/// number of field/value strings that follow and those strings.
+/// Returns the new ids in order.
+const APPEND: &str = r"
+local stream = KEYS[1]
+-- max_len stays a string: Lua numbers lose precision past 2^53.
+local max_len, max_age = ARGV[1], tonumber(ARGV[2])
+local ids = {}
+local i = 3
+while i <= #ARGV do
+  local n = tonumber(ARGV[i])
+  i = i + 1
+  local args = {'XADD', stream}
+  if max_len ~= '0' then
+    args[#args + 1] = 'MAXLEN'
+    args[#args + 1] = '='
+    args[#args + 1] = max_len
+  end
+  args[#args + 1] = '*'
+  for j = i, i + n - 1 do args[#args + 1] = ARGV[j] end
+  i = i + n
+  ids[#ids + 1] = redis.call(unpack(args))
+end
+if max_age > 0 and #ids > 0 then
+  -- The newest id's time part is the server's clock (never going back): trim by it.
+  local newest = tonumber(string.match(ids[#ids], '^(%d+)-'))
+  local cutoff = newest - max_age
+  if cutoff > 0 then redis.call('XTRIM', stream, 'MINID', '=', cutoff) end
+end
+return ids
+";
+
+/// Claims up to `max` messages for a consumer.
+///
+/// KEYS: stream, the group's retry schedule (sorted set), the claim cursors (hash).
+/// ARGV: group, consumer, max, visibility in ms (XAUTOCLAIM's min-idle-time), the parking
+/// consumer's name.
+///
+/// 1. retries that are due (scheduled by `PARK`): `XCLAIM` each to the consumer;
+/// 2. claims idle for at least the visibility timeout: `XAUTOCLAIM` from the group's
+///    stored cursor, wrapping around once, so over successive calls the whole pending list
+///    is walked and no entry starves. An entry parked for a retry that is not yet due is
+///    handed back to the parking consumer with its delivery count restored. Entries trimmed
+///    away come back in the deleted list: they are acked and unscheduled;
+/// 3. new messages with `XREADGROUP ... >` (no BLOCK).
+///
+/// Returns `{id, delivery count, {field, value, ...}}` for each claimed entry: reclaimed
+/// ones in id order, then new ones in id order.
+const CLAIM: &str = r"
+local stream, retries, cursors = KEYS[1], KEYS[2], KEYS[3]
+local group, consumer, max = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local min_idle, parked = ARGV[4], ARGV[5]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+
+local function failed(r)
+  return type(r) == 'table' and r.err ~= nil
+end
+local function deliveries(id)
+  local p = redis.call('XPENDING', stream, group, id, id, 1)
+  if p[1] then return tonumber(p[1][4]) end
+  return 1
+end
+
+local reclaimed = {}
+
+-- 1. Retries that are due.
+local due = redis.call('ZRANGEBYSCORE', retries, '-inf', now, 'LIMIT', 0, max)
+for _, id in ipairs(due) do
+  redis.call('ZREM', retries, id)
+  local got = redis.pcall('XCLAIM', stream, group, consumer, 0, id)
+  if failed(got) then
+    if string.find(got.err, 'NOGROUP') then return {} end
+    return got
+  end
+  if got[1] then
+    reclaimed[#reclaimed + 1] = {got[1][1], deliveries(id), got[1][2]}
+  end
+end
+
+-- 2. Expired claims.
+local start = redis.call('HGET', cursors, group) or '0-0'
+local cursor = start
+local wrapped = cursor == '0-0'
+local rounds = 0
+while #reclaimed < max and rounds < 8 do
+  rounds = rounds + 1
+  local r = redis.pcall('XAUTOCLAIM', stream, group, consumer, min_idle, cursor,
+    'COUNT', max - #reclaimed)
+  if failed(r) then
+    if string.find(r.err, 'NOGROUP') then return {} end
+    return r
+  end
+  cursor = r[1]
+  for _, e in ipairs(r[2]) do
+    if e then
+      local id = e[1]
+      local n = deliveries(id)
+      local at = redis.call('ZSCORE', retries, id)
+      if at and tonumber(at) > now then
+        redis.call('XCLAIM', stream, group, parked, 0, id,
+          'IDLE', 0, 'RETRYCOUNT', n - 1, 'JUSTID')
+      else
+        if at then redis.call('ZREM', retries, id) end
+        reclaimed[#reclaimed + 1] = {id, n, e[2]}
+      end
+    end
+  end
+  for _, id in ipairs(r[3] or {}) do
+    redis.call('XACK', stream, group, id)
+    redis.call('ZREM', retries, id)
+  end
+  if cursor == '0-0' then
+    if wrapped then break end
+    wrapped = true
+  end
+end
+if cursor ~= start then redis.call('HSET', cursors, group, cursor) end
+
+local function parse(id)
+  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+  return tonumber(ms), tonumber(seq)
+end
+table.sort(reclaimed, function(a, b)
+  local am, as = parse(a[1])
+  local bm, bs = parse(b[1])
+  if am ~= bm then return am < bm end
+  return as < bs
+end)
+
+-- 3. New messages.
+if #reclaimed < max then
+  local r = redis.pcall('XREADGROUP', 'GROUP', group, consumer, 'COUNT', max - #reclaimed,
+    'STREAMS', stream, '>')
+  if failed(r) then
+    if string.find(r.err, 'NOGROUP') then return reclaimed end
+    return r
+  end
+  if r and r[1] then
+    for _, e in ipairs(r[1][2]) do
+      reclaimed[#reclaimed + 1] = {e[1], 1, e[2]}
+    end
+  end
+end
+return reclaimed
+";
+
+/// Acknowledges held claims.
+///
+/// KEYS: stream. ARGV: group, consumer, then id/token pairs. Returns how many were acked.
+const ACK: &str = r"
+local stream, group, consumer = KEYS[1], ARGV[1], ARGV[2]
+local acked = 0
+for i = 3, #ARGV, 2 do
+  if held(stream, group, consumer, ARGV[i], ARGV[i + 1]) then
+    acked = acked + redis.call('XACK', stream, group, ARGV[i])
+  end
+end
+return acked
+";
+
+/// Parks held claims until a retry time: the retry and release of the contract.
+///
+/// The entry stays pending but moves to the parking consumer (`XCLAIM ... JUSTID`, which
+/// keeps the delivery count), so the old claim's token no longer holds, and its retry time
+/// goes into the group's retry schedule, which `CLAIM` consults.
+///
+/// KEYS: stream, the group's retry schedule. ARGV: group, consumer, parking consumer,
+/// delay in ms, then id/token pairs. Returns how many were parked.
+const PARK: &str = r"
+local stream, retries = KEYS[1], KEYS[2]
+local group, consumer, parked, delay = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local n = 0
+for i = 5, #ARGV, 2 do
+  local id = ARGV[i]
+  if held(stream, group, consumer, id, ARGV[i + 1]) then
+    redis.call('XCLAIM', stream, group, parked, 0, id, 'JUSTID')
+    redis.call('ZADD', retries, now + delay, id)
+    n = n + 1
+  end
+end
+return n
+";
+
+/// Moves a held claim to the dead-letter stream: append there, ack here, in one step.
+///
+/// KEYS: stream, dead-letter stream, the group's retry schedule. ARGV: group, consumer, id,
+/// token, then the dead letter's field/value strings. Returns the dead letter's id, or
+/// false when the claim was no longer held.
+const DEAD_LETTER: &str = r"
+local stream, dead, retries = KEYS[1], KEYS[2], KEYS[3]
+local group, consumer, id, token = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+if not held(stream, group, consumer, id, token) then return false end
+local args = {'XADD', dead, '*'}
+for i = 5, #ARGV do args[#args + 1] = ARGV[i] end
+local new_id = redis.call(unpack(args))
+redis.call('XACK', stream, group, id)
+redis.call('ZREM', retries, id)
+return new_id
+";
+
+/// Deletes a consumer of ours if it holds no pending entry (`XGROUP DELCONSUMER` would drop
+/// them).
+///
+/// KEYS: stream. ARGV: group, consumer. Returns 1 if deleted.
+const REMOVE_IDLE_CONSUMER: &str = r"
+local p = redis.pcall('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2])
+if type(p) ~= 'table' or p.err or p[1] then return 0 end
+redis.pcall('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+return 1
+";
+
+/// The loaded scripts (each is sent by SHA, and loaded again after a server restart).
+pub(super) struct Scripts {
+    pub append: redis::Script,
+    pub claim: redis::Script,
+    pub ack: redis::Script,
+    pub park: redis::Script,
+    pub dead_letter: redis::Script,
+    pub remove_idle_consumer: redis::Script,
+}
+
+impl Scripts {
+    pub fn new() -> Self {
+        let with_held = |body: &str| redis::Script::new(&format!("{HELD}{body}"));
+        Scripts {
+            append: redis::Script::new(APPEND),
+            claim: redis::Script::new(CLAIM),
+            ack: with_held(ACK),
+            park: with_held(PARK),
+            dead_letter: with_held(DEAD_LETTER),
+            remove_idle_consumer: redis::Script::new(REMOVE_IDLE_CONSUMER),
+        }
+    }
+}

@@ -1,0 +1,669 @@
+//! `Streams.toml`: the backend, stream naming, trim defaults and consumer settings (D5).
+//!
+//! # Where the settings come from
+//!
+//! [`Config::load`] reads, in this order, each layer replacing the keys it sets:
+//!
+//! 1. built-in defaults (no file at all means the embedded SQLite database
+//!    `sqlite://streams.db` in the working directory);
+//! 2. the file: `$STREAMS_CONFIG` if set (it must exist), else `Streams.toml` in the working
+//!    directory if there is one;
+//! 3. environment variables `STREAMS_<KEY>`, nested keys joined by `__`:
+//!    `STREAMS_BACKEND`, `STREAMS_APP`, `STREAMS_DEFAULTS__MAX_RETRIES`,
+//!    `STREAMS_CONSUMERS__BILL__CONCURRENCY`. Variables whose first part is not a top-level
+//!    key (such as `STREAMS_CONFIG` or `STREAMS_TEST_...`) are not configuration and are
+//!    ignored. Keys are lower-cased, so the environment can only override consumers whose
+//!    names are lower case.
+//!
+//! # Precedence of consumer settings
+//!
+//! Each setting of a consumer is taken from the first of these that sets it:
+//!
+//! 1. `[consumers.<name>]` in the file, or its `STREAMS_CONSUMERS__<NAME>__<KEY>` variable
+//!    (the variable wins over the file);
+//! 2. the `#[consumer(...)]` attribute;
+//! 3. `[defaults]` in the file, or its `STREAMS_DEFAULTS__<KEY>` variable;
+//! 4. the built-in default.
+//!
+//! The specific beats the general: `[defaults]` sets what a consumer did not say in code,
+//! `[consumers.<name>]` overrides the code for one consumer at deploy time.
+//!
+//! # Errors
+//!
+//! Unknown keys, values of the wrong type, bad durations and `[consumers.<name>]` tables that
+//! name no registered consumer are errors naming the key and where it came from (the file's
+//! path or the environment variable). Connection URLs are only ever shown through
+//! [`redact_url`](crate::backend::redact_url): keep passwords in `STREAMS_BACKEND`, not in
+//! the file.
+//!
+//! # Reference
+//!
+//! Every key, with its default, as [`REFERENCE`] (parsed by a test):
+//!
+//! ```toml
+#![doc = include_str!("reference.toml")]
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Format, Toml};
+use figment::value::{Dict, Map, Value};
+use figment::{Figment, Metadata, Profile, Provider};
+use serde::de::{self, Deserializer, Visitor};
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use crate::options::{MaxRetries, RetryDelay, ServiceConfig, SubscribeOptions};
+use crate::registry::Attributes;
+
+/// The reference `Streams.toml`: every key, commented, with its default.
+pub const REFERENCE: &str = include_str!("reference.toml");
+
+/// The file read when `STREAMS_CONFIG` is not set.
+pub const DEFAULT_FILE: &str = "Streams.toml";
+
+/// The variable naming another config file.
+pub const CONFIG_PATH_VAR: &str = "STREAMS_CONFIG";
+
+/// The prefix of environment overrides.
+pub const ENV_PREFIX: &str = "STREAMS_";
+
+/// The backend used when nothing names one: an embedded SQLite file in the working directory.
+pub const DEFAULT_BACKEND: &str = "sqlite://streams.db";
+
+const TOP_LEVEL_KEYS: &[&str] = &[
+    "backend",
+    "app",
+    "namespace",
+    "max_len",
+    "max_age",
+    "max_payload_bytes",
+    "defaults",
+    "consumers",
+];
+
+/// The loaded configuration.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
+pub struct Config {
+    /// Backend URL: `sqlite://PATH`, `postgres://...`, `redis://...` or `memory://`.
+    pub backend: String,
+    /// App prefix of stream names.
+    pub app: String,
+    /// Namespace of stream names.
+    pub namespace: String,
+    /// Default `max_len` trim of publishes (0 = none).
+    pub max_len: u64,
+    /// Default `max_age` trim of publishes (zero = none).
+    #[serde(deserialize_with = "de_duration")]
+    pub max_age: Duration,
+    /// Largest payload accepted by publish.
+    pub max_payload_bytes: usize,
+    /// Settings for every consumer.
+    pub defaults: ConsumerSettings,
+    /// Per-consumer overrides, by consumer name.
+    pub consumers: BTreeMap<String, ConsumerSettings>,
+    /// Where the file was read from, if any.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let service = ServiceConfig::default();
+        Config {
+            backend: DEFAULT_BACKEND.to_owned(),
+            app: service.app,
+            namespace: service.namespace,
+            max_len: service.max_len,
+            max_age: service.max_age,
+            max_payload_bytes: service.max_payload_bytes,
+            defaults: ConsumerSettings::default(),
+            consumers: BTreeMap::new(),
+            source: None,
+        }
+    }
+}
+
+/// Consumer settings from `[defaults]` or `[consumers.<name>]`; `None` = not set here.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ConsumerSettings {
+    /// `false` keeps the consumer from starting.
+    pub enabled: Option<bool>,
+    /// Retries after the first attempt: a number or `"unlimited"`.
+    #[serde(default, deserialize_with = "de_max_retries")]
+    pub max_retries: Option<MaxRetries>,
+    /// Workers.
+    pub concurrency: Option<usize>,
+    /// How long a claim hides a message.
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub visibility_timeout: Option<Duration>,
+    /// Fallback poll cadence.
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub poll_interval: Option<Duration>,
+    /// Drain budget at shutdown.
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub shutdown_timeout: Option<Duration>,
+    /// Delay before a failed message comes back.
+    #[serde(default, deserialize_with = "de_retry_delay")]
+    pub retry_delay: Option<RetryDelay>,
+    /// `"latest"`, `"earliest"` or a message id; used when the group is created.
+    pub start: Option<String>,
+    /// Dead-letter stream short name.
+    pub dead_letter: Option<String>,
+    /// App override (only in `[consumers.<name>]`).
+    pub app: Option<String>,
+    /// Namespace override (only in `[consumers.<name>]`).
+    pub namespace: Option<String>,
+}
+
+/// One consumer's settings after the precedence chain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Resolved {
+    /// Whether the consumer runs.
+    pub enabled: bool,
+    /// Its subscription options.
+    pub options: SubscribeOptions,
+}
+
+impl Config {
+    /// Loads `$STREAMS_CONFIG` or `./Streams.toml` (if present), then the process
+    /// environment. See the [module docs](self) for the rules.
+    pub fn load() -> Result<Config> {
+        Loader::new().load()
+    }
+
+    /// A loader to choose the file and the environment explicitly.
+    pub fn loader() -> Loader {
+        Loader::new()
+    }
+
+    /// Parses TOML text alone (no file, no environment).
+    pub fn from_toml_str(toml: &str) -> Result<Config> {
+        extract(Figment::from(Toml::string(toml)), None)
+    }
+
+    /// The service settings: app, namespace, trims, payload cap.
+    pub fn service_config(&self) -> ServiceConfig {
+        ServiceConfig::default()
+            .app(self.app.clone())
+            .namespace(self.namespace.clone())
+            .max_len(self.max_len)
+            .max_age(self.max_age)
+            .max_payload_bytes(self.max_payload_bytes)
+    }
+
+    /// Where the settings came from, for logs: the file, or "no config file".
+    pub fn origin(&self) -> String {
+        match &self.source {
+            Some(path) => path.display().to_string(),
+            None => "no config file (built-in defaults)".to_owned(),
+        }
+    }
+
+    /// Resolves one consumer's settings: `[consumers.<name>]` > attribute > `[defaults]` >
+    /// built-in default.
+    pub fn resolve(&self, name: &str, attributes: &Attributes) -> Resolved {
+        let file = self.consumers.get(name);
+        let defaults = &self.defaults;
+        macro_rules! pick {
+            ($field:ident) => {
+                file.and_then(|f| f.$field.clone())
+                    .or(attributes.$field.map(Into::into))
+                    .or(defaults.$field.clone())
+            };
+        }
+        let builtin = SubscribeOptions::default();
+        let options = SubscribeOptions {
+            max_retries: pick!(max_retries).unwrap_or(builtin.max_retries),
+            concurrency: pick!(concurrency).unwrap_or(builtin.concurrency),
+            visibility_timeout: pick!(visibility_timeout).unwrap_or(builtin.visibility_timeout),
+            poll_interval: pick!(poll_interval).unwrap_or(builtin.poll_interval),
+            shutdown_timeout: pick!(shutdown_timeout).unwrap_or(builtin.shutdown_timeout),
+            start: pick!(start).map_or(builtin.start, |s: String| match s.parse() {
+                Ok(start) => start,
+                Err(never) => match never {},
+            }),
+            dead_letter: pick!(dead_letter),
+            // `[defaults]` has no app / namespace (the top-level keys are the default).
+            app: pick!(app),
+            namespace: pick!(namespace),
+            // The attribute has no retry delay.
+            retry_delay: file
+                .and_then(|f| f.retry_delay)
+                .or(defaults.retry_delay)
+                .unwrap_or(builtin.retry_delay),
+        };
+        let enabled = file
+            .and_then(|f| f.enabled)
+            .or(defaults.enabled)
+            .unwrap_or(true);
+        Resolved { enabled, options }
+    }
+
+    /// Checks that every `[consumers.<name>]` names a registered consumer.
+    pub fn check_consumer_names<'a>(
+        &self,
+        registered: impl IntoIterator<Item = &'a str> + Clone,
+    ) -> Result<()> {
+        let unknown: Vec<&String> = self
+            .consumers
+            .keys()
+            .filter(|name| !registered.clone().into_iter().any(|r| r == name.as_str()))
+            .collect();
+        if unknown.is_empty() {
+            return Ok(());
+        }
+        let mut known: Vec<&str> = registered.into_iter().collect();
+        known.sort_unstable();
+        Err(Error::Config(format!(
+            "{}: {} no registered consumer; registered consumers: {}",
+            self.origin(),
+            unknown
+                .iter()
+                .map(|n| format!("[consumers.{n}] names"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            if known.is_empty() {
+                "none".to_owned()
+            } else {
+                known.join(", ")
+            }
+        )))
+    }
+}
+
+/// Chooses the config file and the environment; [`Config::load`] uses the defaults.
+#[derive(Debug, Default)]
+pub struct Loader {
+    file: Option<PathBuf>,
+    env: Option<Vec<(String, String)>>,
+}
+
+impl Loader {
+    /// The default file and the process environment.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Reads this file (it must exist) instead of `$STREAMS_CONFIG` / `./Streams.toml`.
+    pub fn file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.file = Some(path.into());
+        self
+    }
+
+    /// Uses these variables instead of the process environment (tests, embedding).
+    pub fn env<K: Into<String>, V: Into<String>>(
+        mut self,
+        vars: impl IntoIterator<Item = (K, V)>,
+    ) -> Self {
+        self.env = Some(
+            vars.into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        );
+        self
+    }
+
+    /// Reads the file and the environment.
+    pub fn load(self) -> Result<Config> {
+        let env = match self.env {
+            Some(vars) => vars,
+            None => std::env::vars().collect(),
+        };
+        let path = match self.file {
+            Some(path) => Some(path),
+            None => match env.iter().find(|(k, _)| k == CONFIG_PATH_VAR) {
+                Some((_, path)) if !path.is_empty() => Some(PathBuf::from(path)),
+                _ => Some(PathBuf::from(DEFAULT_FILE)).filter(|p| p.is_file()),
+            },
+        };
+        let mut figment = Figment::new();
+        if let Some(path) = &path {
+            if !path.is_file() {
+                return Err(Error::Config(format!(
+                    "config file {} does not exist (named by {})",
+                    path.display(),
+                    if path.as_os_str() == DEFAULT_FILE {
+                        "default"
+                    } else {
+                        CONFIG_PATH_VAR
+                    }
+                )));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        figment = figment.merge(EnvVars::new(env));
+        extract(figment, path)
+    }
+}
+
+fn extract(figment: Figment, source: Option<PathBuf>) -> Result<Config> {
+    match figment.extract::<Config>() {
+        Ok(mut config) => {
+            if config.defaults.app.is_some() || config.defaults.namespace.is_some() {
+                return Err(Error::Config(format!(
+                    "{}: `defaults.app` / `defaults.namespace` are not settings; set the top-level `app` / `namespace` instead",
+                    source.as_deref().map_or("config".into(), Path::to_string_lossy)
+                )));
+            }
+            config.source = source;
+            Ok(config)
+        }
+        Err(errors) => Err(Error::Config(describe(errors))),
+    }
+}
+
+/// One line per problem: `` `key` in <where>: <what> ``, with URLs redacted.
+fn describe(errors: figment::Error) -> String {
+    let mut lines = Vec::new();
+    for error in errors {
+        let key = error.path.join(".");
+        let place = match &error.metadata {
+            Some(md) => match &md.source {
+                Some(figment::Source::File(path)) => path.display().to_string(),
+                _ if md.name == ENV_METADATA_NAME => {
+                    let keys: Vec<&str> = error.path.iter().map(String::as_str).collect();
+                    format!(
+                        "environment variable {}",
+                        md.interpolate(&Profile::Default, &keys)
+                    )
+                }
+                _ => md.name.to_string(),
+            },
+            None => "config".to_owned(),
+        };
+        let what = match &error.kind {
+            figment::error::Kind::UnknownField(field, expected) => {
+                let key = if error.path.last() == Some(field) {
+                    key.clone()
+                } else if key.is_empty() {
+                    field.clone()
+                } else {
+                    format!("{key}.{field}")
+                };
+                // `[defaults]` shares its type with `[consumers.<name>]` but takes no
+                // app / namespace.
+                let in_defaults = error.path.first().is_some_and(|p| p == "defaults");
+                let valid: Vec<&str> = expected
+                    .iter()
+                    .copied()
+                    .filter(|k| !(in_defaults && matches!(*k, "app" | "namespace")))
+                    .collect();
+                format!(
+                    "unknown key `{key}` in {place}; valid keys here: {}",
+                    valid.join(", ")
+                )
+            }
+            kind => format!("bad value for `{key}` in {place}: {kind}"),
+        };
+        lines.push(redact_text(&what));
+    }
+    lines.join("; ")
+}
+
+/// Redacts the password of every URL in a text.
+pub(crate) fn redact_text(text: &str) -> String {
+    text.split(' ')
+        .map(|word| {
+            if word.contains("://") {
+                let start = word.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(0);
+                format!(
+                    "{}{}",
+                    &word[..start],
+                    crate::backend::redact_url(&word[start..])
+                )
+            } else {
+                word.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+const ENV_METADATA_NAME: &str = "environment";
+
+/// `STREAMS_*` variables as a figment provider: prefix stripped, lower-cased, `__` nests.
+struct EnvVars {
+    vars: Vec<(String, String)>,
+}
+
+impl EnvVars {
+    fn new(all: Vec<(String, String)>) -> Self {
+        let vars = all
+            .into_iter()
+            .filter_map(|(k, v)| {
+                let key = k.strip_prefix(ENV_PREFIX)?.to_ascii_lowercase();
+                let top = key.split("__").next().unwrap_or_default();
+                TOP_LEVEL_KEYS.contains(&top).then_some((key, v))
+            })
+            .collect();
+        EnvVars { vars }
+    }
+}
+
+impl Provider for EnvVars {
+    fn metadata(&self) -> Metadata {
+        Metadata::named(ENV_METADATA_NAME).interpolater(|_: &Profile, keys: &[&str]| {
+            format!("{ENV_PREFIX}{}", keys.join("__").to_ascii_uppercase())
+        })
+    }
+
+    fn data(&self) -> std::result::Result<Map<Profile, Dict>, figment::Error> {
+        let mut dict = Dict::new();
+        for (key, raw) in &self.vars {
+            let parts: Vec<&str> = key.split("__").filter(|p| !p.is_empty()).collect();
+            // Strings stay strings for text keys (an app named "123" is still a name).
+            let value = if matches!(
+                parts.last(),
+                Some(&("backend" | "app" | "namespace" | "start" | "dead_letter"))
+            ) {
+                Value::from(raw.clone())
+            } else {
+                raw.parse::<Value>()
+                    .unwrap_or_else(|_| Value::from(raw.clone()))
+            };
+            insert(&mut dict, &parts, value);
+        }
+        let mut map = Map::new();
+        map.insert(Profile::Default, dict);
+        Ok(map)
+    }
+}
+
+fn insert(dict: &mut Dict, parts: &[&str], value: Value) {
+    match parts {
+        [] => {}
+        [last] => {
+            dict.insert((*last).to_owned(), value);
+        }
+        [first, rest @ ..] => {
+            let entry = dict
+                .entry((*first).to_owned())
+                .or_insert_with(|| Value::from(Dict::new()));
+            if entry.as_dict().is_none() {
+                *entry = Value::from(Dict::new());
+            }
+            if let Value::Dict(_, inner) = entry {
+                insert(inner, rest, value);
+            }
+        }
+    }
+}
+
+/// Parses `"30s"`, `"250ms"`, `"2m"`, `"1h"`, `"7d"`, `"1m30s"`, `"0s"`.
+pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
+    let bad = || {
+        format!("bad duration {text:?}: write a number and a unit (ms, s, m, h, d), e.g. \"30s\", \"250ms\", \"2m\"")
+    };
+    let s = text.trim();
+    if s.is_empty() {
+        return Err(bad());
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+        if digits == 0 {
+            return Err(bad());
+        }
+        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let part = match &rest[..unit_len] {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n.saturating_mul(60)),
+            "h" => Duration::from_secs(n.saturating_mul(3600)),
+            "d" => Duration::from_secs(n.saturating_mul(86_400)),
+            _ => return Err(bad()),
+        };
+        total = total.saturating_add(part);
+        rest = &rest[unit_len..];
+    }
+    Ok(total)
+}
+
+/// Formats a duration the way the config writes it: `"30s"`, `"250ms"`, `"2m"`.
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms == 0 {
+        if d.is_zero() {
+            "0s".to_owned()
+        } else {
+            format!("{}us", d.as_micros())
+        }
+    } else if ms % 3_600_000 == 0 {
+        format!("{}h", ms / 3_600_000)
+    } else if ms % 60_000 == 0 {
+        format!("{}m", ms / 60_000)
+    } else if ms % 1000 == 0 {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
+struct DurationVisitor;
+
+impl Visitor<'_> for DurationVisitor {
+    type Value = Duration;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a duration string such as \"30s\", \"250ms\" or \"2m\"")
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> std::result::Result<Duration, E> {
+        parse_duration(v).map_err(E::custom)
+    }
+}
+
+fn de_duration<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Duration, D::Error> {
+    d.deserialize_str(DurationVisitor)
+}
+
+fn de_opt_duration<'de, D: Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<Duration>, D::Error> {
+    d.deserialize_str(DurationVisitor).map(Some)
+}
+
+fn de_max_retries<'de, D: Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<MaxRetries>, D::Error> {
+    struct V;
+    impl Visitor<'_> for V {
+        type Value = MaxRetries;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a number of retries (0 or more) or \"unlimited\"")
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> std::result::Result<MaxRetries, E> {
+            u32::try_from(v)
+                .map(MaxRetries::Limited)
+                .map_err(|_| E::invalid_value(de::Unexpected::Unsigned(v), &self))
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> std::result::Result<MaxRetries, E> {
+            u64::try_from(v)
+                .map_err(|_| E::invalid_value(de::Unexpected::Signed(v), &self))
+                .and_then(|v| self.visit_u64(v))
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> std::result::Result<MaxRetries, E> {
+            match v {
+                "unlimited" => Ok(MaxRetries::Unlimited),
+                _ => Err(E::invalid_value(de::Unexpected::Str(v), &self)),
+            }
+        }
+    }
+    d.deserialize_any(V).map(Some)
+}
+
+fn de_retry_delay<'de, D: Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<RetryDelay>, D::Error> {
+    struct V;
+    impl<'de> Visitor<'de> for V {
+        type Value = RetryDelay;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(
+                "\"visibility_timeout\", a duration such as \"5s\", or { base = \"100ms\", max = \"30s\" }",
+            )
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> std::result::Result<RetryDelay, E> {
+            if v == "visibility_timeout" {
+                return Ok(RetryDelay::VisibilityTimeout);
+            }
+            parse_duration(v).map(RetryDelay::Fixed).map_err(E::custom)
+        }
+        fn visit_map<A: de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> std::result::Result<RetryDelay, A::Error> {
+            let (mut base, mut max) = (None, None);
+            while let Some(key) = map.next_key::<String>()? {
+                let value: String = map.next_value()?;
+                let d = parse_duration(&value).map_err(de::Error::custom)?;
+                match key.as_str() {
+                    "base" => base = Some(d),
+                    "max" => max = Some(d),
+                    other => return Err(de::Error::unknown_field(other, &["base", "max"])),
+                }
+            }
+            let base = base.ok_or_else(|| de::Error::missing_field("base"))?;
+            let max = max.ok_or_else(|| de::Error::missing_field("max"))?;
+            Ok(RetryDelay::Exponential { base, max })
+        }
+    }
+    d.deserialize_any(V).map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert!(parse_duration("30").is_err());
+        assert!(parse_duration("s").is_err());
+        assert!(parse_duration("3 s").is_err());
+        assert_eq!(format_duration(Duration::from_secs(90)), "90s");
+        assert_eq!(format_duration(Duration::from_millis(250)), "250ms");
+        assert_eq!(format_duration(Duration::from_secs(120)), "2m");
+    }
+
+    #[test]
+    fn reference_parses() {
+        let config = Config::from_toml_str(REFERENCE).expect("reference.toml parses");
+        assert_eq!(config.backend, DEFAULT_BACKEND);
+    }
+}

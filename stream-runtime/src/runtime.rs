@@ -1,0 +1,368 @@
+//! The runtime: load the config, connect, start every enabled consumer, run until a signal
+//! or the application's future ends, then drain (D6).
+//!
+//! ```no_run
+//! #[tokio::main]
+//! async fn main() -> Result<(), stream_runtime::Error> {
+//!     // Runs every `#[consumer]` until SIGINT or SIGTERM.
+//!     stream_runtime::run().await
+//! }
+//! ```
+//!
+//! With shared state and an application future that publishes:
+//!
+//! ```no_run
+//! use stream_runtime::runtime::Runtime;
+//! use stream_runtime::PublishOptions;
+//!
+//! struct Db;
+//!
+//! # async fn demo() -> Result<(), stream_runtime::Error> {
+//! Runtime::new()
+//!     .config_file("Streams.toml")
+//!     .state(Db)
+//!     .run_until(|service| async move {
+//!         service.publish_json("orders", &42, PublishOptions::new()).await?;
+//!         Ok::<_, stream_runtime::Error>(())
+//!     })
+//!     .await
+//! # }
+//! ```
+//!
+//! The runtime returns an error (so `main` exits non-zero) when the config is wrong, the
+//! backend is unreachable, a consumer cannot start, handlers were still running at the end
+//! of their `shutdown_timeout` and had to be aborted, or the application future failed.
+
+use std::future::Future;
+use std::path::PathBuf;
+
+use crate::backend::redact_url;
+use crate::config::{format_duration, redact_text, Config};
+use crate::error::{BoxError, Error, Result};
+use crate::naming;
+use crate::options::{RetryDelay, SubscribeOptions};
+use crate::registry::{self, ConsumerDef, States};
+use crate::service::{Consumer, Service, Subscriber};
+
+/// Runs every registered consumer with the config from `Streams.toml` and the environment
+/// until SIGINT or SIGTERM, then drains. Shorthand for `Runtime::new().run()`.
+pub async fn run() -> Result<()> {
+    Runtime::new().run().await
+}
+
+/// Builds and runs the runtime.
+#[derive(Debug, Default)]
+pub struct Runtime {
+    config: Option<Config>,
+    config_file: Option<PathBuf>,
+    states: States,
+}
+
+/// A consumer the runtime started.
+#[derive(Debug, Clone)]
+pub struct StartedConsumer {
+    /// The consumer's name.
+    pub name: &'static str,
+    /// Its settings after the precedence chain.
+    pub options: SubscribeOptions,
+    /// Its running handle.
+    pub consumer: Consumer,
+}
+
+/// A started runtime: the service to publish with, and the running consumers.
+#[derive(Debug)]
+pub struct Started {
+    service: Service,
+    consumers: Vec<StartedConsumer>,
+}
+
+impl Runtime {
+    /// Config from `$STREAMS_CONFIG` / `./Streams.toml` and the environment, no state.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Reads this config file (it must exist) instead of `$STREAMS_CONFIG` /
+    /// `./Streams.toml`; the environment still applies.
+    pub fn config_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.config_file = Some(path.into());
+        self
+    }
+
+    /// Uses a config already loaded (see [`Config::loader`]).
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = Some(config);
+        self
+    }
+
+    /// Adds shared state for handlers taking a [`State<T>`](crate::State) argument.
+    pub fn state<T: Send + Sync + 'static>(mut self, value: T) -> Self {
+        self.states.insert(value);
+        self
+    }
+
+    /// Loads the config, connects and starts every enabled consumer. Stop it with
+    /// [`Started::shutdown`].
+    pub async fn start(self) -> Result<Started> {
+        let config = match (self.config, self.config_file) {
+            (Some(config), _) => config,
+            (None, Some(path)) => Config::loader().file(path).load()?,
+            (None, None) => Config::load()?,
+        };
+        let defs = registry::consumers()?;
+        config.check_consumer_names(defs.iter().map(|d| d.name))?;
+        if defs.is_empty() {
+            tracing::warn!(
+                "no #[consumer] is registered in this program; consumers defined in a library \
+                 crate that nothing references are dropped by the linker: add \
+                 `use that_crate as _;` to main.rs"
+            );
+        }
+
+        // Build every handler before connecting: a missing state is a fast, clear error.
+        let mut plan = Vec::new();
+        for def in &defs {
+            let resolved = config.resolve(def.name, &def.attributes);
+            if !resolved.enabled {
+                tracing::info!(
+                    "consumer {} disabled by {} (enabled = false)",
+                    def.name,
+                    config.origin()
+                );
+                continue;
+            }
+            let handler = (def.build)(&self.states).map_err(|e| {
+                Error::Runtime(format!(
+                    "consumer {} ({}) could not be built: {e}",
+                    def.name, def.location
+                ))
+            })?;
+            plan.push((*def, resolved.options, handler));
+        }
+
+        let url = redact_url(&config.backend);
+        tracing::info!(
+            "connecting to {url} (app {:?}, namespace {:?}; config: {})",
+            config.app,
+            config.namespace,
+            config.origin()
+        );
+        let service = Service::connect(&config.backend, config.service_config())
+            .await
+            .map_err(|e| {
+                Error::Runtime(format!(
+                    "could not connect to the backend at {url}: {}",
+                    redact_text(&e.to_string())
+                ))
+            })?;
+
+        let mut consumers = Vec::with_capacity(plan.len());
+        for (def, options, handler) in plan {
+            match service
+                .subscribe_handler(def.stream, def.group, handler, options.clone())
+                .await
+            {
+                Ok(consumer) => {
+                    log_started(&service, def, &options, &consumer);
+                    consumers.push(StartedConsumer {
+                        name: def.name,
+                        options,
+                        consumer,
+                    });
+                }
+                Err(e) => {
+                    let error = Error::Runtime(format!(
+                        "consumer {} ({}) could not start on stream {:?}, group {:?}: {}",
+                        def.name,
+                        def.location,
+                        def.stream,
+                        def.group,
+                        redact_text(&e.to_string())
+                    ));
+                    tracing::error!("{error}");
+                    if let Err(close) = service.close().await {
+                        tracing::error!("closing the backend after a failed start: {close}");
+                    }
+                    return Err(error);
+                }
+            }
+        }
+        tracing::info!("{} consumer(s) running on {url}", consumers.len());
+        Ok(Started { service, consumers })
+    }
+
+    /// Starts, then runs until SIGINT or SIGTERM, then drains.
+    pub async fn run(self) -> Result<()> {
+        self.run_until(|_service| std::future::pending::<Result<()>>())
+            .await
+    }
+
+    /// Starts, then runs `app` with the [`Service`] (to publish) until it returns or SIGINT /
+    /// SIGTERM arrives (then `app` is dropped), then drains. An error from `app` is returned
+    /// as [`Error::Application`] after the drain.
+    pub async fn run_until<F, Fut, E>(self, app: F) -> Result<()>
+    where
+        F: FnOnce(Service) -> Fut,
+        Fut: Future<Output = std::result::Result<(), E>>,
+        E: Into<BoxError>,
+    {
+        // Listen before starting, so a signal during startup is not the default kill.
+        let mut signals = Signals::listen()?;
+        let started = self.start().await?;
+        let outcome = tokio::select! {
+            result = app(started.service.clone()) => result.map_err(|e| Error::Application(e.into())),
+            name = signals.recv() => {
+                tracing::info!("received {name}: shutting down (send it again to stop without draining)");
+                Ok(())
+            }
+        };
+        if let Err(e) = &outcome {
+            tracing::error!("{e}; shutting down");
+        }
+        let shutdown = tokio::select! {
+            result = started.shutdown() => result,
+            name = signals.recv() => {
+                let error = Error::Runtime(format!(
+                    "received {name} again: stopped without draining; running handlers' \
+                     messages will be redelivered after their visibility timeout"
+                ));
+                tracing::error!("{error}");
+                Err(error)
+            }
+        };
+        outcome.and(shutdown)
+    }
+}
+
+impl Started {
+    /// The service, to publish (cheap to clone).
+    pub fn service(&self) -> &Service {
+        &self.service
+    }
+
+    /// The consumers started, in name order (disabled ones are absent).
+    pub fn consumers(&self) -> &[StartedConsumer] {
+        &self.consumers
+    }
+
+    /// Closes every consumer (each drains within its `shutdown_timeout`), then the backend.
+    /// An error if handlers had to be aborted or the backend failed to close.
+    pub async fn shutdown(self) -> Result<()> {
+        tracing::info!(
+            "draining {} consumer(s) (longest shutdown timeout {})",
+            self.consumers.len(),
+            format_duration(
+                self.consumers
+                    .iter()
+                    .map(|c| c.options.shutdown_timeout)
+                    .max()
+                    .unwrap_or_default()
+            )
+        );
+        let report = self.service.close().await?;
+        if report.aborted > 0 {
+            let error = Error::Runtime(format!(
+                "{} handler(s) were still running at the shutdown timeout and were aborted; \
+                 their messages were released for redelivery",
+                report.aborted
+            ));
+            tracing::error!("{error}");
+            return Err(error);
+        }
+        tracing::info!("shut down cleanly");
+        Ok(())
+    }
+}
+
+fn log_started(
+    service: &Service,
+    def: &ConsumerDef,
+    options: &SubscribeOptions,
+    consumer: &Consumer,
+) {
+    let config = service.config();
+    let app = naming::pick(options.app.as_deref(), &config.app);
+    let namespace = naming::pick(options.namespace.as_deref(), &config.namespace);
+    let dead_letter = match options.dead_letter.as_deref() {
+        Some(name) if !name.is_empty() => {
+            naming::format_stream(app, namespace, name).unwrap_or_else(|_| name.to_owned())
+        }
+        _ => naming::dead_letter_stream(consumer.stream()),
+    };
+    let retry_delay = match options.retry_delay {
+        RetryDelay::VisibilityTimeout => "visibility_timeout".to_owned(),
+        RetryDelay::Fixed(d) => format_duration(d),
+        RetryDelay::Exponential { base, max } => {
+            format!(
+                "exponential {}..{}",
+                format_duration(base),
+                format_duration(max)
+            )
+        }
+    };
+    tracing::info!(
+        "consumer {} started: stream {}, group {}, payload {}, concurrency {}, max_retries {}, \
+         visibility_timeout {}, poll_interval {}, shutdown_timeout {}, retry_delay {}, start {}, \
+         dead_letter {} ({})",
+        def.name,
+        consumer.stream(),
+        consumer.group(),
+        def.payload_type,
+        options.concurrency.max(1),
+        options.max_retries,
+        format_duration(options.visibility_timeout),
+        format_duration(options.poll_interval),
+        format_duration(options.shutdown_timeout),
+        retry_delay,
+        options.start,
+        dead_letter,
+        def.location,
+    );
+}
+
+/// SIGINT and SIGTERM (Ctrl-C elsewhere), listened to from creation on.
+struct Signals {
+    #[cfg(unix)]
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn listen() -> Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let listen = |kind: SignalKind, name: &str| {
+                signal(kind)
+                    .map_err(|e| Error::Runtime(format!("could not listen for {name}: {e}")))
+            };
+            Ok(Signals {
+                term: listen(SignalKind::terminate(), "SIGTERM")?,
+                int: listen(SignalKind::interrupt(), "SIGINT")?,
+            })
+        }
+        #[cfg(not(unix))]
+        {
+            Ok(Signals {})
+        }
+    }
+
+    /// The name of the next signal received.
+    async fn recv(&mut self) -> &'static str {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.term.recv() => "SIGTERM",
+                _ = self.int.recv() => "SIGINT",
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            if tokio::signal::ctrl_c().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+            "Ctrl-C"
+        }
+    }
+}

@@ -1,0 +1,327 @@
+//! `Streams.toml` loading: precedence, errors naming key and file, defaults (D5).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use stream_runtime::config::{Config, ConsumerSettings, DEFAULT_BACKEND, REFERENCE};
+use stream_runtime::registry::Attributes;
+use stream_runtime::{MaxRetries, RetryDelay, StartPosition};
+
+/// A fresh directory under the system temp dir.
+fn temp_dir(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "streams-config-{test}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default()
+    ));
+    std::fs::create_dir_all(&dir).expect("create temp dir");
+    dir
+}
+
+fn write_config(test: &str, text: &str) -> PathBuf {
+    let path = temp_dir(test).join("Streams.toml");
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+const NO_ENV: [(&str, &str); 0] = [];
+
+fn load(path: &PathBuf, env: &[(&str, &str)]) -> Result<Config, stream_runtime::Error> {
+    Config::loader()
+        .file(path)
+        .env(env.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+        .load()
+}
+
+#[test]
+fn reference_file_parses_and_matches_the_built_in_defaults() {
+    let config = Config::from_toml_str(REFERENCE).expect("reference.toml parses");
+    let builtin = Config::default();
+    assert_eq!(config.backend, builtin.backend);
+    assert_eq!(config.app, builtin.app);
+    assert_eq!(config.namespace, builtin.namespace);
+    assert_eq!(config.max_len, builtin.max_len);
+    assert_eq!(config.max_age, builtin.max_age);
+    assert_eq!(config.max_payload_bytes, builtin.max_payload_bytes);
+    // Every [defaults] key equals the built-in default.
+    let resolved = config.resolve("anything", &Attributes::NONE);
+    let plain = Config::default().resolve("anything", &Attributes::NONE);
+    assert_eq!(resolved, plain);
+    // The example table sets every override key.
+    let example = &config.consumers["example"];
+    assert_eq!(example.max_retries, Some(MaxRetries::Unlimited));
+    assert_eq!(example.concurrency, Some(4));
+    assert_eq!(
+        example.retry_delay,
+        Some(RetryDelay::Exponential {
+            base: Duration::from_millis(100),
+            max: Duration::from_secs(30)
+        })
+    );
+    assert_eq!(example.start.as_deref(), Some("earliest"));
+    // The example table documents every consumer key.
+    let ConsumerSettings {
+        enabled,
+        max_retries,
+        concurrency,
+        visibility_timeout,
+        poll_interval,
+        shutdown_timeout,
+        retry_delay,
+        start,
+        dead_letter,
+        app,
+        namespace,
+        ..
+    } = example.clone();
+    assert!(enabled.is_some() && max_retries.is_some() && concurrency.is_some());
+    assert!(visibility_timeout.is_some() && poll_interval.is_some());
+    assert!(shutdown_timeout.is_some() && retry_delay.is_some() && start.is_some());
+    assert!(dead_letter.is_some() && app.is_some() && namespace.is_some());
+}
+
+#[test]
+fn the_repository_streams_toml_is_valid() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../Streams.toml");
+    let config = load(&path, &NO_ENV).expect("Streams.toml at the repository root parses");
+    assert!(config.backend.starts_with("sqlite:"), "{}", config.backend);
+}
+
+#[test]
+fn no_file_means_the_embedded_sqlite_default() {
+    let dir = temp_dir("nofile");
+    // The loader looks for ./Streams.toml; point STREAMS_CONFIG nowhere and use defaults.
+    let config = Config::loader()
+        .env(NO_ENV)
+        .load()
+        .expect("no file is fine");
+    assert_eq!(Config::default().backend, DEFAULT_BACKEND);
+    assert_eq!(DEFAULT_BACKEND, "sqlite://streams.db");
+    // The working directory of the test (tests/) has no Streams.toml.
+    assert!(!PathBuf::from("Streams.toml").exists() || config.source.is_some());
+    if config.source.is_none() {
+        assert_eq!(config.backend, DEFAULT_BACKEND);
+    }
+    // An explicit STREAMS_CONFIG that does not exist is an error, not a silent default.
+    let missing = dir.join("missing.toml");
+    let err = Config::loader()
+        .env([("STREAMS_CONFIG", missing.to_string_lossy().into_owned())])
+        .load()
+        .expect_err("missing STREAMS_CONFIG file");
+    let text = err.to_string();
+    assert!(
+        text.contains("missing.toml") && text.contains("STREAMS_CONFIG"),
+        "{text}"
+    );
+}
+
+#[test]
+fn precedence_builtin_defaults_attribute_consumer_table_env() {
+    let path = write_config(
+        "precedence",
+        r#"
+        app = "shop"
+        [defaults]
+        concurrency = 2
+        max_retries = 7
+        poll_interval = "250ms"
+        [consumers.bill]
+        concurrency = 5
+        visibility_timeout = "2m"
+        "#,
+    );
+    let config = load(&path, &NO_ENV).expect("loads");
+    let mut attrs = Attributes::NONE;
+    attrs.concurrency = Some(3);
+    attrs.max_retries = Some(MaxRetries::Limited(1));
+    attrs.visibility_timeout = Some(Duration::from_secs(10));
+    attrs.start = Some("earliest");
+
+    let bill = config.resolve("bill", &attrs).options;
+    assert_eq!(bill.concurrency, 5, "[consumers.bill] beats the attribute");
+    assert_eq!(bill.visibility_timeout, Duration::from_secs(120));
+    assert_eq!(
+        bill.max_retries,
+        MaxRetries::Limited(1),
+        "attribute beats [defaults]"
+    );
+    assert_eq!(
+        bill.poll_interval,
+        Duration::from_millis(250),
+        "[defaults] beats built-in"
+    );
+    assert_eq!(
+        bill.shutdown_timeout,
+        Duration::from_secs(30),
+        "built-in default"
+    );
+    assert_eq!(bill.start, StartPosition::Earliest);
+
+    let other = config.resolve("ship", &Attributes::NONE).options;
+    assert_eq!(other.concurrency, 2);
+    assert_eq!(other.max_retries, MaxRetries::Limited(7));
+
+    // The environment replaces the file at the same key.
+    let config = load(
+        &path,
+        &[
+            ("STREAMS_CONSUMERS__BILL__CONCURRENCY", "9"),
+            ("STREAMS_DEFAULTS__MAX_RETRIES", "unlimited"),
+            ("STREAMS_APP", "123"),
+            ("STREAMS_BACKEND", "memory://"),
+            ("STREAMS_TEST_POSTGRES_URL", "ignored: not a config key"),
+        ],
+    )
+    .expect("loads with env");
+    assert_eq!(config.app, "123");
+    assert_eq!(config.backend, "memory://");
+    assert_eq!(config.resolve("bill", &attrs).options.concurrency, 9);
+    assert_eq!(
+        config
+            .resolve("ship", &Attributes::NONE)
+            .options
+            .max_retries,
+        MaxRetries::Unlimited
+    );
+    assert_eq!(config.service_config().app, "123");
+}
+
+#[test]
+fn disabled_consumer_and_unknown_consumer_tables() {
+    let path = write_config(
+        "disabled",
+        "[consumers.audit]\nenabled = false\n[consumers.typo]\nconcurrency = 2\n",
+    );
+    let config = load(&path, &NO_ENV).expect("loads");
+    assert!(!config.resolve("audit", &Attributes::NONE).enabled);
+    assert!(config.resolve("bill", &Attributes::NONE).enabled);
+    let err = config
+        .check_consumer_names(["audit", "bill"])
+        .expect_err("typo names no consumer")
+        .to_string();
+    assert!(
+        err.contains("[consumers.typo]") && err.contains("audit, bill"),
+        "{err}"
+    );
+    assert!(err.contains(&path.display().to_string()), "{err}");
+}
+
+#[test]
+fn unknown_key_error_names_the_key_and_the_file() {
+    let path = write_config("unknown", "backend = \"memory://\"\nmax_lenght = 5\n");
+    let err = load(&path, &NO_ENV).expect_err("unknown key").to_string();
+    assert!(err.contains("max_lenght"), "{err}");
+    assert!(err.contains(&path.display().to_string()), "{err}");
+
+    let path = write_config("unknown-nested", "[consumers.bill]\nconcurency = 5\n");
+    let err = load(&path, &NO_ENV)
+        .expect_err("unknown nested key")
+        .to_string();
+    assert!(err.contains("consumers.bill.concurency"), "{err}");
+    assert!(err.contains(&path.display().to_string()), "{err}");
+
+    let path = write_config("unknown-defaults", "[defaults]\nconcurency = 5\n");
+    let err = load(&path, &NO_ENV)
+        .expect_err("unknown defaults key")
+        .to_string();
+    assert!(
+        err.contains("defaults.concurency") && err.contains("concurrency"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("namespace"),
+        "[defaults] takes no namespace: {err}"
+    );
+
+    let path = write_config("unknown-env", "");
+    let err = load(&path, &[("STREAMS_DEFAULTS__CONCURENCY", "3")])
+        .expect_err("unknown env key")
+        .to_string();
+    assert!(
+        err.contains("STREAMS_DEFAULTS__CONCURENCY") && err.contains("defaults.concurency"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_values_are_errors_naming_key_and_source() {
+    for (name, text, key) in [
+        (
+            "duration",
+            "[defaults]\nvisibility_timeout = \"30\"\n",
+            "defaults.visibility_timeout",
+        ),
+        (
+            "unit",
+            "[consumers.bill]\npoll_interval = \"5 parsecs\"\n",
+            "consumers.bill.poll_interval",
+        ),
+        (
+            "retries",
+            "[defaults]\nmax_retries = -1\n",
+            "defaults.max_retries",
+        ),
+        (
+            "retries-word",
+            "[defaults]\nmax_retries = \"forever\"\n",
+            "defaults.max_retries",
+        ),
+        ("type", "max_len = \"lots\"\n", "max_len"),
+        (
+            "retry-delay",
+            "[defaults]\nretry_delay = { base = \"1s\" }\n",
+            "defaults.retry_delay",
+        ),
+        ("defaults-app", "[defaults]\napp = \"x\"\n", "defaults.app"),
+    ] {
+        let path = write_config(name, text);
+        let err = load(&path, &NO_ENV).expect_err(name).to_string();
+        eprintln!("{name}: {err}");
+        assert!(err.contains(key), "{name}: {err}");
+        assert!(err.contains(&path.display().to_string()), "{name}: {err}");
+    }
+    let path = write_config(
+        "bad-duration-text",
+        "[defaults]\nshutdown_timeout = \"30\"\n",
+    );
+    let err = load(&path, &NO_ENV).expect_err("bad duration").to_string();
+    assert!(
+        err.contains("\"30s\""),
+        "the error shows the expected form: {err}"
+    );
+
+    let path = write_config("env-bad", "");
+    let err = load(&path, &[("STREAMS_DEFAULTS__CONCURRENCY", "many")])
+        .expect_err("bad env value")
+        .to_string();
+    eprintln!("env: {err}");
+    assert!(err.contains("STREAMS_DEFAULTS__CONCURRENCY"), "{err}");
+}
+
+#[test]
+fn passwords_never_appear_in_config_errors() {
+    let path = write_config(
+        "secret",
+        "backend = \"postgres://app:hunter2@db/x\"\nmax_retries_typo = 1\n",
+    );
+    let err = load(&path, &NO_ENV).expect_err("unknown key").to_string();
+    assert!(!err.contains("hunter2"), "{err}");
+    let path = write_config("secret-value", "[defaults]\nstart = 5\n");
+    let err = load(
+        &path,
+        &[("STREAMS_DEFAULTS__MAX_RETRIES", "redis://:hunter2@cache")],
+    )
+    .expect_err("a URL where a number belongs")
+    .to_string();
+    assert!(!err.contains("hunter2"), "{err}");
+}
+
+#[test]
+fn consumer_settings_default_is_empty() {
+    let settings = ConsumerSettings::default();
+    assert_eq!(settings.enabled, None);
+    assert_eq!(settings.concurrency, None);
+}
