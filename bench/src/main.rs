@@ -218,12 +218,7 @@ impl Row {
             Figure::Throughput { ours, raw } => {
                 let fmt = |s: &Option<Summary>| {
                     s.map_or("-".to_owned(), |s| {
-                        format!(
-                            "{} ({}-{})",
-                            human(s.median),
-                            human(s.min),
-                            human(s.max)
-                        )
+                        format!("{} ({}-{})", human(s.median), human(s.min), human(s.max))
                     })
                 };
                 let (ratio, overhead) = match (ours, raw) {
@@ -392,7 +387,12 @@ impl Collected {
         if let Ok((n, _)) = &r {
             self.fewest = Some(self.fewest.map_or(*n, |f| f.min(*n)));
         }
-        self.push(which, r.as_ref().map_or(0, |(n, _)| *n), r.map(|(_, d)| d), into_raw);
+        self.push(
+            which,
+            r.as_ref().map_or(0, |(n, _)| *n),
+            r.map(|(_, d)| d),
+            into_raw,
+        );
     }
 
     fn push(&mut self, which: &str, n: usize, r: Result<Duration, BoxError>, into_raw: bool) {
@@ -479,8 +479,15 @@ async fn run_backend(
         }
         if plan.wants("e2e") {
             if let Some(service) = &service {
-                ours::e2e(service, "warmup-e2e", plan.e2e_rate, 100, E2E_CONCURRENCY, &payload)
-                    .await?;
+                ours::e2e(
+                    service,
+                    "warmup-e2e",
+                    plan.e2e_rate,
+                    100,
+                    E2E_CONCURRENCY,
+                    &payload,
+                )
+                .await?;
             }
             if plan.raw {
                 raw.e2e(plan.e2e_rate, 100).await?;
@@ -519,10 +526,15 @@ async fn run_backend(
         let mut reps = Reps::new(plan);
         while let Some(rep) = reps.next() {
             let stream = format!("publish-one-{rep}");
-            c.push("ours", n, match &service {
+            c.push(
+                "ours",
+                n,
+                match &service {
                     Some(s) => ours::publish_one(s, &stream, n, &payload).await,
                     None => Err(UNAVAILABLE.into()),
-                }, false);
+                },
+                false,
+            );
             if plan.raw {
                 c.push("raw", n, raw.publish_one(n, &payload).await, true);
             }
@@ -587,8 +599,7 @@ async fn run_backend(
                     let before = counters.as_ref().map(|c| c.snapshot());
                     let measured = match &service {
                         Some(s) => {
-                            ours::consume(s, &stream, &group, backlog, concurrency, plan.cap)
-                                .await
+                            ours::consume(s, &stream, &group, backlog, concurrency, plan.cap).await
                         }
                         None => Err(UNAVAILABLE.into()),
                     };
@@ -748,7 +759,10 @@ fn main() -> Result<(), BoxError> {
     let mut json_path = "target/stream-bench.jsonl".to_owned();
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
-        let mut value = || args.next().ok_or_else(|| format!("{arg} needs a value\n{}", usage()));
+        let mut value = || {
+            args.next()
+                .ok_or_else(|| format!("{arg} needs a value\n{}", usage()))
+        };
         match arg.as_str() {
             "--backend" | "--backends" => {
                 kinds = value()?
@@ -864,10 +878,7 @@ fn main() -> Result<(), BoxError> {
          rate over the messages handled by then.",
         plan.cap
     );
-    println!(
-        "total {:.0?}; JSON lines in {json_path}",
-        started.elapsed()
-    );
+    println!("total {:.0?}; JSON lines in {json_path}", started.elapsed());
     runtime.shutdown_timeout(Duration::from_secs(5));
     if failed {
         return Err("some backends failed; see above".into());

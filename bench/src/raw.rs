@@ -26,7 +26,7 @@ pub enum Raw {
     Postgres { pool: PgPool, schema: String },
     /// A multiplexed connection, plus the client for a second one (blocking reads).
     Redis {
-        client: redis::Client,
+        client: Box<redis::Client>,
         con: MultiplexedConnection,
         prefix: String,
     },
@@ -62,7 +62,10 @@ impl Raw {
                 Ok(Raw::Sqlite(pool))
             }
             Kind::Postgres => {
-                let pool = PgPoolOptions::new().max_connections(10).connect(url).await?;
+                let pool = PgPoolOptions::new()
+                    .max_connections(10)
+                    .connect(url)
+                    .await?;
                 let schema = format!("bench_raw_{tag}");
                 sqlx::query(&format!("CREATE SCHEMA {schema}"))
                     .execute(&pool)
@@ -84,7 +87,7 @@ impl Raw {
                 let client = redis::Client::open(url)?;
                 let con = client.get_multiplexed_async_connection().await?;
                 Ok(Raw::Redis {
-                    client,
+                    client: Box::new(client),
                     con,
                     prefix: format!("bench-raw:{tag}"),
                 })
@@ -161,7 +164,8 @@ impl Raw {
                 Ok(start.elapsed())
             }
             Raw::Postgres { pool, schema } => {
-                let sql = format!("INSERT INTO {schema}.raw_publish (payload) VALUES ($1) RETURNING id");
+                let sql =
+                    format!("INSERT INTO {schema}.raw_publish (payload) VALUES ($1) RETURNING id");
                 let start = Instant::now();
                 for _ in 0..n {
                     sqlx::query(&sql).bind(payload).fetch_one(&*pool).await?;
@@ -468,7 +472,10 @@ impl Raw {
                 ))
             }
             Raw::Redis {
-                client, con, prefix, ..
+                client,
+                con,
+                prefix,
+                ..
             } => {
                 let key = format!("{prefix}:e2e");
                 let _: () = redis::cmd("XGROUP")
@@ -505,7 +512,8 @@ impl Raw {
                         for entry in reply.keys.into_iter().flat_map(|k| k.ids) {
                             let sched: u64 = entry.get("t").unwrap_or_default();
                             lat.push(
-                                now.saturating_sub(Duration::from_nanos(sched)).as_secs_f64()
+                                now.saturating_sub(Duration::from_nanos(sched))
+                                    .as_secs_f64()
                                     * 1e3,
                             );
                             ids.push(entry.id);
