@@ -318,8 +318,27 @@ impl Raw {
             }
             return Ok((seen, start.elapsed()));
         }
-        self.clear("queue").await?;
-        self.fill("queue", n, 1000, payload).await?;
+        // SQL queues are topped up to `n` rather than refilled, so a capped run that left
+        // rows behind does not cost a full rewrite (WAL and checkpoint pressure that would
+        // slow the next measurement). A Redis group starts afresh on a new stream.
+        let have = match self {
+            Raw::Sqlite(pool) => {
+                sqlx::query_scalar::<_, i64>("SELECT count(*) FROM raw_queue")
+                    .fetch_one(&*pool)
+                    .await?
+            }
+            Raw::Postgres { pool, schema } => {
+                sqlx::query_scalar::<_, i64>(&format!("SELECT count(*) FROM {schema}.raw_queue"))
+                    .fetch_one(&*pool)
+                    .await?
+            }
+            _ => {
+                self.clear("queue").await?;
+                0
+            }
+        };
+        let have = usize::try_from(have).unwrap_or(0).min(n);
+        self.fill("queue", n - have, 1000, payload).await?;
         let mut seen = 0usize;
         let mut token = 0i64;
         let limit = i64::try_from(batch)?;
@@ -441,7 +460,9 @@ impl Raw {
             }
         }
         let elapsed = start.elapsed();
-        self.clear("queue").await?;
+        if let Raw::Redis { .. } = self {
+            self.clear("queue").await?;
+        }
         Ok((seen.min(n), elapsed))
     }
 
