@@ -6,9 +6,11 @@
 //! ```
 //!
 //! Options: `--backend LIST` (default all four), `--quick` (small counts, one repetition),
-//! `--reps N` (most repetitions per figure), `--only LIST` (workloads: `publish`, `batch`,
-//! `consume`, `e2e`), `--json PATH` (JSON lines; default `target/stream-bench.jsonl`, `-` for
-//! stdout). Services: `STREAMS_TEST_POSTGRES_URL`, `STREAMS_TEST_REDIS_URL`.
+//! `--reps N` (repetitions, no time budget), `--only LIST` (workloads: `publish`, `batch`,
+//! `consume`, `e2e`), `--concurrency LIST`, `--backlog LIST`, `--json PATH` (JSON lines;
+//! default `target/stream-bench.jsonl`, `-` for stdout), `--count-calls` (count the engine's
+//! claim and ack calls), `--no-warmup`, `--no-raw`. Services: `STREAMS_TEST_POSTGRES_URL`,
+//! `STREAMS_TEST_REDIS_URL`. See BENCHMARKS.md for what each workload and ceiling is.
 
 mod counting;
 mod ours;
