@@ -255,7 +255,8 @@ async fn concurrent_connects_migrate_once() {
             .fetch_one(backends[0].pool())
             .await
             .expect("count versions");
-    assert_eq!(versions, 1);
+    // Every migration applied exactly once.
+    assert_eq!(versions, 2);
     let ids = backends[1]
         .append("s", vec![NewMessage::new("x")], Trim::NONE)
         .await
@@ -532,4 +533,200 @@ async fn listener_reconnects_after_kill() {
     }
     consumer.close().await.expect("close");
     publisher.close().await.expect("close");
+}
+
+/// The `synchronous_commit` a statement leaves in force for the rest of its transaction:
+/// runs `call` (binding `$1` = stream, `$2` = group) in a transaction on `conn`, reads the
+/// setting there, commits, and checks the connection's next transaction is back at `base`.
+async fn setting_after(
+    conn: &mut sqlx::PgConnection,
+    call: &str,
+    stream: &str,
+    base: &str,
+) -> String {
+    use sqlx::Connection;
+    let mut tx = conn.begin().await.expect("begin");
+    sqlx::query(call)
+        .bind(stream)
+        .bind("g")
+        .fetch_all(&mut *tx)
+        .await
+        .unwrap_or_else(|e| panic!("{call}: {e}"));
+    let inside: String = sqlx::query_scalar("SELECT current_setting('synchronous_commit')")
+        .fetch_one(&mut *tx)
+        .await
+        .expect("read the setting");
+    tx.commit().await.expect("commit");
+    let after: String = sqlx::query_scalar("SELECT current_setting('synchronous_commit')")
+        .fetch_one(&mut *conn)
+        .await
+        .expect("read the setting");
+    assert_eq!(after, base, "{call} left its setting on the connection");
+    inside
+}
+
+/// Claims, acks, retries and releases commit asynchronously, in their own transaction only;
+/// appends (S17) and dead letters (S12) keep the server's synchronous commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_claim_ack_retry_release_commit_asynchronously() {
+    let Some(backend) = pg::backend_at(&pg::url()).await else {
+        return;
+    };
+    let s = pg::SCHEMA;
+    let stream = unique_name("async.Commit.");
+    backend
+        .ensure_group(&stream, "g", &StartPosition::Earliest)
+        .await
+        .expect("ensure_group");
+    let mut conn = backend.pool().acquire().await.expect("acquire");
+    let base: String = sqlx::query_scalar("SELECT current_setting('synchronous_commit')")
+        .fetch_one(&mut *conn)
+        .await
+        .expect("read the setting");
+    assert_ne!(
+        base, "off",
+        "the test server must commit synchronously by default"
+    );
+
+    let append = format!(
+        "SELECT a FROM {s}.append($1, ARRAY['m'::bytea, 'n'::bytea, 'o'::bytea], \
+         ARRAY['{{}}'::jsonb, '{{}}'::jsonb, '{{}}'::jsonb], 0, interval '0') AS a \
+         WHERE $2 <> ''"
+    );
+    assert_eq!(
+        setting_after(&mut conn, &append, &stream, &base).await,
+        base
+    );
+
+    // Claim all three; their tokens drive the other calls.
+    let claim = format!("SELECT r_id FROM {s}.claim($1, $2, 'c', 3, interval '1 minute')");
+    assert_eq!(
+        setting_after(&mut conn, &claim, &stream, &base).await,
+        "off"
+    );
+    let tokens: Vec<(i64, i64)> = sqlx::query_as(&format!(
+        "SELECT p.msg_id, p.token FROM {s}.pending p JOIN {s}.groups g USING (group_id) \
+         JOIN {s}.streams st USING (stream_id) WHERE st.name = $1 ORDER BY p.msg_id"
+    ))
+    .bind(&stream)
+    .fetch_all(&mut *conn)
+    .await
+    .expect("pending rows");
+    assert_eq!(tokens.len(), 3, "{tokens:?}");
+    let ((m1, t1), (m2, t2), (m3, t3)) = (tokens[0], tokens[1], tokens[2]);
+
+    let ack = format!("SELECT {s}.ack($1, $2, ARRAY[{m1}::bigint], ARRAY[{t1}::bigint])");
+    assert_eq!(setting_after(&mut conn, &ack, &stream, &base).await, "off");
+    let retry = format!("SELECT {s}.retry($1, $2, {m2}, {t2}, interval '1 hour')");
+    assert_eq!(
+        setting_after(&mut conn, &retry, &stream, &base).await,
+        "off"
+    );
+    let release = format!("SELECT {s}.release($1, $2, ARRAY[{m3}::bigint], ARRAY[{t3}::bigint])");
+    assert_eq!(
+        setting_after(&mut conn, &release, &stream, &base).await,
+        "off"
+    );
+
+    // Message 3 was released: claim it again, then dead-letter it.
+    let token: i64 = sqlx::query_scalar(&format!(
+        "SELECT r_token FROM {s}.claim($1, $2, 'c', 1, interval '1 minute')"
+    ))
+    .bind(&stream)
+    .bind("g")
+    .fetch_one(&mut *conn)
+    .await
+    .expect("claim again");
+    let dead_letter = format!(
+        "SELECT {s}.dead_letter($1, $2, {m3}, {token}, $1 || '.dlq', 'x'::bytea, '{{}}'::jsonb) \
+         AS new_id"
+    );
+    assert_eq!(
+        setting_after(&mut conn, &dead_letter, &stream, &base).await,
+        base
+    );
+
+    // The backend's own calls leave the pooled connections at the server's setting too.
+    drop(conn);
+    let group = group_ref(&stream, "g");
+    backend
+        .append(&stream, vec![NewMessage::new("p")], Trim::NONE)
+        .await
+        .expect("append");
+    let claimed = backend
+        .claim(group, 1, Duration::from_secs(60))
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 1);
+    backend
+        .ack(group, &[claimed[0].claim()])
+        .await
+        .expect("ack");
+    let settings: Vec<String> = sqlx::query_scalar("SELECT current_setting('synchronous_commit')")
+        .fetch_all(backend.pool())
+        .await
+        .expect("read the setting");
+    assert_eq!(settings, vec![base]);
+    backend.close().await.expect("close");
+}
+
+/// A schema created by migration 1 alone (an older build) is upgraded in place on connect,
+/// keeping its streams, groups and claims.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn version_1_schema_is_upgraded() {
+    let Some(admin) = pg::backend_at(&pg::url()).await else {
+        return;
+    };
+    let schema = unique_name("pgup_");
+    let s = format!("\"{schema}\"");
+    let v1 = include_str!("../stream-runtime/src/backend/postgres_schema.sql").replace("{S}", &s);
+    let setup = format!(
+        "CREATE SCHEMA {s}; \
+         CREATE TABLE {s}.schema_version (version integer PRIMARY KEY, \
+             applied_at timestamptz NOT NULL DEFAULT now()); \
+         {v1}; \
+         INSERT INTO {s}.schema_version (version) VALUES (1); \
+         SELECT {s}.ensure_group('old', 'g', 'earliest', 0); \
+         SELECT {s}.append('old', ARRAY['a'::bytea, 'b'::bytea], \
+             ARRAY['{{}}'::jsonb, '{{}}'::jsonb], 0, interval '0'); \
+         SELECT * FROM {s}.claim('old', 'g', 'c', 1, interval '1 hour');"
+    );
+    sqlx::raw_sql(&setup)
+        .execute(admin.pool())
+        .await
+        .expect("create a version 1 schema");
+
+    let backend = PostgresBackend::connect_with_schema(&pg::url(), &schema)
+        .await
+        .expect("connect and upgrade");
+    let versions: Vec<i32> = sqlx::query_scalar(&format!(
+        "SELECT version FROM {s}.schema_version ORDER BY version"
+    ))
+    .fetch_all(backend.pool())
+    .await
+    .expect("versions");
+    assert_eq!(versions, vec![1, 2]);
+    // Message 1 is still held by the old claim; message 2 is next.
+    let group = group_ref("old", "g");
+    let claimed = backend
+        .claim(group, 10, Duration::from_secs(60))
+        .await
+        .expect("claim");
+    let ids: Vec<&str> = claimed.iter().map(|c| c.message.id.as_str()).collect();
+    assert_eq!(ids, vec!["2"]);
+    backend
+        .ack(group, &[claimed[0].claim()])
+        .await
+        .expect("ack");
+    let left: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {s}.pending"))
+        .fetch_one(backend.pool())
+        .await
+        .expect("count pending");
+    assert_eq!(left, 1);
+    sqlx::query(&format!("DROP SCHEMA {s} CASCADE"))
+        .execute(admin.pool())
+        .await
+        .expect("drop schema");
+    backend.close().await.expect("close");
+    admin.close().await.expect("close");
 }

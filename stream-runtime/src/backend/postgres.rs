@@ -7,8 +7,11 @@
 //! sizes the pool for queries (default 10; one more connection is kept for `LISTEN`).
 //! See `docs/postgres.md` for the tables, wake-ups and scaling notes.
 //!
-//! Each operation is one round trip: the work runs in plpgsql functions the migration
-//! creates (`append`, `ensure_group`, `claim`, `dead_letter`), each one transaction.
+//! Each operation is one round trip: the work runs in plpgsql functions the migrations
+//! create (`append`, `ensure_group`, `claim`, `ack`, `retry`, `release`, `dead_letter`),
+//! each one transaction. `claim`, `ack`, `retry` and `release` commit asynchronously
+//! (`synchronous_commit = off` for their own transaction only): a server crash may lose the
+//! last of them, which only means a redelivery. `append` and `dead_letter` stay synchronous.
 //! Appends lock their stream's row, so a stream's ids are assigned and committed in order
 //! and a group's cursor never skips a message that committed late. Timestamps (deadlines,
 //! `created_at`, age trims) come from the database's clock only. Wake-ups travel by
@@ -39,7 +42,11 @@ pub const DEFAULT_SCHEMA: &str = "streams";
 pub const WAKEUP_CHANNEL: &str = "stream_runtime_wakeup";
 
 /// The migrations, in order; `{S}` stands for the quoted schema name.
-const MIGRATIONS: &[&str] = &[include_str!("postgres_schema.sql")];
+/// Never edit an applied one: add the next file.
+const MIGRATIONS: &[&str] = &[
+    include_str!("postgres_schema.sql"),
+    include_str!("postgres_schema_2.sql"),
+];
 
 /// How long connecting may take before it fails with a clear error.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -76,11 +83,6 @@ struct Sql {
 
 impl Sql {
     fn new(s: &str) -> Self {
-        let group = format!(
-            "FROM {s}.groups g, {s}.streams s \
-             WHERE s.name = $1 AND g.stream_id = s.stream_id AND g.name = $2 \
-             AND p.group_id = g.group_id"
-        );
         Sql {
             append: format!(
                 "SELECT a FROM {s}.append($1, $2::bytea[], $3::text[]::jsonb[], $4, \
@@ -93,25 +95,9 @@ impl Sql {
                  r_deliveries, r_token \
                  FROM {s}.claim($1, $2, $3, $4, $5 * interval '1 microsecond')"
             ),
-            ack: format!(
-                "DELETE FROM {s}.pending p USING {s}.groups g, {s}.streams s \
-                 WHERE s.name = $1 AND g.stream_id = s.stream_id AND g.name = $2 \
-                 AND p.group_id = g.group_id AND p.token <> 0 \
-                 AND (p.msg_id, p.token) IN (SELECT * FROM unnest($3::bigint[], $4::bigint[]))"
-            ),
-            retry: format!(
-                "UPDATE {s}.pending p SET token = 0, \
-                 deadline = clock_timestamp() + $5 * interval '1 microsecond' \
-                 {group} AND p.msg_id = $3 AND p.token = $4 AND p.token <> 0"
-            ),
-            release: format!(
-                "WITH released AS ( \
-                 UPDATE {s}.pending p SET token = 0, deadline = clock_timestamp() \
-                 {group} AND p.token <> 0 \
-                 AND (p.msg_id, p.token) IN (SELECT * FROM unnest($3::bigint[], $4::bigint[])) \
-                 RETURNING 1) \
-                 SELECT pg_notify('{WAKEUP_CHANNEL}', $1) WHERE EXISTS (SELECT 1 FROM released)"
-            ),
+            ack: format!("SELECT {s}.ack($1, $2, $3::bigint[], $4::bigint[])"),
+            retry: format!("SELECT {s}.retry($1, $2, $3, $4, $5 * interval '1 microsecond')"),
+            release: format!("SELECT {s}.release($1, $2, $3::bigint[], $4::bigint[])"),
             dead_letter: format!("SELECT {s}.dead_letter($1, $2, $3, $4, $5, $6, $7::text::jsonb)"),
         }
     }
@@ -601,13 +587,13 @@ impl Backend for PostgresBackend {
             let Some(id) = parse_id(claim.id.as_str()) else {
                 return Ok(false);
             };
-            let done = sqlx::query(&self.sql.retry)
+            let held: bool = sqlx::query_scalar(&self.sql.retry)
                 .bind(group.stream)
                 .bind(group.group)
                 .bind(id)
                 .bind(from_token(claim.token))
                 .bind(micros(delay))
-                .execute(&self.pool)
+                .fetch_one(&self.pool)
                 .await
                 .map_err(|e| {
                     self.error(
@@ -618,7 +604,7 @@ impl Backend for PostgresBackend {
                         e,
                     )
                 })?;
-            Ok(done.rows_affected() > 0)
+            Ok(held)
         })
     }
 
