@@ -109,7 +109,7 @@ pub use backend::{Backend, ClaimToken};
 pub use codec::{Payload, Raw};
 pub use engine::{dead_letter_headers, handler_fn, CloseReport, Handler};
 pub use error::{BoxError, Error, HandlerError, Result};
-pub use message::{Headers, Message, MessageId, NewMessage};
+pub use message::{Bytes, Headers, Message, MessageId, NewMessage};
 pub use naming::{
     dead_letter_stream, format_stream, DEFAULT_APP, DEFAULT_NAMESPACE, MAX_NAME_BYTES,
 };

@@ -244,34 +244,75 @@ pub async fn connect(url: &str) -> Result<SharedBackend> {
     }
 }
 
-/// The URL with any password replaced by `***`, safe to log.
+/// The URL with any password replaced by `***`, safe to log: the userinfo's password, even
+/// one holding `/`, `?` or `#` unencoded, and `password=` / `pass=` query parameters.
 ///
 /// ```
 /// use stream_runtime::backend::redact_url;
 /// assert_eq!(redact_url("postgres://app:s3cret@db:5432/x"), "postgres://app:***@db:5432/x");
 /// assert_eq!(redact_url("redis://:pw@localhost"), "redis://:***@localhost");
 /// assert_eq!(redact_url("sqlite://streams.db"), "sqlite://streams.db");
+/// assert_eq!(redact_url("postgres://app:p#ss@db/x"), "postgres://app:***@db/x");
+/// assert_eq!(redact_url("postgres://app@db/x?password=s3cret"), "postgres://app@db/x?password=***");
 /// ```
 pub fn redact_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        return url.to_owned();
+    let (head, query) = match url.find("://") {
+        Some(scheme_end) => {
+            let rest_start = scheme_end + 3;
+            let rest = &url[rest_start..];
+            let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+            // The userinfo ends at the authority's last '@'. Without one there, a password
+            // holding an unencoded '/', '?' or '#' may have cut the authority short: then a
+            // later '@' after a ':' ends it (hiding too much beats showing a password).
+            let at = rest[..authority_end].rfind('@').or_else(|| {
+                rest[..authority_end].find(':')?;
+                rest[authority_end..].find('@').map(|i| authority_end + i)
+            });
+            match at {
+                Some(at) => {
+                    let userinfo = &rest[..at];
+                    let redacted = match userinfo.find(':') {
+                        Some(colon) => format!("{}:***", &userinfo[..colon]),
+                        None => userinfo.to_owned(),
+                    };
+                    let after = &rest[at..];
+                    let (path, query) = split_query(after);
+                    (format!("{}{redacted}{path}", &url[..rest_start]), query)
+                }
+                None => {
+                    let (path, query) = split_query(url);
+                    (path.to_owned(), query)
+                }
+            }
+        }
+        None => {
+            let (path, query) = split_query(url);
+            (path.to_owned(), query)
+        }
     };
-    let rest_start = scheme_end + 3;
-    let authority_end = url[rest_start..]
-        .find(['/', '?', '#'])
-        .map_or(url.len(), |i| rest_start + i);
-    let authority = &url[rest_start..authority_end];
-    let Some(at) = authority.rfind('@') else {
-        return url.to_owned();
+    let Some(query) = query else {
+        return head;
     };
-    let userinfo = &authority[..at];
-    match userinfo.find(':') {
-        Some(colon) => format!(
-            "{}{}:***{}",
-            &url[..rest_start],
-            &userinfo[..colon],
-            &url[rest_start + at..]
-        ),
-        None => url.to_owned(),
+    let params: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((key, _))
+                if ["password", "pass", "passwd"]
+                    .iter()
+                    .any(|secret| key.eq_ignore_ascii_case(secret)) =>
+            {
+                format!("{key}=***")
+            }
+            _ => pair.to_owned(),
+        })
+        .collect();
+    format!("{head}?{}", params.join("&"))
+}
+
+/// `(before '?', after '?')`.
+fn split_query(s: &str) -> (&str, Option<&str>) {
+    match s.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (s, None),
     }
 }
