@@ -325,3 +325,37 @@ fn consumer_settings_default_is_empty() {
     assert_eq!(settings.enabled, None);
     assert_eq!(settings.concurrency, None);
 }
+
+/// Passwords hide wherever a URL can carry one: the userinfo (even with unescaped `/`, `?`,
+/// `#` in it, which ends the authority early) and the `password=` / `pass=` query
+/// parameters that sqlx and redis read.
+#[test]
+fn every_password_in_a_url_is_redacted() {
+    use stream_runtime::backend::redact_url;
+    for (url, redacted) in [
+        (
+            "postgres://app:hunter2@db:5432/x",
+            "postgres://app:***@db:5432/x",
+        ),
+        (
+            "postgres://app@db/x?password=hunter2",
+            "postgres://app@db/x?password=***",
+        ),
+        (
+            "postgresql://db/x?sslmode=require&PASSWORD=hunter2&application_name=a",
+            "postgresql://db/x?sslmode=require&PASSWORD=***&application_name=a",
+        ),
+        (
+            "redis+unix:///run/redis.sock?db=1&pass=hunter2",
+            "redis+unix:///run/redis.sock?db=1&pass=***",
+        ),
+        ("postgres://app:hun/ter2@db/x", "postgres://app:***@db/x"),
+        ("postgres://app:hun?ter#2@db/x", "postgres://app:***@db/x"),
+        ("redis://:hunter2@cache:6379/0", "redis://:***@cache:6379/0"),
+        ("sqlite://streams.db", "sqlite://streams.db"),
+        ("sqlite:///srv/data@2026/streams.db", "sqlite:///srv/data@2026/streams.db"),
+        ("postgres://app@db/x", "postgres://app@db/x"),
+    ] {
+        assert_eq!(redact_url(url), redacted, "{url}");
+    }
+}

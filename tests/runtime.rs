@@ -772,3 +772,38 @@ async fn service_settings_come_from_the_config() {
     );
     rt.shutdown().await.expect("clean shutdown");
 }
+
+/// A password in the URL's query (`?password=`, which sqlx reads) is hidden from the logs and
+/// from the connection error as well.
+#[tokio::test(flavor = "current_thread")]
+async fn password_in_the_url_query_is_never_logged_or_shown() {
+    let logs = Logs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let config = config(
+        "memory://",
+        "query-secret",
+        "",
+        &[(
+            "STREAMS_BACKEND",
+            "postgres://app@127.0.0.1:1/nothing?password=hunter2",
+        )],
+    );
+    let err = Runtime::new()
+        .config(config)
+        .state(Probe::default())
+        .start()
+        .await
+        .expect_err("nothing listens on port 1")
+        .to_string();
+    assert!(
+        err.contains("postgres://app@127.0.0.1:1/nothing?password=***"),
+        "{err}"
+    );
+    assert!(!err.contains("hunter2"), "{err}");
+    assert!(!logs.text().contains("hunter2"), "{}", logs.text());
+}

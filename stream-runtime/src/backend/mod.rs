@@ -244,34 +244,61 @@ pub async fn connect(url: &str) -> Result<SharedBackend> {
     }
 }
 
-/// The URL with any password replaced by `***`, safe to log.
+/// The URL with any password replaced by `***`, safe to log: the userinfo's password, and
+/// `password=` / `pass=` query parameters (sqlx and redis read passwords there too).
 ///
 /// ```
 /// use stream_runtime::backend::redact_url;
 /// assert_eq!(redact_url("postgres://app:s3cret@db:5432/x"), "postgres://app:***@db:5432/x");
 /// assert_eq!(redact_url("redis://:pw@localhost"), "redis://:***@localhost");
 /// assert_eq!(redact_url("sqlite://streams.db"), "sqlite://streams.db");
+/// assert_eq!(
+///     redact_url("postgres://app@db/x?sslmode=require&password=s3cret"),
+///     "postgres://app@db/x?sslmode=require&password=***"
+/// );
+/// // A password with unescaped `/`, `?` or `#` is hidden too.
+/// assert_eq!(redact_url("postgres://app:s3/c?r#t@db/x"), "postgres://app:***@db/x");
 /// ```
 pub fn redact_url(url: &str) -> String {
     let Some(scheme_end) = url.find("://") else {
         return url.to_owned();
     };
     let rest_start = scheme_end + 3;
-    let authority_end = url[rest_start..]
-        .find(['/', '?', '#'])
-        .map_or(url.len(), |i| rest_start + i);
-    let authority = &url[rest_start..authority_end];
-    let Some(at) = authority.rfind('@') else {
-        return url.to_owned();
+    let rest = &url[rest_start..];
+    // The userinfo ends at the authority's last `@`. A password holding an unescaped `/`,
+    // `?` or `#` ends the authority early, so without an `@` there, take the last `@`
+    // anywhere (hiding too much beats showing a password).
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    let at = authority.rfind('@').or_else(|| rest.rfind('@'));
+    let (mut out, tail) = match at {
+        Some(at) => match rest[..at].find(':') {
+            Some(colon) => (
+                format!("{}{}:***", &url[..rest_start], &rest[..colon]),
+                &rest[at..],
+            ),
+            None => (url[..rest_start + at].to_owned(), &rest[at..]),
+        },
+        None => (url[..rest_start].to_owned(), rest),
     };
-    let userinfo = &authority[..at];
-    match userinfo.find(':') {
-        Some(colon) => format!(
-            "{}{}:***{}",
-            &url[..rest_start],
-            &userinfo[..colon],
-            &url[rest_start + at..]
-        ),
-        None => url.to_owned(),
+    match tail.split_once('?') {
+        Some((before, query)) => {
+            out.push_str(before);
+            out.push('?');
+            let params: Vec<String> = query
+                .split('&')
+                .map(|param| match param.split_once('=') {
+                    Some((key, _))
+                        if key.eq_ignore_ascii_case("password")
+                            || key.eq_ignore_ascii_case("pass") =>
+                    {
+                        format!("{key}=***")
+                    }
+                    _ => param.to_owned(),
+                })
+                .collect();
+            out.push_str(&params.join("&"));
+        }
+        None => out.push_str(tail),
     }
+    out
 }
