@@ -359,3 +359,16 @@ fn every_password_in_a_url_is_redacted() {
         assert_eq!(redact_url(url), redacted, "{url}");
     }
 }
+
+/// A file that is not valid TOML says so, with the file and the line, not "bad value for ``".
+#[test]
+fn invalid_toml_names_the_file_and_the_line() {
+    let path = write_config("syntax", "backend = \"memory://\"\n[defaults\nmax_retries = 3\n");
+    let err = load(&path, &NO_ENV).expect_err("invalid TOML").to_string();
+    assert!(
+        err.contains(&format!("{} is not valid TOML", path.display())),
+        "{err}"
+    );
+    assert!(err.contains("line 2"), "{err}");
+    assert!(!err.contains("``"), "{err}");
+}

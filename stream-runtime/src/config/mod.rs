@@ -402,6 +402,8 @@ fn describe(errors: figment::Error) -> String {
                     valid.join(", ")
                 )
             }
+            // No key: the file itself is not valid TOML (the message gives line and column).
+            kind if key.is_empty() => format!("{place} is not valid TOML: {kind}"),
             kind => format!("bad value for `{key}` in {place}: {kind}"),
         };
         lines.push(redact_text(&what));
