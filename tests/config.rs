@@ -353,7 +353,10 @@ fn every_password_in_a_url_is_redacted() {
         ("postgres://app:hun?ter#2@db/x", "postgres://app:***@db/x"),
         ("redis://:hunter2@cache:6379/0", "redis://:***@cache:6379/0"),
         ("sqlite://streams.db", "sqlite://streams.db"),
-        ("sqlite:///srv/data@2026/streams.db", "sqlite:///srv/data@2026/streams.db"),
+        (
+            "sqlite:///srv/data@2026/streams.db",
+            "sqlite:///srv/data@2026/streams.db",
+        ),
         ("postgres://app@db/x", "postgres://app@db/x"),
     ] {
         assert_eq!(redact_url(url), redacted, "{url}");
@@ -363,7 +366,10 @@ fn every_password_in_a_url_is_redacted() {
 /// A file that is not valid TOML says so, with the file and the line, not "bad value for ``".
 #[test]
 fn invalid_toml_names_the_file_and_the_line() {
-    let path = write_config("syntax", "backend = \"memory://\"\n[defaults\nmax_retries = 3\n");
+    let path = write_config(
+        "syntax",
+        "backend = \"memory://\"\n[defaults\nmax_retries = 3\n",
+    );
     let err = load(&path, &NO_ENV).expect_err("invalid TOML").to_string();
     assert!(
         err.contains(&format!("{} is not valid TOML", path.display())),

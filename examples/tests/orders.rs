@@ -240,3 +240,23 @@ fn sigterm_while_handling_work_drains_and_exits_zero() {
         "drained after the signal:\n{text}"
     );
 }
+
+#[test]
+fn a_consumer_that_cannot_start_exits_non_zero_reporting_it_once() {
+    let (status, text) = run_to_exit(&[
+        ("STREAMS_BACKEND", "memory://"),
+        ("STREAMS_DEFAULTS__START", "Earliest"),
+    ]);
+    assert!(!status.success(), "{text}");
+    let errors: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("could not start"))
+        .collect();
+    assert_eq!(errors.len(), 1, "the failure is reported once:\n{text}");
+    assert!(
+        errors[0].contains("ERROR")
+            && errors[0].contains("invalid start id \"Earliest\"")
+            && errors[0].contains("examples/src/bin/orders.rs:"),
+        "{text}"
+    );
+}

@@ -32,6 +32,8 @@
 //! The runtime returns an error (so `main` exits non-zero) when the config is wrong, the
 //! backend is unreachable, a consumer cannot start, handlers were still running at the end
 //! of their `shutdown_timeout` and had to be aborted, or the application future failed.
+//! [`Runtime::run`] and [`Runtime::run_until`] log each failure once (at `ERROR`) before
+//! returning it; [`Runtime::start`] and [`Started::shutdown`] only return theirs.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -179,7 +181,6 @@ impl Runtime {
                         def.group,
                         redact_text(&e.to_string())
                     ));
-                    tracing::error!("{error}");
                     if let Err(close) = service.close().await {
                         tracing::error!("closing the backend after a failed start: {close}");
                     }
@@ -191,7 +192,8 @@ impl Runtime {
         Ok(Started { service, consumers })
     }
 
-    /// Starts, then runs until SIGINT or SIGTERM, then drains.
+    /// Starts, then runs until SIGINT or SIGTERM, then drains. Failures are logged, then
+    /// returned (see [`run_until`](Self::run_until)).
     pub async fn run(self) -> Result<()> {
         self.run_until(|_service| std::future::pending::<Result<()>>())
             .await
@@ -200,6 +202,9 @@ impl Runtime {
     /// Starts, then runs `app` with the [`Service`] (to publish) until it returns or SIGINT /
     /// SIGTERM arrives (then `app` is dropped), then drains. An error from `app` is returned
     /// as [`Error::Application`] after the drain.
+    ///
+    /// Every failure is logged once through `tracing` (at `ERROR`) as it happens, then
+    /// returned: the caller only has to turn it into an exit code.
     pub async fn run_until<F, Fut, E>(self, app: F) -> Result<()>
     where
         F: FnOnce(Service) -> Fut,
@@ -207,8 +212,8 @@ impl Runtime {
         E: Into<BoxError>,
     {
         // Listen before starting, so a signal during startup is not the default kill.
-        let mut signals = Signals::listen()?;
-        let started = self.start().await?;
+        let mut signals = Signals::listen().inspect_err(|e| tracing::error!("{e}"))?;
+        let started = self.start().await.inspect_err(|e| tracing::error!("{e}"))?;
         let outcome = tokio::select! {
             result = app(started.service.clone()) => result.map_err(|e| Error::Application(e.into())),
             name = signals.recv() => {
@@ -222,14 +227,16 @@ impl Runtime {
         let shutdown = tokio::select! {
             result = started.shutdown() => result,
             name = signals.recv() => {
-                let error = Error::Runtime(format!(
+                Err(Error::Runtime(format!(
                     "received {name} again: stopped without draining; running handlers' \
                      messages will be redelivered after their visibility timeout"
-                ));
-                tracing::error!("{error}");
-                Err(error)
+                )))
             }
         };
+        // Logged even when the application's error is the one returned.
+        if let Err(e) = &shutdown {
+            tracing::error!("{e}");
+        }
         outcome.and(shutdown)
     }
 }
@@ -266,7 +273,6 @@ impl Started {
                  their messages were released for redelivery",
                 report.aborted
             ));
-            tracing::error!("{error}");
             return Err(error);
         }
         tracing::info!("shut down cleanly");

@@ -224,11 +224,9 @@ async fn main() -> std::process::ExitCode {
         .state(shop)
         .run_until(move |service| demo(service, driver, changed))
         .await;
+    // The runtime has logged any failure already: only the exit code is left to set.
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e}");
-            std::process::ExitCode::FAILURE
-        }
+        Err(_) => std::process::ExitCode::FAILURE,
     }
 }
