@@ -260,3 +260,24 @@ fn a_consumer_that_cannot_start_exits_non_zero_reporting_it_once() {
         "{text}"
     );
 }
+
+/// `Streams.toml` suggests `enabled = false` for `ship`: the demo then finishes with the
+/// consumers left, instead of waiting in vain and failing.
+#[test]
+fn the_demo_finishes_with_a_consumer_disabled_by_the_config() {
+    let (status, text) = run_to_exit(&[
+        ("STREAMS_BACKEND", "memory://"),
+        ("STREAMS_CONSUMERS__SHIP__ENABLED", "false"),
+    ]);
+    assert!(status.success(), "exit status {status}; output:\n{text}");
+    assert!(
+        text.contains(
+            "consumer ship disabled: enabled = false in [consumers.ship] \
+             (Streams.toml or STREAMS_CONSUMERS__SHIP__ENABLED)"
+        ),
+        "{text}"
+    );
+    assert!(!text.contains("shipped order"), "{text}");
+    assert!(text.contains("demo complete"), "{text}");
+    assert!(text.contains("shut down cleanly"), "{text}");
+}

@@ -126,10 +126,22 @@ impl Runtime {
         for def in &defs {
             let resolved = config.resolve(def.name, &def.attributes);
             if !resolved.enabled {
+                let table = match config.consumers.get(def.name).and_then(|c| c.enabled) {
+                    Some(false) => format!("consumers.{}", def.name),
+                    _ => "defaults".to_owned(),
+                };
+                let var = format!(
+                    "{}{}__ENABLED",
+                    crate::config::ENV_PREFIX,
+                    table.replace('.', "__").to_ascii_uppercase()
+                );
+                let origin = match &config.source {
+                    Some(path) => format!("{} or {var}", path.display()),
+                    None => var,
+                };
                 tracing::info!(
-                    "consumer {} disabled by {} (enabled = false)",
-                    def.name,
-                    config.origin()
+                    "consumer {} disabled: enabled = false in [{table}] ({origin})",
+                    def.name
                 );
                 continue;
             }
