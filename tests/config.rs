@@ -319,6 +319,23 @@ fn passwords_never_appear_in_config_errors() {
     assert!(!err.contains("hunter2"), "{err}");
 }
 
+/// A config (or a runtime holding one) printed with `{:?}` does not echo the password.
+#[test]
+fn debug_output_of_a_config_hides_the_password() {
+    let path = write_config(
+        "secret-debug",
+        "backend = \"postgres://app:hunter2@db/x\"\n",
+    );
+    let config = load(&path, &NO_ENV).expect("valid config");
+    assert_eq!(config.backend, "postgres://app:hunter2@db/x");
+    let text = format!("{config:?}");
+    assert!(text.contains("postgres://app:***@db/x"), "{text}");
+    assert!(!text.contains("hunter2"), "{text}");
+    let runtime = stream_runtime::Runtime::new().config(config);
+    let text = format!("{runtime:?}");
+    assert!(!text.contains("hunter2"), "{text}");
+}
+
 #[test]
 fn consumer_settings_default_is_empty() {
     let settings = ConsumerSettings::default();

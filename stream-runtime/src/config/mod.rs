@@ -85,8 +85,8 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "consumers",
 ];
 
-/// The loaded configuration.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+/// The loaded configuration. Its `Debug` output shows the backend URL redacted.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 #[non_exhaustive]
 pub struct Config {
@@ -110,6 +110,22 @@ pub struct Config {
     /// Where the file was read from, if any.
     #[serde(skip)]
     pub source: Option<PathBuf>,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("backend", &crate::backend::redact_url(&self.backend))
+            .field("app", &self.app)
+            .field("namespace", &self.namespace)
+            .field("max_len", &self.max_len)
+            .field("max_age", &self.max_age)
+            .field("max_payload_bytes", &self.max_payload_bytes)
+            .field("defaults", &self.defaults)
+            .field("consumers", &self.consumers)
+            .field("source", &self.source)
+            .finish()
+    }
 }
 
 impl Default for Config {
