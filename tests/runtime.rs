@@ -807,3 +807,44 @@ async fn password_in_the_url_query_is_never_logged_or_shown() {
     assert!(!err.contains("hunter2"), "{err}");
     assert!(!logs.text().contains("hunter2"), "{}", logs.text());
 }
+
+/// Set only in the child process of `a_runtime_without_a_subscriber_says_so_on_stderr`.
+const SILENT_CHILD_ENV: &str = "STREAMS_TEST_SILENT_RUNTIME_CHILD";
+
+/// The child: runs a runtime with no tracing subscriber installed. Does nothing unless
+/// [`SILENT_CHILD_ENV`] is set.
+#[tokio::test]
+async fn silent_runtime_child() {
+    if std::env::var(SILENT_CHILD_ENV).is_err() {
+        return;
+    }
+    Runtime::new()
+        .config(config("memory://", "silent", "", &[]))
+        .state(Probe::default())
+        .run_until(|_service| async { Ok::<_, stream_runtime::Error>(()) })
+        .await
+        .expect("the runtime runs");
+}
+
+/// `stream_runtime::run()` in a `main` with no tracing subscriber would start, fail or stop
+/// without a word: the runtime says so on stderr, with the fix.
+#[test]
+fn a_runtime_without_a_subscriber_says_so_on_stderr() {
+    let output = std::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args(["--exact", "silent_runtime_child", "--nocapture"])
+        .env(SILENT_CHILD_ENV, "1")
+        .output()
+        .expect("run the child");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("no tracing subscriber is installed")
+            && stderr.contains("tracing_subscriber::fmt::init()"),
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr.matches("no tracing subscriber").count(),
+        1,
+        "{stderr}"
+    );
+}

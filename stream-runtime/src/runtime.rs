@@ -4,6 +4,8 @@
 //! ```no_run
 //! #[tokio::main]
 //! async fn main() -> Result<(), stream_runtime::Error> {
+//!     // The runtime logs through `tracing`: install a subscriber first, e.g.
+//!     // `tracing_subscriber::fmt::init();` (without one it says so on stderr).
 //!     // Runs every `#[consumer]` until SIGINT or SIGTERM.
 //!     stream_runtime::run().await
 //! }
@@ -223,6 +225,7 @@ impl Runtime {
         Fut: Future<Output = std::result::Result<(), E>>,
         E: Into<BoxError>,
     {
+        warn_without_subscriber();
         // Listen before starting, so a signal during startup is not the default kill.
         let mut signals = Signals::listen().inspect_err(|e| tracing::error!("{e}"))?;
         let started = self.start().await.inspect_err(|e| tracing::error!("{e}"))?;
@@ -289,6 +292,19 @@ impl Started {
         }
         tracing::info!("shut down cleanly");
         Ok(())
+    }
+}
+
+/// The runtime reports through `tracing`: without a subscriber, a program would run silently
+/// and fail with no word of why. Say so on stderr once.
+fn warn_without_subscriber() {
+    let silent = tracing::dispatcher::get_default(|d| d.is::<tracing::subscriber::NoSubscriber>());
+    if silent {
+        eprintln!(
+            "stream_runtime: no tracing subscriber is installed, so the runtime's log (startup, \
+             retries, dead letters, shutdown, errors) is not shown; install one before running, \
+             e.g. `tracing_subscriber::fmt::init();` at the start of main"
+        );
     }
 }
 
