@@ -559,6 +559,29 @@ async fn consumer_that_cannot_start_is_an_error_naming_it() {
     assert!(err.contains(file!()), "names the registration: {err}");
 }
 
+/// A consumer dead-lettering into its own stream would see every dead letter again, forever:
+/// an error naming the consumer, not a hot loop.
+#[tokio::test]
+async fn dead_letter_into_the_consumers_own_stream_is_an_error() {
+    let config = config(
+        "memory://",
+        "selfdead",
+        "[consumers.typed]\ndead_letter = \"orders\"\n",
+        &[],
+    );
+    let err = Runtime::new()
+        .config(config)
+        .state(Probe::default())
+        .start()
+        .await
+        .expect_err("dead letters into the consumer's own stream")
+        .to_string();
+    assert!(
+        err.contains("typed") && err.contains("dead_letter") && err.contains("own stream"),
+        "{err}"
+    );
+}
+
 #[tokio::test]
 async fn missing_state_is_an_error_naming_the_consumer() {
     let config = config("memory://", "nostate", "", &[]);

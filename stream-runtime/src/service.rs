@@ -243,6 +243,18 @@ impl Service {
             Some(name) if !name.is_empty() => format_stream(app, namespace, name)?,
             _ => naming::dead_letter_stream(&full),
         };
+        if dead_letter == full {
+            // Every dead letter would come back to this very group, forever.
+            return Err(Error::invalid_name(
+                "dead_letter",
+                options.dead_letter.as_deref().unwrap_or_default(),
+                format!(
+                    "it is the consumer's own stream {full}, so every dead letter would come \
+                     back to it, forever; name another stream (the default is {})",
+                    naming::dead_letter_stream(&full)
+                ),
+            ));
+        }
         let mut state = self.inner.state.write().await;
         if state.closed {
             return Err(Error::Closed);
