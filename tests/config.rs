@@ -395,3 +395,43 @@ fn invalid_toml_names_the_file_and_the_line() {
     assert!(err.contains("line 2"), "{err}");
     assert!(!err.contains("``"), "{err}");
 }
+
+/// An unknown key inside `retry_delay = { ... }` is reported as unknown (with the valid
+/// ones), not as a value of the wrong type.
+#[test]
+fn unknown_key_in_retry_delay_lists_the_valid_ones() {
+    let path = write_config(
+        "retry-delay-key",
+        "[defaults]\nretry_delay = { base = \"100ms\", max = \"1s\", factor = 2 }\n",
+    );
+    let err = load(&path, &NO_ENV).expect_err("unknown key").to_string();
+    assert!(
+        err.contains("unknown key `defaults.retry_delay.factor`") && err.contains("base, max"),
+        "{err}"
+    );
+    assert!(err.contains(&path.display().to_string()), "{err}");
+}
+
+/// A top-level `app` or `namespace` that breaks the naming rules is a config error naming the
+/// key and the file, not an error blamed on the first consumer to start.
+#[test]
+fn bad_app_or_namespace_names_the_key_and_the_file() {
+    let path = write_config("bad-app", "app = \"my app\"\n");
+    let err = load(&path, &NO_ENV)
+        .expect_err("a space in app")
+        .to_string();
+    assert!(
+        err.contains("bad value for `app`")
+            && err.contains(&path.display().to_string())
+            && err.contains("STREAMS_APP"),
+        "{err}"
+    );
+    let path = write_config("bad-namespace", "");
+    let err = load(&path, &[("STREAMS_NAMESPACE", "a\tb")])
+        .expect_err("a tab in namespace")
+        .to_string();
+    assert!(
+        err.contains("bad value for `namespace`") && err.contains("STREAMS_NAMESPACE"),
+        "{err}"
+    );
+}

@@ -370,6 +370,22 @@ fn extract(figment: Figment, source: Option<PathBuf>) -> Result<Config> {
                     source.as_deref().map_or("config".into(), Path::to_string_lossy)
                 )));
             }
+            // Stream names are built from these: a bad one is the file's (or variable's)
+            // mistake, said here rather than by the first consumer to start.
+            for (key, value) in [("app", &config.app), ("namespace", &config.namespace)] {
+                if value.is_empty() {
+                    continue; // empty = the built-in default, as for any override
+                }
+                if let Err(e) = crate::naming::validate(key, value) {
+                    return Err(Error::Config(format!(
+                        "bad value for `{key}` in {} or {ENV_PREFIX}{}: {e}",
+                        source
+                            .as_deref()
+                            .map_or("config".into(), Path::to_string_lossy),
+                        key.to_ascii_uppercase()
+                    )));
+                }
+            }
             config.source = source;
             Ok(config)
         }
@@ -645,13 +661,13 @@ fn de_retry_delay<'de, D: Deserializer<'de>>(
         ) -> std::result::Result<RetryDelay, A::Error> {
             let (mut base, mut max) = (None, None);
             while let Some(key) = map.next_key::<String>()? {
-                let value: String = map.next_value()?;
-                let d = parse_duration(&value).map_err(de::Error::custom)?;
-                match key.as_str() {
-                    "base" => base = Some(d),
-                    "max" => max = Some(d),
+                let slot = match key.as_str() {
+                    "base" => &mut base,
+                    "max" => &mut max,
                     other => return Err(de::Error::unknown_field(other, &["base", "max"])),
-                }
+                };
+                let value: String = map.next_value()?;
+                *slot = Some(parse_duration(&value).map_err(de::Error::custom)?);
             }
             let base = base.ok_or_else(|| de::Error::missing_field("base"))?;
             let max = max.ok_or_else(|| de::Error::missing_field("max"))?;
