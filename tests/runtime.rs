@@ -582,6 +582,28 @@ async fn dead_letter_into_the_consumers_own_stream_is_an_error() {
     );
 }
 
+/// An invalid `dead_letter` name is reported as the dead-letter option, not as the stream.
+#[tokio::test]
+async fn invalid_dead_letter_name_is_named_as_such() {
+    let config = config(
+        "memory://",
+        "baddead",
+        "[consumers.typed]\ndead_letter = \"bad name\"\n",
+        &[],
+    );
+    let err = Runtime::new()
+        .config(config)
+        .state(Probe::default())
+        .start()
+        .await
+        .expect_err("a space in the dead-letter name")
+        .to_string();
+    assert!(
+        err.contains("typed") && err.contains("invalid dead_letter \"bad name\""),
+        "{err}"
+    );
+}
+
 #[tokio::test]
 async fn missing_state_is_an_error_naming_the_consumer() {
     let config = config("memory://", "nostate", "", &[]);

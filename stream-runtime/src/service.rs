@@ -240,7 +240,21 @@ impl Service {
         let full = format_stream(app, namespace, stream)?;
         naming::validate("group", group)?;
         let dead_letter = match options.dead_letter.as_deref() {
-            Some(name) if !name.is_empty() => format_stream(app, namespace, name)?,
+            Some(name) if !name.is_empty() => {
+                format_stream(app, namespace, name).map_err(|e| match e {
+                    // The name at fault is the dead-letter option, not the stream.
+                    Error::InvalidName {
+                        what: "stream",
+                        value,
+                        reason,
+                    } => Error::InvalidName {
+                        what: "dead_letter",
+                        value,
+                        reason,
+                    },
+                    other => other,
+                })?
+            }
             _ => naming::dead_letter_stream(&full),
         };
         if dead_letter == full {
