@@ -281,3 +281,36 @@ fn the_demo_finishes_with_a_consumer_disabled_by_the_config() {
     assert!(text.contains("demo complete"), "{text}");
     assert!(text.contains("shut down cleanly"), "{text}");
 }
+
+/// A backend that accepts the connection but never answers: SIGTERM while connecting stops
+/// the program at once (not after the connect timeout), non-zero, with the password hidden.
+#[cfg(unix)]
+#[test]
+fn sigterm_while_connecting_stops_at_once() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+    let port = silent.local_addr().expect("address").port();
+    let url = format!("postgres://shop:hunter2@127.0.0.1:{port}/shop");
+    let (mut child, rx) = spawn_with(&[("STREAMS_BACKEND", &url)], false);
+    let mut seen = Vec::new();
+    wait_for_line(&rx, &mut seen, |l| l.contains("connecting to"));
+    // Give the connection attempt a moment to start waiting on the silent server.
+    std::thread::sleep(Duration::from_millis(200));
+    let signalled = Instant::now();
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(kill.success());
+    let status = wait_exit(&mut child, &seen);
+    let waited = signalled.elapsed();
+    drain(&rx, &mut seen);
+    let text = seen.join("\n");
+    assert!(
+        waited < Duration::from_secs(5),
+        "took {waited:?} to stop:\n{text}"
+    );
+    assert!(!status.success(), "{text}");
+    assert!(text.contains("received SIGTERM while starting"), "{text}");
+    assert!(!text.contains("hunter2"), "{text}");
+    drop(silent);
+}

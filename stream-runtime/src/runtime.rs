@@ -228,7 +228,17 @@ impl Runtime {
         warn_without_subscriber();
         // Listen before starting, so a signal during startup is not the default kill.
         let mut signals = Signals::listen().inspect_err(|e| tracing::error!("{e}"))?;
-        let started = self.start().await.inspect_err(|e| tracing::error!("{e}"))?;
+        // A signal while starting (say, a backend that does not answer) stops at once.
+        let started = tokio::select! {
+            started = self.start() => started.inspect_err(|e| tracing::error!("{e}"))?,
+            name = signals.recv() => {
+                let error = Error::Runtime(format!(
+                    "received {name} while starting: stopped before every consumer was running"
+                ));
+                tracing::error!("{error}");
+                return Err(error);
+            }
+        };
         let outcome = tokio::select! {
             result = app(started.service.clone()) => result.map_err(|e| Error::Application(e.into())),
             name = signals.recv() => {
