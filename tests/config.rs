@@ -435,3 +435,13 @@ fn bad_app_or_namespace_names_the_key_and_the_file() {
         "{err}"
     );
 }
+
+/// An empty `app` / `namespace` means the default, as for every name override: the config
+/// says so itself, so the startup log shows the names really used.
+#[test]
+fn empty_app_and_namespace_mean_the_defaults() {
+    let path = write_config("empty-app", "app = \"\"\n");
+    let config = load(&path, &[("STREAMS_NAMESPACE", "")]).expect("valid config");
+    assert_eq!(config.app, stream_runtime::DEFAULT_APP);
+    assert_eq!(config.namespace, stream_runtime::DEFAULT_NAMESPACE);
+}

@@ -372,10 +372,14 @@ fn extract(figment: Figment, source: Option<PathBuf>) -> Result<Config> {
             }
             // Stream names are built from these: a bad one is the file's (or variable's)
             // mistake, said here rather than by the first consumer to start.
+            // Empty = the built-in default, as for any name override (and as logged).
+            if config.app.is_empty() {
+                config.app = crate::naming::DEFAULT_APP.to_owned();
+            }
+            if config.namespace.is_empty() {
+                config.namespace = crate::naming::DEFAULT_NAMESPACE.to_owned();
+            }
             for (key, value) in [("app", &config.app), ("namespace", &config.namespace)] {
-                if value.is_empty() {
-                    continue; // empty = the built-in default, as for any override
-                }
                 if let Err(e) = crate::naming::validate(key, value) {
                     return Err(Error::Config(format!(
                         "bad value for `{key}` in {} or {ENV_PREFIX}{}: {e}",
