@@ -57,7 +57,16 @@
 //!     println!("order {} (attempt {})", order.id, msg.attempt);
 //!     Ok(())
 //! }
+//!
+//! # async fn demo() -> Result<(), stream_runtime::Error> {
+//! // In main: Streams.toml -> connect -> run every consumer -> drain on SIGINT / SIGTERM.
+//! // (Install a `tracing` subscriber first to see the runtime's log.)
+//! stream_runtime::run().await
+//! # }
 //! ```
+//!
+//! [`run`] and [`Runtime`] are described in [`runtime`]; the `Streams.toml` keys and their
+//! precedence over the attribute in [`config`].
 //!
 //! # Reading model
 //!
