@@ -751,6 +751,11 @@ async fn password_is_never_logged_or_shown_in_errors() {
     let text = logs.text();
     assert!(text.contains("memory://app:***@localhost"), "{text}");
     assert!(text.contains("consumer typed started: stream "), "{text}");
+    // The start position only matters for a new group: on a rerun the cursor wins.
+    assert!(
+        text.contains("start earliest (if the group is new)"),
+        "{text}"
+    );
     assert!(!text.contains("hunter2"), "{text}");
 
     // An unreachable server: a clear error with the URL redacted.

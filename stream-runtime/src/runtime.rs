@@ -346,8 +346,8 @@ fn log_started(
     };
     tracing::info!(
         "consumer {} started: stream {}, group {}, payload {}, concurrency {}, max_retries {}, \
-         visibility_timeout {}, poll_interval {}, shutdown_timeout {}, retry_delay {}, start {}, \
-         dead_letter {} ({})",
+         visibility_timeout {}, poll_interval {}, shutdown_timeout {}, retry_delay {}, \
+         start {} (if the group is new), dead_letter {} ({})",
         def.name,
         consumer.stream(),
         consumer.group(),
