@@ -445,3 +445,56 @@ fn empty_app_and_namespace_mean_the_defaults() {
     assert_eq!(config.app, stream_runtime::DEFAULT_APP);
     assert_eq!(config.namespace, stream_runtime::DEFAULT_NAMESPACE);
 }
+
+/// Collects formatted log lines.
+#[derive(Clone, Default)]
+struct Logs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A misspelt `STREAMS_` variable cannot be an error (other tools share the prefix), but it
+/// must not vanish silently: the program would run on the default backend.
+#[test]
+fn a_misspelt_environment_variable_is_warned_about() {
+    let logs = Logs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let path = write_config("typo-env", "");
+    let config = load(
+        &path,
+        &[
+            ("STREAMS_BAKEND", "postgres://db/x"),
+            ("STREAMS_CONFIG", "elsewhere.toml"),
+            ("STREAMS_TEST_POSTGRES_URL", "postgres://db/test"),
+            ("STREAMS_APP", "shop"),
+        ],
+    )
+    .expect("a typo is not an error");
+    assert_eq!(config.backend, DEFAULT_BACKEND);
+    assert_eq!(config.app, "shop");
+    let text =
+        String::from_utf8_lossy(&logs.0.lock().unwrap_or_else(|e| e.into_inner())).into_owned();
+    assert!(
+        text.contains("ignoring environment variable STREAMS_BAKEND") && text.contains("backend"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("STREAMS_CONFIG") && !text.contains("STREAMS_TEST_"),
+        "{text}"
+    );
+}

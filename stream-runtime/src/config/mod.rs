@@ -12,7 +12,8 @@
 //!    `STREAMS_BACKEND`, `STREAMS_APP`, `STREAMS_DEFAULTS__MAX_RETRIES`,
 //!    `STREAMS_CONSUMERS__BILL__CONCURRENCY`. Variables whose first part is not a top-level
 //!    key (such as `STREAMS_CONFIG` or `STREAMS_TEST_...`) are not configuration and are
-//!    ignored. Keys are lower-cased, so the environment can only override consumers whose
+//!    ignored; any other such variable (`STREAMS_BAKEND`) is most likely a typo and is
+//!    ignored with a warning. Keys are lower-cased, so the environment can only override consumers whose
 //!    names are lower case.
 //!
 //! # Precedence of consumer settings
@@ -356,7 +357,18 @@ impl Loader {
             }
             figment = figment.merge(Toml::file_exact(path));
         }
-        figment = figment.merge(EnvVars::new(env));
+        let vars = EnvVars::new(env);
+        for name in &vars.ignored {
+            tracing::warn!(
+                "ignoring environment variable {name}: {} is not a Streams.toml key \
+                 (top-level keys: {}; nested keys are joined by \"__\")",
+                name.strip_prefix(ENV_PREFIX)
+                    .unwrap_or(name)
+                    .to_ascii_lowercase(),
+                TOP_LEVEL_KEYS.join(", ")
+            );
+        }
+        figment = figment.merge(vars);
         extract(figment, path)
     }
 }
@@ -471,19 +483,28 @@ const ENV_METADATA_NAME: &str = "environment";
 /// `STREAMS_*` variables as a figment provider: prefix stripped, lower-cased, `__` nests.
 struct EnvVars {
     vars: Vec<(String, String)>,
+    /// `STREAMS_*` variables that are not configuration, most likely misspelt
+    /// (`STREAMS_CONFIG` and the test suites' `STREAMS_TEST_*` are not listed).
+    ignored: Vec<String>,
 }
 
 impl EnvVars {
     fn new(all: Vec<(String, String)>) -> Self {
-        let vars = all
-            .into_iter()
-            .filter_map(|(k, v)| {
-                let key = k.strip_prefix(ENV_PREFIX)?.to_ascii_lowercase();
-                let top = key.split("__").next().unwrap_or_default();
-                TOP_LEVEL_KEYS.contains(&top).then_some((key, v))
-            })
-            .collect();
-        EnvVars { vars }
+        let (mut vars, mut ignored) = (Vec::new(), Vec::new());
+        for (name, value) in all {
+            let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            let key = rest.to_ascii_lowercase();
+            let top = key.split("__").next().unwrap_or_default();
+            if TOP_LEVEL_KEYS.contains(&top) {
+                vars.push((key, value));
+            } else if name != CONFIG_PATH_VAR && !rest.starts_with("TEST_") {
+                ignored.push(name);
+            }
+        }
+        ignored.sort();
+        EnvVars { vars, ignored }
     }
 }
 
