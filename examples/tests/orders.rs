@@ -314,3 +314,19 @@ fn sigterm_while_connecting_stops_at_once() {
     assert!(!text.contains("hunter2"), "{text}");
     drop(silent);
 }
+
+/// A misspelt variable is warned about once, however often the program loads its config.
+#[test]
+fn a_misspelt_variable_is_warned_about_once() {
+    let (status, text) = run_to_exit(&[
+        ("STREAMS_BACKEND", "memory://"),
+        ("STREAMS_BAKEND", "postgres://db/x"),
+    ]);
+    assert!(status.success(), "exit status {status}; output:\n{text}");
+    assert_eq!(
+        text.matches("ignoring environment variable STREAMS_BAKEND")
+            .count(),
+        1,
+        "{text}"
+    );
+}

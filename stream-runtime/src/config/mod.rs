@@ -331,9 +331,17 @@ impl Loader {
 
     /// Reads the file and the environment.
     pub fn load(self) -> Result<Config> {
+        // The process environment's typos are worth one warning per process, however
+        // often the config is loaded.
+        static WARNED: std::sync::Once = std::sync::Once::new();
+        let mut warn = true;
         let env = match self.env {
             Some(vars) => vars,
-            None => std::env::vars().collect(),
+            None => {
+                warn = !WARNED.is_completed();
+                WARNED.call_once(|| ());
+                std::env::vars().collect()
+            }
         };
         let path = match self.file {
             Some(path) => Some(path),
@@ -358,7 +366,7 @@ impl Loader {
             figment = figment.merge(Toml::file_exact(path));
         }
         let vars = EnvVars::new(env);
-        for name in &vars.ignored {
+        for name in vars.ignored.iter().filter(|_| warn) {
             tracing::warn!(
                 "ignoring environment variable {name}: {} is not a Streams.toml key \
                  (top-level keys: {}; nested keys are joined by \"__\")",
