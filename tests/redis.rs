@@ -103,7 +103,7 @@ mod redis_specific {
     }
 
     /// A retry delay longer than the visibility timeout holds: the parked entry is not
-    /// redelivered early by XAUTOCLAIM, and its attempt count stays exact.
+    /// redelivered early by a reclaim, and its attempt count stays exact.
     #[tokio::test]
     async fn retry_delay_longer_than_visibility() {
         let Some(backend) = shared_backend().await else {
@@ -157,8 +157,8 @@ mod redis_specific {
         svc.close().await.expect("close");
     }
 
-    /// A message trimmed while pending leaves the pending list (XAUTOCLAIM's deleted ids
-    /// are acked), and the claim that found it goes on to the live messages.
+    /// A message trimmed while pending leaves the pending list (XCLAIM drops deleted
+    /// entries), and the claim that found it goes on to the live messages.
     #[tokio::test]
     async fn trimmed_pending_leaves_the_pel() {
         let Some(backend) = shared_backend().await else {

@@ -269,6 +269,20 @@ impl Service {
                 ),
             ));
         }
+        // The default `<full>.dead` may pass the length limit: it must stay a stream the
+        // same subscribe call can read (S1).
+        if dead_letter.len() > naming::MAX_NAME_BYTES {
+            return Err(Error::invalid_name(
+                "dead-letter stream",
+                &dead_letter,
+                format!(
+                    "it is {} bytes long; the limit is {}: shorten the stream name or set a \
+                     shorter dead_letter name",
+                    dead_letter.len(),
+                    naming::MAX_NAME_BYTES
+                ),
+            ));
+        }
         let mut state = self.inner.state.write().await;
         if state.closed {
             return Err(Error::Closed);

@@ -251,7 +251,7 @@ impl Backend for MemoryBackend {
                 return Ok(Vec::new());
             };
             let now = Instant::now();
-            let deadline = now + visibility;
+            let deadline = crate::engine::after(visibility);
             let mut claimed = Vec::new();
             let mut take = |seq: u64, pending: &mut Pending, s: &Stream| {
                 *last_token += 1;
@@ -317,7 +317,7 @@ impl Backend for MemoryBackend {
                     .and_then(|g| g.pending.get_mut(&seq))
                 {
                     p.token = 0;
-                    p.deadline = Instant::now() + delay;
+                    p.deadline = crate::engine::after(delay);
                 }
             })?;
             Ok(done.is_some())

@@ -244,61 +244,75 @@ pub async fn connect(url: &str) -> Result<SharedBackend> {
     }
 }
 
-/// The URL with any password replaced by `***`, safe to log: the userinfo's password, and
-/// `password=` / `pass=` query parameters (sqlx and redis read passwords there too).
+/// The URL with any password replaced by `***`, safe to log: the userinfo's password, even
+/// one holding `/`, `?` or `#` unencoded, and `password=` / `pass=` query parameters.
 ///
 /// ```
 /// use stream_runtime::backend::redact_url;
 /// assert_eq!(redact_url("postgres://app:s3cret@db:5432/x"), "postgres://app:***@db:5432/x");
 /// assert_eq!(redact_url("redis://:pw@localhost"), "redis://:***@localhost");
 /// assert_eq!(redact_url("sqlite://streams.db"), "sqlite://streams.db");
-/// assert_eq!(
-///     redact_url("postgres://app@db/x?sslmode=require&password=s3cret"),
-///     "postgres://app@db/x?sslmode=require&password=***"
-/// );
-/// // A password with unescaped `/`, `?` or `#` is hidden too.
-/// assert_eq!(redact_url("postgres://app:s3/c?r#t@db/x"), "postgres://app:***@db/x");
+/// assert_eq!(redact_url("postgres://app:p#ss@db/x"), "postgres://app:***@db/x");
+/// assert_eq!(redact_url("postgres://app@db/x?password=s3cret"), "postgres://app@db/x?password=***");
 /// ```
 pub fn redact_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        return url.to_owned();
-    };
-    let rest_start = scheme_end + 3;
-    let rest = &url[rest_start..];
-    // The userinfo ends at the authority's last `@`. A password holding an unescaped `/`,
-    // `?` or `#` ends the authority early, so without an `@` there, take the last `@`
-    // anywhere (hiding too much beats showing a password).
-    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
-    let at = authority.rfind('@').or_else(|| rest.rfind('@'));
-    let (mut out, tail) = match at {
-        Some(at) => match rest[..at].find(':') {
-            Some(colon) => (
-                format!("{}{}:***", &url[..rest_start], &rest[..colon]),
-                &rest[at..],
-            ),
-            None => (url[..rest_start + at].to_owned(), &rest[at..]),
-        },
-        None => (url[..rest_start].to_owned(), rest),
-    };
-    match tail.split_once('?') {
-        Some((before, query)) => {
-            out.push_str(before);
-            out.push('?');
-            let params: Vec<String> = query
-                .split('&')
-                .map(|param| match param.split_once('=') {
-                    Some((key, _))
-                        if key.eq_ignore_ascii_case("password")
-                            || key.eq_ignore_ascii_case("pass") =>
-                    {
-                        format!("{key}=***")
-                    }
-                    _ => param.to_owned(),
-                })
-                .collect();
-            out.push_str(&params.join("&"));
+    let (head, query) = match url.find("://") {
+        Some(scheme_end) => {
+            let rest_start = scheme_end + 3;
+            let rest = &url[rest_start..];
+            let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+            // The userinfo ends at the authority's last '@'. Without one there, a password
+            // holding an unencoded '/', '?' or '#' may have cut the authority short: then a
+            // later '@' after a ':' ends it (hiding too much beats showing a password).
+            let at = rest[..authority_end].rfind('@').or_else(|| {
+                rest[..authority_end].find(':')?;
+                rest[authority_end..].find('@').map(|i| authority_end + i)
+            });
+            match at {
+                Some(at) => {
+                    let userinfo = &rest[..at];
+                    let redacted = match userinfo.find(':') {
+                        Some(colon) => format!("{}:***", &userinfo[..colon]),
+                        None => userinfo.to_owned(),
+                    };
+                    let after = &rest[at..];
+                    let (path, query) = split_query(after);
+                    (format!("{}{redacted}{path}", &url[..rest_start]), query)
+                }
+                None => {
+                    let (path, query) = split_query(url);
+                    (path.to_owned(), query)
+                }
+            }
         }
-        None => out.push_str(tail),
+        None => {
+            let (path, query) = split_query(url);
+            (path.to_owned(), query)
+        }
+    };
+    let Some(query) = query else {
+        return head;
+    };
+    let params: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((key, _))
+                if ["password", "pass", "passwd"]
+                    .iter()
+                    .any(|secret| key.eq_ignore_ascii_case(secret)) =>
+            {
+                format!("{key}=***")
+            }
+            _ => pair.to_owned(),
+        })
+        .collect();
+    format!("{head}?{}", params.join("&"))
+}
+
+/// `(before '?', after '?')`.
+fn split_query(s: &str) -> (&str, Option<&str>) {
+    match s.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (s, None),
     }
-    out
 }

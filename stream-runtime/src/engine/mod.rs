@@ -92,6 +92,19 @@ struct Worker {
     retry_scheduled: Notify,
 }
 
+/// `Instant::now() + d`, or a time a century away when that overflows: durations such as
+/// `Duration::MAX` ("never poll", "wait forever") must not panic the dispatcher.
+pub(crate) fn after(d: Duration) -> Instant {
+    const FAR: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    let now = Instant::now();
+    now.checked_add(d)
+        .or_else(|| now.checked_add(FAR))
+        .unwrap_or(now)
+}
+
+/// The most messages one claim asks for.
+const MAX_CLAIM: usize = 512;
+
 /// Slack added to a retry's due time, for backends whose clock (the database's) runs a
 /// little behind ours.
 const RETRY_SLACK: Duration = Duration::from_millis(5);
@@ -101,18 +114,19 @@ impl Worker {
         self.retries_due
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .push(Reverse(Instant::now() + delay + RETRY_SLACK));
+            .push(Reverse(after(delay.saturating_add(RETRY_SLACK))));
         self.retry_scheduled.notify_one();
     }
 
-    /// The earliest retry due time, dropping those already passed.
-    fn next_retry_due(&self) -> Option<Instant> {
+    /// The earliest retry due time, dropping those the last claim (started at
+    /// `claimed_at`) already covered. One that fell due while that claim was in flight is
+    /// kept: it is in the past, so the wait ends at once and the next claim takes it.
+    fn next_retry_due(&self, claimed_at: Instant) -> Option<Instant> {
         let mut due = self
             .retries_due
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let now = Instant::now();
-        while due.peek().is_some_and(|Reverse(at)| *at <= now) {
+        while due.peek().is_some_and(|Reverse(at)| *at <= claimed_at) {
             due.pop();
         }
         due.peek().map(|Reverse(at)| *at)
@@ -120,11 +134,17 @@ impl Worker {
 
     /// Waits until new messages may be claimable: a wake-up from the backend, a retry
     /// falling due, or the poll interval. Returns false when the consumer is stopping.
-    async fn wait_for_work(&self, wakeup: &mut Wakeup, stop: &mut watch::Receiver<bool>) -> bool {
-        let poll_at = Instant::now() + self.sub.poll_interval;
+    /// `claimed_at` is when the last claim started.
+    async fn wait_for_work(
+        &self,
+        wakeup: &mut Wakeup,
+        stop: &mut watch::Receiver<bool>,
+        claimed_at: Instant,
+    ) -> bool {
+        let poll_at = after(self.sub.poll_interval);
         loop {
             let due = self
-                .next_retry_due()
+                .next_retry_due(claimed_at)
                 .filter(|at| *at < poll_at)
                 .unwrap_or(poll_at);
             tokio::select! {
@@ -159,7 +179,9 @@ impl Running {
     pub async fn close(&self) -> CloseReport {
         self.stop.send_replace(true);
         let mut dispatcher = self.dispatcher.lock().await;
-        if let Some(handle) = dispatcher.take() {
+        // The handle is taken only once the dispatcher finished: a close whose future is
+        // dropped half-way (a timeout around it) leaves the next close something to wait on.
+        if let Some(handle) = dispatcher.as_mut() {
             let report = match handle.await {
                 Ok(report) => report,
                 Err(e) => {
@@ -167,6 +189,7 @@ impl Running {
                     CloseReport::default()
                 }
             };
+            *dispatcher = None;
             *self.report.lock().unwrap_or_else(PoisonError::into_inner) = Some(report);
         }
         self.report
@@ -214,7 +237,8 @@ pub(crate) fn start(sub: Subscription) -> Running {
 }
 
 async fn dispatch(sub: Subscription, mut stop: watch::Receiver<bool>) -> CloseReport {
-    let concurrency = sub.concurrency.max(1);
+    // Beyond MAX_PERMITS the semaphore would panic, killing the subscription silently.
+    let concurrency = sub.concurrency.clamp(1, Semaphore::MAX_PERMITS);
     let workers = Arc::new(Semaphore::new(concurrency));
     let (acks, ack_rx) = mpsc::unbounded_channel();
     let worker = Arc::new(Worker {
@@ -235,9 +259,16 @@ async fn dispatch(sub: Subscription, mut stop: watch::Receiver<bool>) -> CloseRe
     let mut tasks = JoinSet::new();
     let mut idle = false;
     let mut failures = 0u32;
+    let mut claimed_at = Instant::now();
+    // Set when close was asked for while a claim was in flight: the drain ends there.
+    let mut drain_deadline: Option<Instant> = None;
 
     loop {
-        if idle && !worker.wait_for_work(&mut wakeup, &mut stop).await {
+        if idle
+            && !worker
+                .wait_for_work(&mut wakeup, &mut stop, claimed_at)
+                .await
+        {
             break;
         }
         let first = tokio::select! {
@@ -249,18 +280,51 @@ async fn dispatch(sub: Subscription, mut stop: watch::Receiver<bool>) -> CloseRe
             },
         };
         let mut permits: Vec<OwnedSemaphorePermit> = vec![first];
-        while let Ok(p) = workers.clone().try_acquire_owned() {
-            permits.push(p);
+        // At most MAX_CLAIM free workers per claim: a huge concurrency (a typo in a config)
+        // must not make one claim allocate a permit per possible worker.
+        while permits.len() < MAX_CLAIM {
+            match workers.clone().try_acquire_owned() {
+                Ok(p) => permits.push(p),
+                Err(_) => break,
+            }
         }
         while tasks.try_join_next().is_some() {}
 
         wakeup.mark_seen();
-        let claimed = match worker
-            .sub
-            .backend
-            .claim(worker.group(), permits.len(), worker.sub.visibility_timeout)
-            .await
-        {
+        claimed_at = Instant::now();
+        let claiming =
+            worker
+                .sub
+                .backend
+                .claim(worker.group(), permits.len(), worker.sub.visibility_timeout);
+        tokio::pin!(claiming);
+        let answered = tokio::select! {
+            biased;
+            result = &mut claiming => Some(result),
+            _ = stop.wait_for(|s| *s) => None,
+        };
+        let result = match answered {
+            Some(result) => result,
+            None => {
+                // Closed while a claim is in flight (a slow or unreachable backend): it gets
+                // the shutdown budget, no more. What it claims in time is handled and
+                // drained like the rest; if it never answers, its claims (if any) come back
+                // after the visibility timeout.
+                let deadline = after(worker.sub.shutdown_timeout);
+                drain_deadline = Some(deadline);
+                match tokio::time::timeout_at(deadline.into(), claiming).await {
+                    Ok(result) => result,
+                    Err(_) => {
+                        tracing::warn!(
+                            stream = %worker.sub.stream, group = %worker.sub.group,
+                            "a claim was still in flight at the shutdown deadline; abandoned"
+                        );
+                        break;
+                    }
+                }
+            }
+        };
+        let claimed = match result {
             Ok(claimed) => {
                 failures = 0;
                 claimed
@@ -286,9 +350,13 @@ async fn dispatch(sub: Subscription, mut stop: watch::Receiver<bool>) -> CloseRe
         for (claimed, permit) in claimed.into_iter().zip(permits.drain(..)) {
             tasks.spawn(run_one(worker.clone(), claimed, permit));
         }
+        if drain_deadline.is_some() {
+            break;
+        }
     }
 
-    let report = drain(&worker, &mut tasks).await;
+    let deadline = drain_deadline.unwrap_or_else(|| after(worker.sub.shutdown_timeout));
+    let report = drain(&worker, &mut tasks, deadline).await;
     drop(worker);
     if settler.await.is_err() {
         tracing::error!("ack settler task failed");
@@ -305,9 +373,9 @@ fn backoff(failures: u32, poll_interval: Duration) -> Duration {
         .min(cap)
 }
 
-async fn drain(worker: &Arc<Worker>, tasks: &mut JoinSet<()>) -> CloseReport {
+async fn drain(worker: &Arc<Worker>, tasks: &mut JoinSet<()>, deadline: Instant) -> CloseReport {
     let all_done = async { while tasks.join_next().await.is_some() {} };
-    if tokio::time::timeout(worker.sub.shutdown_timeout, all_done)
+    if tokio::time::timeout_at(deadline.into(), all_done)
         .await
         .is_err()
     {
@@ -405,7 +473,19 @@ async fn run_one(worker: Arc<Worker>, claimed: Claimed, permit: OwnedSemaphorePe
     // A handler still running at its visibility deadline has lost its claim: another worker
     // may take the message over, so its slot is freed for that; the handler runs on (its
     // settling is fenced), and a stuck handler cannot starve the subscription.
-    let mut handler = CatchUnwind((worker.sub.handler)(message.clone()));
+    // A handler that panics before returning its future (work done outside its `async`
+    // block) fails like one that panics inside it (S11), instead of killing this task.
+    let started = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        (worker.sub.handler)(message.clone())
+    }));
+    let future = started.unwrap_or_else(|panic| {
+        let error = HandlerError::retry(format!(
+            "handler panicked: {}",
+            catch_unwind::panic_message(panic.as_ref())
+        ));
+        Box::pin(std::future::ready(Err(error)))
+    });
+    let mut handler = CatchUnwind(future);
     let mut permit = Some(permit);
     let outcome = tokio::select! {
         biased;

@@ -10,7 +10,7 @@
 //! |---|---|---|
 //! | `streams:{N}` | stream | the messages; consumer groups and their pending lists |
 //! | `streams:{N}:retry:<group>` | sorted set | ids parked for a retry, scored by retry time (ms) |
-//! | `streams:{N}:cursors` | hash | per group, where the `XAUTOCLAIM` walk continues |
+//! | `streams:{N}:deadlines:<group>` | sorted set | claimed ids, scored by their claim's deadline (ms) |
 //!
 //! The hash tag keeps a stream and its side keys in one cluster slot.
 //!
@@ -27,8 +27,10 @@
 //! subscription's consumer name ([`GroupRef::consumer`]): ack, retry, release and dead-letter
 //! scripts act only if `XPENDING` still shows both. A retry (or release) hands the entry to
 //! the group's parking consumer `~parked` and records its retry time in the group's retry
-//! set; claims take due retries first, then claims idle past the visibility timeout
-//! (`XAUTOCLAIM`), then new messages (`XREADGROUP`). See `scripts.rs`.
+//! set; claims take due retries first, then claims past their deadline (each claim records
+//! now + the visibility it was claimed with, so a worker with another visibility timeout
+//! neither steals a claim early nor waits past its deadline), then new messages
+//! (`XREADGROUP`). See `scripts.rs`.
 
 mod scripts;
 mod watch;
@@ -58,7 +60,8 @@ const PARKED: &str = "~parked";
 const PAYLOAD_FIELD: &str = "payload";
 /// The prefix of header fields.
 const HEADER_PREFIX: &str = "h:";
-/// The oldest server this backend supports (XAUTOCLAIM's deleted-ids reply).
+/// The oldest server this backend supports (`XCLAIM` drops entries deleted by trimming
+/// from the pending list).
 const MIN_VERSION: (u32, u32) = (7, 0);
 
 /// The default of [`RedisBackend::idle_consumer_timeout`].
@@ -105,8 +108,8 @@ fn retry_key(stream: &str, group: &str) -> String {
     format!("streams:{{{}}}:retry:{group}", escape(stream))
 }
 
-fn cursors_key(stream: &str) -> String {
-    format!("streams:{{{}}}:cursors", escape(stream))
+fn deadlines_key(stream: &str, group: &str) -> String {
+    format!("streams:{{{}}}:deadlines:{group}", escape(stream))
 }
 
 /// Percent-encodes `%`, `{` and `}`, so a name can never end the hash tag early.
@@ -176,6 +179,12 @@ fn fields(message: NewMessage) -> Vec<Vec<u8>> {
         out.push(value.into_bytes());
     }
     out
+}
+
+/// A duration in milliseconds as Redis parses them (a signed 64-bit integer): a larger one
+/// (`Duration::MAX`) is capped instead of failing every call with "invalid min-idle-time".
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// The time part of an id as a time.
@@ -367,10 +376,11 @@ impl RedisBackend {
         invocation
             .key(stream_key(group.stream))
             .key(retry_key(group.stream, group.group))
+            .key(deadlines_key(group.stream, group.group))
             .arg(group.group)
             .arg(group.consumer)
             .arg(PARKED)
-            .arg(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX));
+            .arg(millis(delay));
         for claim in claims {
             invocation.arg(claim.id.as_str()).arg(claim.token.0);
         }
@@ -528,25 +538,44 @@ impl Backend for RedisBackend {
             if !stale.is_empty() {
                 self.remove_idle_consumers(stale).await;
             }
-            let reply: Value = self
-                .scripts
-                .claim
-                .key(stream_key(group.stream))
-                .key(retry_key(group.stream, group.group))
-                .key(cursors_key(group.stream))
-                .arg(group.group)
-                .arg(group.consumer)
-                .arg(max)
-                .arg(u64::try_from(visibility.as_millis()).unwrap_or(u64::MAX))
-                .arg(PARKED)
-                .invoke_async(&mut self.conn.clone())
-                .await
-                .map_err(|e| {
-                    self.error(
-                        format!("claiming messages of {}/{}", group.stream, group.group),
-                        e,
-                    )
-                })?;
+            let mut recreated = false;
+            let reply: Value = loop {
+                let result = self
+                    .scripts
+                    .claim
+                    .key(stream_key(group.stream))
+                    .key(retry_key(group.stream, group.group))
+                    .key(deadlines_key(group.stream, group.group))
+                    .arg(group.group)
+                    .arg(group.consumer)
+                    .arg(max)
+                    .arg(millis(visibility))
+                    .invoke_async(&mut self.conn.clone())
+                    .await;
+                match result {
+                    Ok(reply) => break reply,
+                    // The group (or the whole stream) is gone: the server lost its data (a
+                    // restart without persistence, an old snapshot) or someone deleted it.
+                    // Create it again from the start of what the stream holds now, so the
+                    // consumer goes on instead of silently claiming nothing forever.
+                    Err(e) if !recreated && e.code() == Some("NOGROUP") => {
+                        recreated = true;
+                        tracing::warn!(
+                            stream = %group.stream, group = %group.group,
+                            "the consumer group is missing on the Redis server (data lost or \
+                             deleted); creating it again from the start of the stream"
+                        );
+                        self.ensure_group(group.stream, group.group, &StartPosition::Earliest)
+                            .await?;
+                    }
+                    Err(e) => {
+                        return Err(self.error(
+                            format!("claiming messages of {}/{}", group.stream, group.group),
+                            e,
+                        ))
+                    }
+                }
+            };
             match reply {
                 Value::Array(entries) => entries
                     .into_iter()
@@ -567,6 +596,7 @@ impl Backend for RedisBackend {
             let mut invocation = self.scripts.ack.prepare_invoke();
             invocation
                 .key(stream_key(group.stream))
+                .key(deadlines_key(group.stream, group.group))
                 .arg(group.group)
                 .arg(group.consumer);
             for claim in claims {
@@ -607,6 +637,7 @@ impl Backend for RedisBackend {
                 .key(stream_key(group.stream))
                 .key(stream_key(to))
                 .key(retry_key(group.stream, group.group))
+                .key(deadlines_key(group.stream, group.group))
                 .arg(group.group)
                 .arg(group.consumer)
                 .arg(claim.id.as_str())
@@ -701,7 +732,10 @@ mod tests {
             retry_key("a.b.C", "billing"),
             "streams:{a.b.C}:retry:billing"
         );
-        assert_eq!(cursors_key("a.b.c"), "streams:{a.b.c}:cursors");
+        assert_eq!(
+            deadlines_key("a.b.c", "billing"),
+            "streams:{a.b.c}:deadlines:billing"
+        );
     }
 
     #[test]

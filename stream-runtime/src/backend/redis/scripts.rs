@@ -50,26 +50,29 @@ return ids
 
 /// Claims up to `max` messages for a consumer.
 ///
-/// KEYS: stream, the group's retry schedule (sorted set), the claim cursors (hash).
-/// ARGV: group, consumer, max, visibility in ms (XAUTOCLAIM's min-idle-time), the parking
-/// consumer's name.
+/// KEYS: stream, the group's retry schedule (sorted set), the group's claim deadlines
+/// (sorted set). ARGV: group, consumer, max, visibility in ms.
+///
+/// Every claim records its deadline (now + the visibility it was claimed with) in the
+/// deadline set, so a claim expires at its own deadline whatever visibility the worker
+/// reclaiming it uses (S6, S13); settling removes it.
 ///
 /// 1. retries that are due (scheduled by `PARK`): `XCLAIM` each to the consumer;
-/// 2. claims idle for at least the visibility timeout: `XAUTOCLAIM` from the group's
-///    stored cursor, wrapping around once, so over successive calls the whole pending list
-///    is walked and no entry starves. An entry parked for a retry that is not yet due is
-///    handed back to the parking consumer with its delivery count restored. Entries trimmed
-///    away come back in the deleted list: they are acked and unscheduled;
+/// 2. claims whose deadline passed, from the deadline set: `XCLAIM` each. An entry that is
+///    gone (trimmed away, or settled) is dropped from the pending list by `XCLAIM` itself
+///    and from the set here;
 /// 3. new messages with `XREADGROUP ... >` (no BLOCK).
 ///
 /// Returns `{id, delivery count, {field, value, ...}}` for each claimed entry: reclaimed
-/// ones in id order, then new ones in id order.
+/// ones in id order, then new ones in id order. A missing group (the data was lost) is the
+/// `NOGROUP` error, which the backend answers by creating the group again.
 const CLAIM: &str = r"
-local stream, retries, cursors = KEYS[1], KEYS[2], KEYS[3]
+local stream, retries, deadlines = KEYS[1], KEYS[2], KEYS[3]
 local group, consumer, max = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local min_idle, parked = ARGV[4], ARGV[5]
+local visibility = tonumber(ARGV[4])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local deadline = now + visibility
 
 local function failed(r)
   return type(r) == 'table' and r.err ~= nil
@@ -82,58 +85,47 @@ end
 
 local reclaimed = {}
 
+-- Takes a pending entry over; returns an error reply, or nil.
+local function take(id)
+  local got = redis.pcall('XCLAIM', stream, group, consumer, 0, id)
+  if failed(got) then return got end
+  if got[1] then
+    redis.call('ZADD', deadlines, deadline, id)
+    reclaimed[#reclaimed + 1] = {got[1][1], deliveries(id), got[1][2]}
+  else
+    redis.call('ZREM', deadlines, id)
+  end
+  return nil
+end
+
 -- 1. Retries that are due.
 local due = redis.call('ZRANGEBYSCORE', retries, '-inf', now, 'LIMIT', 0, max)
 for _, id in ipairs(due) do
   redis.call('ZREM', retries, id)
-  local got = redis.pcall('XCLAIM', stream, group, consumer, 0, id)
-  if failed(got) then
-    if string.find(got.err, 'NOGROUP') then return {} end
-    return got
-  end
-  if got[1] then
-    reclaimed[#reclaimed + 1] = {got[1][1], deliveries(id), got[1][2]}
-  end
+  local err = take(id)
+  if err then return err end
 end
 
--- 2. Expired claims.
-local start = redis.call('HGET', cursors, group) or '0-0'
-local cursor = start
-local wrapped = cursor == '0-0'
-local rounds = 0
+-- 2. Expired claims. Entries found gone are dropped, so look again (a few times) for
+-- others; those taken here (a zero visibility keeps them in range) are skipped.
+local seen, taken, rounds = {}, 0, 0
 while #reclaimed < max and rounds < 8 do
   rounds = rounds + 1
-  local r = redis.pcall('XAUTOCLAIM', stream, group, consumer, min_idle, cursor,
-    'COUNT', max - #reclaimed)
-  if failed(r) then
-    if string.find(r.err, 'NOGROUP') then return {} end
-    return r
-  end
-  cursor = r[1]
-  for _, e in ipairs(r[2]) do
-    if e then
-      local id = e[1]
-      local n = deliveries(id)
-      local at = redis.call('ZSCORE', retries, id)
-      if at and tonumber(at) > now then
-        redis.call('XCLAIM', stream, group, parked, 0, id,
-          'IDLE', 0, 'RETRYCOUNT', n - 1, 'JUSTID')
-      else
-        if at then redis.call('ZREM', retries, id) end
-        reclaimed[#reclaimed + 1] = {id, n, e[2]}
-      end
+  local expired = redis.call('ZRANGEBYSCORE', deadlines, '-inf', now, 'LIMIT', 0,
+    max - #reclaimed + taken)
+  local fresh = false
+  for _, id in ipairs(expired) do
+    if not seen[id] and #reclaimed < max then
+      seen[id] = true
+      fresh = true
+      local before = #reclaimed
+      local err = take(id)
+      if err then return err end
+      if #reclaimed > before then taken = taken + 1 end
     end
   end
-  for _, id in ipairs(r[3] or {}) do
-    redis.call('XACK', stream, group, id)
-    redis.call('ZREM', retries, id)
-  end
-  if cursor == '0-0' then
-    if wrapped then break end
-    wrapped = true
-  end
+  if not fresh then break end
 end
-if cursor ~= start then redis.call('HSET', cursors, group, cursor) end
 
 local function parse(id)
   local ms, seq = string.match(id, '^(%d+)-(%d+)$')
@@ -150,12 +142,10 @@ end)
 if #reclaimed < max then
   local r = redis.pcall('XREADGROUP', 'GROUP', group, consumer, 'COUNT', max - #reclaimed,
     'STREAMS', stream, '>')
-  if failed(r) then
-    if string.find(r.err, 'NOGROUP') then return reclaimed end
-    return r
-  end
+  if failed(r) then return r end
   if r and r[1] then
     for _, e in ipairs(r[1][2]) do
+      redis.call('ZADD', deadlines, deadline, e[1])
       reclaimed[#reclaimed + 1] = {e[1], 1, e[2]}
     end
   end
@@ -165,13 +155,15 @@ return reclaimed
 
 /// Acknowledges held claims.
 ///
-/// KEYS: stream. ARGV: group, consumer, then id/token pairs. Returns how many were acked.
+/// KEYS: stream, the group's claim deadlines. ARGV: group, consumer, then id/token pairs.
+/// Returns how many were acked.
 const ACK: &str = r"
-local stream, group, consumer = KEYS[1], ARGV[1], ARGV[2]
+local stream, deadlines, group, consumer = KEYS[1], KEYS[2], ARGV[1], ARGV[2]
 local acked = 0
 for i = 3, #ARGV, 2 do
   if held(stream, group, consumer, ARGV[i], ARGV[i + 1]) then
     acked = acked + redis.call('XACK', stream, group, ARGV[i])
+    redis.call('ZREM', deadlines, ARGV[i])
   end
 end
 return acked
@@ -183,10 +175,11 @@ return acked
 /// keeps the delivery count), so the old claim's token no longer holds, and its retry time
 /// goes into the group's retry schedule, which `CLAIM` consults.
 ///
-/// KEYS: stream, the group's retry schedule. ARGV: group, consumer, parking consumer,
-/// delay in ms, then id/token pairs. Returns how many were parked.
+/// KEYS: stream, the group's retry schedule, the group's claim deadlines. ARGV: group,
+/// consumer, parking consumer, delay in ms, then id/token pairs. Returns how many were
+/// parked.
 const PARK: &str = r"
-local stream, retries = KEYS[1], KEYS[2]
+local stream, retries, deadlines = KEYS[1], KEYS[2], KEYS[3]
 local group, consumer, parked, delay = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -196,6 +189,7 @@ for i = 5, #ARGV, 2 do
   if held(stream, group, consumer, id, ARGV[i + 1]) then
     redis.call('XCLAIM', stream, group, parked, 0, id, 'JUSTID')
     redis.call('ZADD', retries, now + delay, id)
+    redis.call('ZREM', deadlines, id)
     n = n + 1
   end
 end
@@ -204,11 +198,11 @@ return n
 
 /// Moves a held claim to the dead-letter stream: append there, ack here, in one step.
 ///
-/// KEYS: stream, dead-letter stream, the group's retry schedule. ARGV: group, consumer, id,
-/// token, then the dead letter's field/value strings. Returns the dead letter's id, or
-/// false when the claim was no longer held.
+/// KEYS: stream, dead-letter stream, the group's retry schedule, the group's claim
+/// deadlines. ARGV: group, consumer, id, token, then the dead letter's field/value strings.
+/// Returns the dead letter's id, or false when the claim was no longer held.
 const DEAD_LETTER: &str = r"
-local stream, dead, retries = KEYS[1], KEYS[2], KEYS[3]
+local stream, dead, retries, deadlines = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local group, consumer, id, token = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 if not held(stream, group, consumer, id, token) then return false end
 local args = {'XADD', dead, '*'}
@@ -216,6 +210,7 @@ for i = 5, #ARGV do args[#args + 1] = ARGV[i] end
 local new_id = redis.call(unpack(args))
 redis.call('XACK', stream, group, id)
 redis.call('ZREM', retries, id)
+redis.call('ZREM', deadlines, id)
 return new_id
 ";
 
