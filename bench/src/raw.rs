@@ -385,14 +385,20 @@ impl Raw {
                 }
             }
             Raw::Postgres { pool, schema } => {
+                // Same durability as the backend: claims and acks commit asynchronously
+                // (a lost one means a redelivery), publishes synchronously.
                 let claim = format!(
-                    "UPDATE {schema}.raw_queue SET token = $1, deadline = now() + interval '30 s'
-                     WHERE id IN (SELECT id FROM {schema}.raw_queue WHERE deadline <= now()
+                    "WITH cfg AS (SELECT set_config('synchronous_commit', 'off', true) AS v)
+                     UPDATE {schema}.raw_queue SET token = $1, deadline = now() + interval '30 s'
+                     WHERE (SELECT v FROM cfg) = 'off'
+                       AND id IN (SELECT id FROM {schema}.raw_queue WHERE deadline <= now()
                                   ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED)
                      RETURNING id, payload"
                 );
                 let ack = format!(
-                    "DELETE FROM {schema}.raw_queue WHERE token = $1 AND id = ANY($2::bigint[])"
+                    "WITH cfg AS (SELECT set_config('synchronous_commit', 'off', true) AS v)
+                     DELETE FROM {schema}.raw_queue
+                     WHERE (SELECT v FROM cfg) = 'off' AND token = $1 AND id = ANY($2::bigint[])"
                 );
                 start = Instant::now();
                 while seen < n && start.elapsed() < cap {
