@@ -50,6 +50,14 @@ const SQLITE_READONLY: i32 = 8;
 /// Connections for reads (the cheap "is there work?" check of a claim).
 const READ_CONNECTIONS: u32 = 4;
 
+/// A claim's token is `TOKEN_BASE` + the pending entry's new delivery count. A pending entry
+/// is created once per group and message (when the group's cursor passes the message) and
+/// its delivery count only grows, so no token is ever issued twice for one entry, by any
+/// process sharing the file, and no shared counter row has to be written per claim. The base
+/// keeps these tokens apart from those of the `stream_tokens` counter that earlier versions
+/// issued (which never get near 2^62), so a file shared with such a process stays fenced.
+const TOKEN_BASE: i64 = 1 << 62;
+
 /// Rows per multi-row statement: well under SQLite's limit of 32766 bound parameters.
 const CHUNK: usize = 500;
 
@@ -379,14 +387,14 @@ impl SqliteBackend {
         Ok(())
     }
 
-    /// Whether a claim could find anything: an expired pending entry or a message past the
-    /// cursor. A plain read, so idle consumers never take the write lock.
-    async fn has_work(&self, group: GroupRef<'_>, now: i64, what: &str) -> Result<bool> {
+    /// What a claim could find: (an expired pending entry, a message past the cursor). A
+    /// plain read, so idle consumers never take the write lock.
+    async fn has_work(&self, group: GroupRef<'_>, now: i64, what: &str) -> Result<(bool, bool)> {
         self.check_open()?;
-        sqlx::query_scalar(
+        sqlx::query_as(
             "SELECT EXISTS (SELECT 1 FROM stream_pending
-                            WHERE stream = ?1 AND group_name = ?2 AND deadline <= ?3)
-                 OR EXISTS (SELECT 1 FROM stream_groups g JOIN stream_messages m
+                            WHERE stream = ?1 AND group_name = ?2 AND deadline <= ?3),
+                    EXISTS (SELECT 1 FROM stream_groups g JOIN stream_messages m
                               ON m.stream = g.stream AND m.id > g.cursor
                             WHERE g.stream = ?1 AND g.group_name = ?2)",
         )
@@ -571,7 +579,11 @@ impl Backend for SqliteBackend {
                 "claiming messages of {} for group {}",
                 group.stream, group.group
             );
-            if max == 0 || !self.has_work(group, now_ms(), &what).await? {
+            if max == 0 {
+                return Ok(Vec::new());
+            }
+            let (any_expired, any_fresh) = self.has_work(group, now_ms(), &what).await?;
+            if !any_expired && !any_fresh {
                 return Ok(Vec::new());
             }
             let limit = i64::try_from(max).unwrap_or(i64::MAX);
@@ -579,117 +591,97 @@ impl Backend for SqliteBackend {
             let now = now_ms();
             let deadline = now.saturating_add(duration_ms(visibility));
             let decode = |e: String| Error::backend(NAME, what.clone(), e);
+            // A claim's token is TOKEN_BASE + the pending entry's new delivery count: see
+            // TOKEN_BASE.
 
-            // Expired pending entries first, in id order.
-            let expired = sqlx::query(
-                "SELECT p.id AS id, p.deliveries AS deliveries, m.payload AS payload,
-                        m.headers AS headers, m.created_at AS created_at
-                 FROM stream_pending p JOIN stream_messages m ON m.id = p.id
-                 WHERE p.stream = ?1 AND p.group_name = ?2 AND p.deadline <= ?3
-                 ORDER BY p.id LIMIT ?4",
-            )
-            .bind(group.stream)
-            .bind(group.group)
-            .bind(now)
-            .bind(limit)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(|e| self.err(what.clone(), e))?;
-            // Then new messages past the cursor.
-            let fresh = if expired.len() < max {
+            // Expired pending entries first, in id order, taken over in one statement.
+            let mut expired = if any_expired {
                 sqlx::query(
-                    "SELECT m.id AS id, m.payload AS payload, m.headers AS headers,
-                            m.created_at AS created_at
-                     FROM stream_groups g JOIN stream_messages m
-                       ON m.stream = g.stream AND m.id > g.cursor
-                     WHERE g.stream = ?1 AND g.group_name = ?2
-                     ORDER BY m.id LIMIT ?3",
+                    "UPDATE stream_pending
+                     SET deliveries = deliveries + 1, token = ?6 + deliveries + 1, deadline = ?4
+                     WHERE stream = ?1 AND group_name = ?2 AND id IN (
+                         SELECT id FROM stream_pending
+                         WHERE stream = ?1 AND group_name = ?2 AND deadline <= ?3
+                         ORDER BY id LIMIT ?5)
+                     RETURNING id, deliveries, token,
+                         (SELECT payload FROM stream_messages m
+                          WHERE m.id = stream_pending.id) AS payload,
+                         (SELECT headers FROM stream_messages m
+                          WHERE m.id = stream_pending.id) AS headers,
+                         (SELECT created_at FROM stream_messages m
+                          WHERE m.id = stream_pending.id) AS created_at",
                 )
                 .bind(group.stream)
                 .bind(group.group)
-                .bind(limit - expired.len() as i64)
+                .bind(now)
+                .bind(deadline)
+                .bind(limit)
+                .bind(TOKEN_BASE)
                 .fetch_all(&mut *tx)
                 .await
                 .map_err(|e| self.err(what.clone(), e))?
             } else {
                 Vec::new()
             };
-            let count = expired.len() + fresh.len();
-            if count == 0 {
-                self.commit(tx, &what).await?;
-                return Ok(Vec::new());
-            }
-            // Reserve one fresh token per claim.
-            let last_token: i64 = sqlx::query_scalar(
-                "UPDATE stream_tokens SET last_token = last_token + ?1 WHERE only_row = 1
-                 RETURNING last_token",
-            )
-            .bind(count as i64)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(|e| self.err(what.clone(), e))?;
-            let mut next_token = last_token - count as i64;
-            let mut claimed = Vec::with_capacity(count);
-
-            for row in &expired {
-                next_token += 1;
-                let deliveries: i64 = row
-                    .try_get::<i64, _>("deliveries")
-                    .map_err(|e| self.err(what.clone(), e))?
-                    + 1;
-                let message = decode_message(group.stream, row, deliveries).map_err(decode)?;
-                let id: i64 = row.try_get("id").map_err(|e| self.err(what.clone(), e))?;
+            // Then new messages past the cursor, inserted as pending in one statement.
+            let mut fresh = if any_fresh && expired.len() < max {
                 sqlx::query(
-                    "UPDATE stream_pending SET token = ?4, deadline = ?5, deliveries = ?6
-                     WHERE stream = ?1 AND group_name = ?2 AND id = ?3",
+                    "INSERT INTO stream_pending
+                         (stream, group_name, id, token, deadline, deliveries)
+                     SELECT ?1, ?2, m.id, ?5 + 1, ?3, 1
+                     FROM stream_groups g JOIN stream_messages m
+                       ON m.stream = g.stream AND m.id > g.cursor
+                     WHERE g.stream = ?1 AND g.group_name = ?2
+                     ORDER BY m.id LIMIT ?4
+                     RETURNING id, deliveries, token,
+                         (SELECT payload FROM stream_messages m
+                          WHERE m.id = stream_pending.id) AS payload,
+                         (SELECT headers FROM stream_messages m
+                          WHERE m.id = stream_pending.id) AS headers,
+                         (SELECT created_at FROM stream_messages m
+                          WHERE m.id = stream_pending.id) AS created_at",
                 )
                 .bind(group.stream)
                 .bind(group.group)
-                .bind(id)
-                .bind(next_token)
                 .bind(deadline)
-                .bind(deliveries)
-                .execute(&mut *tx)
+                .bind(limit - expired.len() as i64)
+                .bind(TOKEN_BASE)
+                .fetch_all(&mut *tx)
                 .await
-                .map_err(|e| self.err(what.clone(), e))?;
-                claimed.push(Claimed {
-                    message,
-                    token: ClaimToken(next_token as u64),
-                });
+                .map_err(|e| self.err(what.clone(), e))?
+            } else {
+                Vec::new()
+            };
+            if expired.is_empty() && fresh.is_empty() {
+                self.commit(tx, &what).await?;
+                return Ok(Vec::new());
             }
-
-            if let Some(last) = fresh.last() {
-                let last_id: i64 = last.try_get("id").map_err(|e| self.err(what.clone(), e))?;
-                let mut rows = Vec::with_capacity(fresh.len());
-                for row in &fresh {
-                    next_token += 1;
-                    let message = decode_message(group.stream, row, 1).map_err(decode)?;
+            let mut claimed = Vec::with_capacity(expired.len() + fresh.len());
+            let mut last_fresh = None;
+            for (rows, is_fresh) in [(&mut expired, false), (&mut fresh, true)] {
+                // RETURNING yields rows in no promised order.
+                let mut keyed = Vec::with_capacity(rows.len());
+                for row in rows.drain(..) {
                     let id: i64 = row.try_get("id").map_err(|e| self.err(what.clone(), e))?;
-                    rows.push((id, next_token));
+                    keyed.push((id, row));
+                }
+                keyed.sort_unstable_by_key(|(id, _)| *id);
+                if is_fresh {
+                    last_fresh = keyed.last().map(|(id, _)| *id);
+                }
+                for (_, row) in keyed {
+                    let deliveries: i64 = row
+                        .try_get("deliveries")
+                        .map_err(|e| self.err(what.clone(), e))?;
+                    let token: i64 = row.try_get("token").map_err(|e| self.err(what.clone(), e))?;
+                    let message = decode_message(group.stream, &row, deliveries).map_err(decode)?;
                     claimed.push(Claimed {
                         message,
-                        token: ClaimToken(next_token as u64),
+                        token: ClaimToken(u64::try_from(token).unwrap_or(0)),
                     });
                 }
-                for chunk in rows.chunks(CHUNK) {
-                    let sql = format!(
-                        "INSERT INTO stream_pending
-                             (stream, group_name, deadline, deliveries, id, token)
-                         VALUES {}",
-                        placeholders(chunk.len(), 2, 4, "?1, ?2, ?3, 1")
-                    );
-                    let mut query = sqlx::query(&sql)
-                        .bind(group.stream)
-                        .bind(group.group)
-                        .bind(deadline);
-                    for &(id, token) in chunk {
-                        query = query.bind(id).bind(token);
-                    }
-                    query
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(|e| self.err(what.clone(), e))?;
-                }
+            }
+            if let Some(last_id) = last_fresh {
                 sqlx::query(
                     "UPDATE stream_groups SET cursor = ?3 WHERE stream = ?1 AND group_name = ?2",
                 )
