@@ -21,9 +21,11 @@
 //!
 //! Not for network filesystems: SQLite's locking needs one machine's local filesystem.
 
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sqlx::sqlite::{
@@ -108,6 +110,9 @@ pub struct SqliteBackend {
     location: String,
     wakeups: WakeupHub,
     closed: AtomicBool,
+    /// Groups (stream -> group names) whose last claim here came back full: their next claim
+    /// skips the `has_work` read, as there is most likely more.
+    full: Mutex<HashMap<String, HashSet<String>>>,
 }
 
 fn now_ms() -> i64 {
@@ -198,6 +203,7 @@ impl SqliteBackend {
             location,
             wakeups: WakeupHub::new(),
             closed: AtomicBool::new(false),
+            full: Mutex::new(HashMap::new()),
         };
         backend.migrate().await?;
         Ok(backend)
@@ -385,6 +391,33 @@ impl SqliteBackend {
             .map_err(|e| self.err(what, e))?;
         }
         Ok(())
+    }
+
+    /// Whether the last claim of `group` in this backend came back full.
+    fn was_full(&self, group: GroupRef<'_>) -> bool {
+        self.full
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(group.stream)
+            .is_some_and(|groups| groups.contains(group.group))
+    }
+
+    fn set_full(&self, group: GroupRef<'_>, full: bool) {
+        let mut map = self.full.lock().unwrap_or_else(PoisonError::into_inner);
+        if full {
+            if !map
+                .get(group.stream)
+                .is_some_and(|groups| groups.contains(group.group))
+            {
+                map.entry(group.stream.to_owned())
+                    .or_default()
+                    .insert(group.group.to_owned());
+            }
+        } else if let Some(groups) = map.get_mut(group.stream) {
+            if groups.remove(group.group) && groups.is_empty() {
+                map.remove(group.stream);
+            }
+        }
     }
 
     /// What a claim could find: (an expired pending entry, a message past the cursor). A
@@ -582,7 +615,12 @@ impl Backend for SqliteBackend {
             if max == 0 {
                 return Ok(Vec::new());
             }
-            let (any_expired, any_fresh) = self.has_work(group, now_ms(), &what).await?;
+            let (any_expired, any_fresh) = if self.was_full(group) {
+                self.check_open()?;
+                (true, true)
+            } else {
+                self.has_work(group, now_ms(), &what).await?
+            };
             if !any_expired && !any_fresh {
                 return Ok(Vec::new());
             }
@@ -654,6 +692,7 @@ impl Backend for SqliteBackend {
             };
             if expired.is_empty() && fresh.is_empty() {
                 self.commit(tx, &what).await?;
+                self.set_full(group, false);
                 return Ok(Vec::new());
             }
             let mut claimed = Vec::with_capacity(expired.len() + fresh.len());
@@ -693,6 +732,7 @@ impl Backend for SqliteBackend {
                 .map_err(|e| self.err(what.clone(), e))?;
             }
             self.commit(tx, &what).await?;
+            self.set_full(group, claimed.len() >= max);
             Ok(claimed)
         })
     }
