@@ -440,7 +440,8 @@ impl SqliteBackend {
     }
 
     /// Acks (deletes) or releases (makes claimable now) the pending entries of `claims` still
-    /// held with their tokens, in one transaction of one statement per [`CHUNK`] claims.
+    /// held with their tokens: one statement (atomic on its own) for up to [`CHUNK`] claims,
+    /// else one transaction of one statement per [`CHUNK`] claims.
     async fn settle_batch(
         &self,
         group: GroupRef<'_>,
@@ -454,33 +455,56 @@ impl SqliteBackend {
             return Ok(());
         }
         let now = now_ms();
-        let mut tx = self.begin(what).await?;
-        for chunk in pairs.chunks(CHUNK) {
+        let statement = |chunk: &[(i64, i64)]| {
             let fenced = format!(
                 "WHERE stream = ?1 AND group_name = ?2 AND (id, token) IN (VALUES {})",
                 placeholders(chunk.len(), 2, 3, "")
             );
-            let sql = match settle {
+            match settle {
                 Settle::Ack => format!("DELETE FROM stream_pending {fenced}"),
                 Settle::Release => {
                     let now_param = 3 + 2 * chunk.len();
                     format!("UPDATE stream_pending SET token = 0, deadline = ?{now_param} {fenced}")
                 }
-            };
-            let mut query = sqlx::query(&sql).bind(group.stream).bind(group.group);
-            for &(id, token) in chunk {
-                query = query.bind(id).bind(token);
             }
-            if let Settle::Release = settle {
-                query = query.bind(now);
-            }
-            query
+        };
+        if pairs.len() <= CHUNK {
+            // One statement is atomic on its own: no BEGIN/COMMIT round trips.
+            let sql = statement(&pairs);
+            settle_query(&sql, group, &pairs, settle, now)
+                .execute(&self.writer)
+                .await
+                .map_err(|e| self.err(what, e))?;
+            return Ok(());
+        }
+        let mut tx = self.begin(what).await?;
+        for chunk in pairs.chunks(CHUNK) {
+            let sql = statement(chunk);
+            settle_query(&sql, group, chunk, settle, now)
                 .execute(&mut *tx)
                 .await
                 .map_err(|e| self.err(what, e))?;
         }
         self.commit(tx, what).await
     }
+}
+
+/// `sql` (from `settle_batch`) with its parameters bound.
+fn settle_query<'q>(
+    sql: &'q str,
+    group: GroupRef<'q>,
+    chunk: &[(i64, i64)],
+    settle: Settle,
+    now: i64,
+) -> sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>> {
+    let mut query = sqlx::query(sql).bind(group.stream).bind(group.group);
+    for &(id, token) in chunk {
+        query = query.bind(id).bind(token);
+    }
+    if let Settle::Release = settle {
+        query = query.bind(now);
+    }
+    query
 }
 
 /// What [`SqliteBackend::settle_batch`] does to held claims.
