@@ -60,6 +60,9 @@ const READ_CONNECTIONS: u32 = 4;
 /// issued (which never get near 2^62), so a file shared with such a process stays fenced.
 const TOKEN_BASE: i64 = 1 << 62;
 
+/// The page cache of each connection, in KiB (allocated as pages are read, not up front).
+const CACHE_KIB: u32 = 32 * 1024;
+
 /// Rows per multi-row statement: well under SQLite's limit of 32766 bound parameters.
 const CHUNK: usize = 500;
 
@@ -176,7 +179,10 @@ impl SqliteBackend {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(BUSY_TIMEOUT)
-            .foreign_keys(false);
+            .foreign_keys(false)
+            // Negative: KiB. SQLite's default is 2 MiB; every stream shares the messages
+            // table and its indexes, which outgrow that with a few 100k messages.
+            .pragma("cache_size", format!("-{CACHE_KIB}"));
         let in_memory = url.contains(":memory:") || url.contains("mode=memory");
         // The writer keeps its one connection for the backend's life: an in-memory database
         // lives exactly as long as a connection to it.
