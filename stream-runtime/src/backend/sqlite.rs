@@ -100,6 +100,15 @@ pub const MIGRATIONS: &[&str] = &[
          last_token INTEGER NOT NULL
      );
      INSERT INTO stream_tokens (only_row, last_token) VALUES (1, 0);",
+    // 2: a claim is one INSERT ... ON CONFLICT DO UPDATE into stream_pending; inserting a
+    // pending entry (a message handed to the group for the first time) advances the group's
+    // cursor past it. Never moves a cursor back, so claims that still update the cursor
+    // themselves (earlier versions sharing the file) are unaffected.
+    "CREATE TRIGGER stream_pending_advance_cursor AFTER INSERT ON stream_pending
+     BEGIN
+         UPDATE stream_groups SET cursor = NEW.id
+         WHERE stream = NEW.stream AND group_name = NEW.group_name AND cursor < NEW.id;
+     END;",
 ];
 
 /// Streams in one SQLite database file (or in memory with `sqlite::memory:`).
@@ -426,14 +435,14 @@ impl SqliteBackend {
         }
     }
 
-    /// What a claim could find: (an expired pending entry, a message past the cursor). A
-    /// plain read, so idle consumers never take the write lock.
-    async fn has_work(&self, group: GroupRef<'_>, now: i64, what: &str) -> Result<(bool, bool)> {
+    /// Whether a claim could find anything: an expired pending entry or a message past the
+    /// cursor. A plain read, so idle consumers never take the write lock.
+    async fn has_work(&self, group: GroupRef<'_>, now: i64, what: &str) -> Result<bool> {
         self.check_open()?;
-        sqlx::query_as(
+        sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM stream_pending
-                            WHERE stream = ?1 AND group_name = ?2 AND deadline <= ?3),
-                    EXISTS (SELECT 1 FROM stream_groups g JOIN stream_messages m
+                            WHERE stream = ?1 AND group_name = ?2 AND deadline <= ?3)
+                 OR EXISTS (SELECT 1 FROM stream_groups g JOIN stream_messages m
                               ON m.stream = g.stream AND m.id > g.cursor
                             WHERE g.stream = ?1 AND g.group_name = ?2)",
         )
@@ -645,123 +654,76 @@ impl Backend for SqliteBackend {
             if max == 0 {
                 return Ok(Vec::new());
             }
-            let (any_expired, any_fresh) = if self.was_full(group) {
+            if self.was_full(group) {
                 self.check_open()?;
-                (true, true)
-            } else {
-                self.has_work(group, now_ms(), &what).await?
-            };
-            if !any_expired && !any_fresh {
+            } else if !self.has_work(group, now_ms(), &what).await? {
                 return Ok(Vec::new());
             }
             let limit = i64::try_from(max).unwrap_or(i64::MAX);
-            let mut tx = self.begin(&what).await?;
             let now = now_ms();
             let deadline = now.saturating_add(duration_ms(visibility));
             let decode = |e: String| Error::backend(NAME, what.clone(), e);
-            // A claim's token is TOKEN_BASE + the pending entry's new delivery count: see
-            // TOKEN_BASE.
-
-            // Expired pending entries first, in id order, taken over in one statement.
-            let mut expired = if any_expired {
-                sqlx::query(
-                    "UPDATE stream_pending
-                     SET deliveries = deliveries + 1, token = ?6 + deliveries + 1, deadline = ?4
-                     WHERE stream = ?1 AND group_name = ?2 AND id IN (
+            // One statement, so atomic without a transaction: the first `max` of the expired
+            // pending entries (in id order), then of the messages past the cursor. Expired
+            // entries conflict with their pending row and are taken over (DO UPDATE); new
+            // ones are inserted with one delivery, and the trigger of migration 2 advances the
+            // group's cursor past each. A claim's token is TOKEN_BASE + the entry's new
+            // delivery count (see TOKEN_BASE).
+            let rows = sqlx::query(
+                "INSERT INTO stream_pending (stream, group_name, id, token, deadline, deliveries)
+                 SELECT ?1, ?2, id, ?5 + 1, ?4, 1 FROM (
+                     SELECT id, 0 AS kind FROM (
                          SELECT id FROM stream_pending
                          WHERE stream = ?1 AND group_name = ?2 AND deadline <= ?3
-                         ORDER BY id LIMIT ?5)
-                     RETURNING id, deliveries, token,
-                         (SELECT payload FROM stream_messages m
-                          WHERE m.id = stream_pending.id) AS payload,
-                         (SELECT headers FROM stream_messages m
-                          WHERE m.id = stream_pending.id) AS headers,
-                         (SELECT created_at FROM stream_messages m
-                          WHERE m.id = stream_pending.id) AS created_at",
-                )
-                .bind(group.stream)
-                .bind(group.group)
-                .bind(now)
-                .bind(deadline)
-                .bind(limit)
-                .bind(TOKEN_BASE)
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(|e| self.err(what.clone(), e))?
-            } else {
-                Vec::new()
-            };
-            // Then new messages past the cursor, inserted as pending in one statement.
-            let mut fresh = if any_fresh && expired.len() < max {
-                sqlx::query(
-                    "INSERT INTO stream_pending
-                         (stream, group_name, id, token, deadline, deliveries)
-                     SELECT ?1, ?2, m.id, ?5 + 1, ?3, 1
-                     FROM stream_groups g JOIN stream_messages m
-                       ON m.stream = g.stream AND m.id > g.cursor
-                     WHERE g.stream = ?1 AND g.group_name = ?2
-                     ORDER BY m.id LIMIT ?4
-                     RETURNING id, deliveries, token,
-                         (SELECT payload FROM stream_messages m
-                          WHERE m.id = stream_pending.id) AS payload,
-                         (SELECT headers FROM stream_messages m
-                          WHERE m.id = stream_pending.id) AS headers,
-                         (SELECT created_at FROM stream_messages m
-                          WHERE m.id = stream_pending.id) AS created_at",
-                )
-                .bind(group.stream)
-                .bind(group.group)
-                .bind(deadline)
-                .bind(limit - expired.len() as i64)
-                .bind(TOKEN_BASE)
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(|e| self.err(what.clone(), e))?
-            } else {
-                Vec::new()
-            };
-            if expired.is_empty() && fresh.is_empty() {
-                self.commit(tx, &what).await?;
-                self.set_full(group, false);
-                return Ok(Vec::new());
+                         ORDER BY id LIMIT ?6)
+                     UNION ALL
+                     SELECT id, 1 AS kind FROM (
+                         SELECT m.id AS id FROM stream_groups g JOIN stream_messages m
+                           ON m.stream = g.stream AND m.id > g.cursor
+                         WHERE g.stream = ?1 AND g.group_name = ?2
+                         ORDER BY m.id LIMIT ?6)
+                     ORDER BY kind, id LIMIT ?6)
+                 WHERE true
+                 ON CONFLICT (stream, group_name, id) DO UPDATE
+                     SET deliveries = deliveries + 1, token = ?5 + deliveries + 1,
+                         deadline = excluded.deadline
+                 RETURNING id, deliveries, token,
+                     (SELECT payload FROM stream_messages m
+                      WHERE m.id = stream_pending.id) AS payload,
+                     (SELECT headers FROM stream_messages m
+                      WHERE m.id = stream_pending.id) AS headers,
+                     (SELECT created_at FROM stream_messages m
+                      WHERE m.id = stream_pending.id) AS created_at",
+            )
+            .bind(group.stream)
+            .bind(group.group)
+            .bind(now)
+            .bind(deadline)
+            .bind(TOKEN_BASE)
+            .bind(limit)
+            .fetch_all(&self.writer)
+            .await
+            .map_err(|e| self.err(what.clone(), e))?;
+            // RETURNING yields rows in no promised order: expired entries (delivered before)
+            // first, then new ones, each in id order.
+            let mut keyed = Vec::with_capacity(rows.len());
+            for row in rows {
+                let id: i64 = row.try_get("id").map_err(|e| self.err(what.clone(), e))?;
+                let deliveries: i64 = row
+                    .try_get("deliveries")
+                    .map_err(|e| self.err(what.clone(), e))?;
+                keyed.push((deliveries == 1, id, deliveries, row));
             }
-            let mut claimed = Vec::with_capacity(expired.len() + fresh.len());
-            let mut last_fresh = None;
-            for (rows, is_fresh) in [(&mut expired, false), (&mut fresh, true)] {
-                // RETURNING yields rows in no promised order.
-                let mut keyed = Vec::with_capacity(rows.len());
-                for row in rows.drain(..) {
-                    let id: i64 = row.try_get("id").map_err(|e| self.err(what.clone(), e))?;
-                    keyed.push((id, row));
-                }
-                keyed.sort_unstable_by_key(|(id, _)| *id);
-                if is_fresh {
-                    last_fresh = keyed.last().map(|(id, _)| *id);
-                }
-                for (_, row) in keyed {
-                    let deliveries: i64 = row
-                        .try_get("deliveries")
-                        .map_err(|e| self.err(what.clone(), e))?;
-                    let token: i64 = row.try_get("token").map_err(|e| self.err(what.clone(), e))?;
-                    let message = decode_message(group.stream, &row, deliveries).map_err(decode)?;
-                    claimed.push(Claimed {
-                        message,
-                        token: ClaimToken(u64::try_from(token).unwrap_or(0)),
-                    });
-                }
+            keyed.sort_unstable_by_key(|&(fresh, id, _, _)| (fresh, id));
+            let mut claimed = Vec::with_capacity(keyed.len());
+            for (_, _, deliveries, row) in keyed {
+                let token: i64 = row.try_get("token").map_err(|e| self.err(what.clone(), e))?;
+                let message = decode_message(group.stream, &row, deliveries).map_err(decode)?;
+                claimed.push(Claimed {
+                    message,
+                    token: ClaimToken(u64::try_from(token).unwrap_or(0)),
+                });
             }
-            if let Some(last_id) = last_fresh {
-                sqlx::query(
-                    "UPDATE stream_groups SET cursor = ?3 WHERE stream = ?1 AND group_name = ?2",
-                )
-                .bind(group.stream)
-                .bind(group.group)
-                .bind(last_id)
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| self.err(what.clone(), e))?;
-            }
-            self.commit(tx, &what).await?;
             self.set_full(group, claimed.len() >= max);
             Ok(claimed)
         })
