@@ -109,6 +109,9 @@ pub const MIGRATIONS: &[&str] = &[
          UPDATE stream_groups SET cursor = NEW.id
          WHERE stream = NEW.stream AND group_name = NEW.group_name AND cursor < NEW.id;
      END;",
+    // 3: age trims seek by id (ids are assigned under the write lock, so created_at grows
+    // with the id): one index less to write per message.
+    "DROP INDEX IF EXISTS stream_messages_by_age;",
 ];
 
 /// Streams in one SQLite database file (or in memory with `sqlite::memory:`).
@@ -342,8 +345,12 @@ impl SqliteBackend {
             );
             let mut query = sqlx::query(&sql).bind(stream).bind(created_at);
             for message in chunk {
-                let headers = serde_json::to_string(&message.headers)
-                    .map_err(|e| Error::backend(NAME, what.to_owned(), e))?;
+                let headers = if message.headers.is_empty() {
+                    "{}".to_owned()
+                } else {
+                    serde_json::to_string(&message.headers)
+                        .map_err(|e| Error::backend(NAME, what.to_owned(), e))?
+                };
                 query = query.bind(message.payload).bind(headers);
             }
             let mut chunk_ids: Vec<i64> = query
@@ -386,14 +393,21 @@ impl SqliteBackend {
         }
         if !trim.max_age.is_zero() {
             let oldest_kept = now_ms().saturating_sub(duration_ms(trim.max_age));
-            dropped +=
-                sqlx::query("DELETE FROM stream_messages WHERE stream = ?1 AND created_at < ?2")
-                    .bind(stream)
-                    .bind(oldest_kept)
-                    .execute(&mut **tx)
-                    .await
-                    .map_err(|e| self.err(what, e))?
-                    .rows_affected();
+            // Every message older than the oldest one kept: ids and created_at grow together
+            // (both are assigned under the write lock), so walk the stream in id order from
+            // its oldest message up to the first one young enough to keep.
+            dropped += sqlx::query(
+                "DELETE FROM stream_messages WHERE stream = ?1 AND id < COALESCE(
+                     (SELECT id FROM stream_messages WHERE stream = ?1 AND created_at >= ?2
+                      ORDER BY id LIMIT 1),
+                     id + 1)",
+            )
+            .bind(stream)
+            .bind(oldest_kept)
+            .execute(&mut **tx)
+            .await
+            .map_err(|e| self.err(what, e))?
+            .rows_affected();
         }
         if dropped > 0 {
             sqlx::query(
@@ -717,7 +731,9 @@ impl Backend for SqliteBackend {
             keyed.sort_unstable_by_key(|&(fresh, id, _, _)| (fresh, id));
             let mut claimed = Vec::with_capacity(keyed.len());
             for (_, _, deliveries, row) in keyed {
-                let token: i64 = row.try_get("token").map_err(|e| self.err(what.clone(), e))?;
+                let token: i64 = row
+                    .try_get("token")
+                    .map_err(|e| self.err(what.clone(), e))?;
                 let message = decode_message(group.stream, &row, deliveries).map_err(decode)?;
                 claimed.push(Claimed {
                     message,
