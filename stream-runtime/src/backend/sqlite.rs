@@ -338,47 +338,45 @@ impl SqliteBackend {
         let mut rest = messages.into_iter().peekable();
         while rest.peek().is_some() {
             let chunk: Vec<NewMessage> = rest.by_ref().take(CHUNK).collect();
-            // Anonymous `?` placeholders, the stream and time bound again in every row: sqlx
-            // looks the name of each numbered parameter up, a linear scan in SQLite, which
-            // made binding quadratic in the number of rows.
-            let mut sql = String::with_capacity(90 + 14 * chunk.len());
-            sql.push_str(
-                "INSERT INTO stream_messages (stream, created_at, payload, headers) VALUES ",
-            );
-            for i in 0..chunk.len() {
-                sql.push_str(if i == 0 {
-                    "(?, ?, ?, ?)"
-                } else {
-                    ", (?, ?, ?, ?)"
-                });
-            }
-            sql.push_str(" RETURNING id");
-            let mut query = sqlx::query(&sql);
-            for message in chunk {
-                let headers = if message.headers.is_empty() {
-                    "{}".to_owned()
-                } else {
-                    serde_json::to_string(&message.headers)
-                        .map_err(|e| Error::backend(NAME, what.to_owned(), e))?
-                };
-                query = query
-                    .bind(stream)
-                    .bind(created_at)
-                    .bind(message.payload)
-                    .bind(headers);
-            }
-            let mut chunk_ids: Vec<i64> = query
+            let sql = insert_sql(chunk.len(), false);
+            let query = insert_query(&sql, stream, Some(created_at), chunk, what)?;
+            let rows = query
                 .fetch_all(&mut **tx)
                 .await
-                .map_err(|e| self.err(what, e))?
-                .iter()
-                .map(|row| row.try_get::<i64, _>(0))
-                .collect::<Result<_, _>>()
                 .map_err(|e| self.err(what, e))?;
-            // RETURNING yields rows in no promised order; the ids were assigned in order.
-            chunk_ids.sort_unstable();
-            ids.extend(chunk_ids);
+            ids.extend(self.inserted_ids(&rows, what)?);
         }
+        Ok(ids)
+    }
+
+    /// Inserts up to [`CHUNK`] messages into `stream` with one statement, atomic on its own,
+    /// outside any transaction; returns their ids in order.
+    async fn insert_alone(
+        &self,
+        stream: &str,
+        messages: Vec<NewMessage>,
+        what: &str,
+    ) -> Result<Vec<i64>> {
+        self.check_open()?;
+        // created_at read by the statement under the write lock, as `insert` does within its
+        // transaction: ids and created_at grow together (age trims rely on it).
+        let sql = insert_sql(messages.len(), true);
+        let rows = insert_query(&sql, stream, None, messages, what)?
+            .fetch_all(&self.writer)
+            .await
+            .map_err(|e| self.err(what, e))?;
+        self.inserted_ids(&rows, what)
+    }
+
+    /// The ids an insert returned, in order.
+    fn inserted_ids(&self, rows: &[SqliteRow], what: &str) -> Result<Vec<i64>> {
+        let mut ids: Vec<i64> = rows
+            .iter()
+            .map(|row| row.try_get::<i64, _>(0))
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.err(what, e))?;
+        // RETURNING yields rows in no promised order; the ids were assigned in order.
+        ids.sort_unstable();
         Ok(ids)
     }
 
@@ -532,6 +530,56 @@ impl SqliteBackend {
     }
 }
 
+/// A multi-row insert of `rows` messages. Anonymous `?` placeholders, the stream and time
+/// bound again in every row: sqlx looks the name of each numbered parameter up, a linear
+/// scan in SQLite, which made binding quadratic in the number of rows.
+/// With `now_in_sql`, created_at is SQLite's clock (the same system clock, in whole
+/// milliseconds) when the statement runs, after it has taken the write lock, rather than a
+/// bound parameter; 'now' is the same for every row (all the rows of an `INSERT ...
+/// RETURNING` are written in its first step).
+fn insert_sql(rows: usize, now_in_sql: bool) -> String {
+    let row = if now_in_sql {
+        "(?, ?, ?, CAST(ROUND((julianday('now') - 2440587.5) * 86400000) AS INTEGER))"
+    } else {
+        "(?, ?, ?, ?)"
+    };
+    let mut sql = String::with_capacity(90 + (row.len() + 2) * rows);
+    sql.push_str("INSERT INTO stream_messages (stream, payload, headers, created_at) VALUES ");
+    for i in 0..rows {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(row);
+    }
+    sql.push_str(" RETURNING id");
+    sql
+}
+
+/// `sql` (from [`insert_sql`]) with `messages` bound, and `created_at` unless the statement
+/// reads the clock itself.
+fn insert_query<'q>(
+    sql: &'q str,
+    stream: &'q str,
+    created_at: Option<i64>,
+    messages: Vec<NewMessage>,
+    what: &str,
+) -> Result<sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>>> {
+    let mut query = sqlx::query(sql);
+    for message in messages {
+        let headers = if message.headers.is_empty() {
+            "{}".to_owned()
+        } else {
+            serde_json::to_string(&message.headers)
+                .map_err(|e| Error::backend(NAME, what.to_owned(), e))?
+        };
+        query = query.bind(stream).bind(message.payload).bind(headers);
+        if let Some(created_at) = created_at {
+            query = query.bind(created_at);
+        }
+    }
+    Ok(query)
+}
+
 /// `sql` (from `settle_batch`) with its parameters bound.
 fn settle_query<'q>(
     sql: &'q str,
@@ -613,6 +661,15 @@ impl Backend for SqliteBackend {
                 return Ok(Vec::new());
             }
             let what = format!("appending to {stream}");
+            if trim.is_none() && messages.len() <= CHUNK {
+                // One statement is atomic on its own: no BEGIN/COMMIT round trips.
+                let ids = self.insert_alone(stream, messages, &what).await?;
+                self.wakeups.notify(stream);
+                return Ok(ids
+                    .into_iter()
+                    .map(|id| MessageId::new(id.to_string()))
+                    .collect());
+            }
             let mut tx = self.begin(&what).await?;
             let ids = self.insert(&mut tx, stream, messages, &what).await?;
             self.trim(&mut tx, stream, trim, &what).await?;
