@@ -319,9 +319,182 @@ fn passwords_never_appear_in_config_errors() {
     assert!(!err.contains("hunter2"), "{err}");
 }
 
+/// A config (or a runtime holding one) printed with `{:?}` does not echo the password.
+#[test]
+fn debug_output_of_a_config_hides_the_password() {
+    let path = write_config(
+        "secret-debug",
+        "backend = \"postgres://app:hunter2@db/x\"\n",
+    );
+    let config = load(&path, &NO_ENV).expect("valid config");
+    assert_eq!(config.backend, "postgres://app:hunter2@db/x");
+    let text = format!("{config:?}");
+    assert!(text.contains("postgres://app:***@db/x"), "{text}");
+    assert!(!text.contains("hunter2"), "{text}");
+    let runtime = stream_runtime::Runtime::new().config(config);
+    let text = format!("{runtime:?}");
+    assert!(!text.contains("hunter2"), "{text}");
+}
+
 #[test]
 fn consumer_settings_default_is_empty() {
     let settings = ConsumerSettings::default();
     assert_eq!(settings.enabled, None);
     assert_eq!(settings.concurrency, None);
+}
+
+/// Passwords hide wherever a URL can carry one: the userinfo (even with unescaped `/`, `?`,
+/// `#` in it, which ends the authority early) and the `password=` / `pass=` query
+/// parameters that sqlx and redis read.
+#[test]
+fn every_password_in_a_url_is_redacted() {
+    use stream_runtime::backend::redact_url;
+    for (url, redacted) in [
+        (
+            "postgres://app:hunter2@db:5432/x",
+            "postgres://app:***@db:5432/x",
+        ),
+        (
+            "postgres://app@db/x?password=hunter2",
+            "postgres://app@db/x?password=***",
+        ),
+        (
+            "postgresql://db/x?sslmode=require&PASSWORD=hunter2&application_name=a",
+            "postgresql://db/x?sslmode=require&PASSWORD=***&application_name=a",
+        ),
+        (
+            "redis+unix:///run/redis.sock?db=1&pass=hunter2",
+            "redis+unix:///run/redis.sock?db=1&pass=***",
+        ),
+        ("postgres://app:hun/ter2@db/x", "postgres://app:***@db/x"),
+        ("postgres://app:hun?ter#2@db/x", "postgres://app:***@db/x"),
+        ("redis://:hunter2@cache:6379/0", "redis://:***@cache:6379/0"),
+        ("sqlite://streams.db", "sqlite://streams.db"),
+        (
+            "sqlite:///srv/data@2026/streams.db",
+            "sqlite:///srv/data@2026/streams.db",
+        ),
+        ("postgres://app@db/x", "postgres://app@db/x"),
+    ] {
+        assert_eq!(redact_url(url), redacted, "{url}");
+    }
+}
+
+/// A file that is not valid TOML says so, with the file and the line, not "bad value for ``".
+#[test]
+fn invalid_toml_names_the_file_and_the_line() {
+    let path = write_config(
+        "syntax",
+        "backend = \"memory://\"\n[defaults\nmax_retries = 3\n",
+    );
+    let err = load(&path, &NO_ENV).expect_err("invalid TOML").to_string();
+    assert!(
+        err.contains(&format!("{} is not valid TOML", path.display())),
+        "{err}"
+    );
+    assert!(err.contains("line 2"), "{err}");
+    assert!(!err.contains("``"), "{err}");
+}
+
+/// An unknown key inside `retry_delay = { ... }` is reported as unknown (with the valid
+/// ones), not as a value of the wrong type.
+#[test]
+fn unknown_key_in_retry_delay_lists_the_valid_ones() {
+    let path = write_config(
+        "retry-delay-key",
+        "[defaults]\nretry_delay = { base = \"100ms\", max = \"1s\", factor = 2 }\n",
+    );
+    let err = load(&path, &NO_ENV).expect_err("unknown key").to_string();
+    assert!(
+        err.contains("unknown key `defaults.retry_delay.factor`") && err.contains("base, max"),
+        "{err}"
+    );
+    assert!(err.contains(&path.display().to_string()), "{err}");
+}
+
+/// A top-level `app` or `namespace` that breaks the naming rules is a config error naming the
+/// key and the file, not an error blamed on the first consumer to start.
+#[test]
+fn bad_app_or_namespace_names_the_key_and_the_file() {
+    let path = write_config("bad-app", "app = \"my app\"\n");
+    let err = load(&path, &NO_ENV)
+        .expect_err("a space in app")
+        .to_string();
+    assert!(
+        err.contains("bad value for `app`")
+            && err.contains(&path.display().to_string())
+            && err.contains("STREAMS_APP"),
+        "{err}"
+    );
+    let path = write_config("bad-namespace", "");
+    let err = load(&path, &[("STREAMS_NAMESPACE", "a\tb")])
+        .expect_err("a tab in namespace")
+        .to_string();
+    assert!(
+        err.contains("bad value for `namespace`") && err.contains("STREAMS_NAMESPACE"),
+        "{err}"
+    );
+}
+
+/// An empty `app` / `namespace` means the default, as for every name override: the config
+/// says so itself, so the startup log shows the names really used.
+#[test]
+fn empty_app_and_namespace_mean_the_defaults() {
+    let path = write_config("empty-app", "app = \"\"\n");
+    let config = load(&path, &[("STREAMS_NAMESPACE", "")]).expect("valid config");
+    assert_eq!(config.app, stream_runtime::DEFAULT_APP);
+    assert_eq!(config.namespace, stream_runtime::DEFAULT_NAMESPACE);
+}
+
+/// Collects formatted log lines.
+#[derive(Clone, Default)]
+struct Logs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A misspelt `STREAMS_` variable cannot be an error (other tools share the prefix), but it
+/// must not vanish silently: the program would run on the default backend.
+#[test]
+fn a_misspelt_environment_variable_is_warned_about() {
+    let logs = Logs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let path = write_config("typo-env", "");
+    let config = load(
+        &path,
+        &[
+            ("STREAMS_BAKEND", "postgres://db/x"),
+            ("STREAMS_CONFIG", "elsewhere.toml"),
+            ("STREAMS_TEST_POSTGRES_URL", "postgres://db/test"),
+            ("STREAMS_APP", "shop"),
+        ],
+    )
+    .expect("a typo is not an error");
+    assert_eq!(config.backend, DEFAULT_BACKEND);
+    assert_eq!(config.app, "shop");
+    let text =
+        String::from_utf8_lossy(&logs.0.lock().unwrap_or_else(|e| e.into_inner())).into_owned();
+    assert!(
+        text.contains("ignoring environment variable STREAMS_BAKEND") && text.contains("backend"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("STREAMS_CONFIG") && !text.contains("STREAMS_TEST_"),
+        "{text}"
+    );
 }

@@ -260,7 +260,7 @@ async fn typed_handler_runs_retries_and_dead_letters() {
         Some("order 3 can never be billed")
     );
     let poison = &dead[1];
-    assert_eq!(poison.payload, b"{not json");
+    assert_eq!(poison.payload[..], b"{not json"[..]);
     assert_eq!(
         poison.header(ATTEMPTS),
         Some("1"),

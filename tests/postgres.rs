@@ -533,3 +533,54 @@ async fn listener_reconnects_after_kill() {
     consumer.close().await.expect("close");
     publisher.close().await.expect("close");
 }
+
+/// Collects formatted log lines.
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Connecting to a schema that already exists logs nothing from the server: no
+/// `NOTICE: schema "..." already exists, skipping` on every start of every application.
+#[tokio::test(flavor = "current_thread")]
+async fn reconnecting_to_an_existing_schema_is_quiet() {
+    let logs = Logs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let schema = unique_name("quiet").replace(['.', '-'], "_");
+    for _ in 0..2 {
+        let backend = match PostgresBackend::connect_with_schema(&pg::url(), &schema).await {
+            Ok(backend) => backend,
+            Err(e) => {
+                let _: Option<()> =
+                    stream_runtime::conformance::skip_or_fail("postgres", &e.to_string());
+                return;
+            }
+        };
+        backend.close().await.expect("close");
+    }
+    let text = String::from_utf8_lossy(&logs.0.lock().unwrap_or_else(PoisonError::into_inner))
+        .into_owned();
+    assert!(!text.contains("already exists"), "{text}");
+    // Clean up the schema of this test.
+    let pool = sqlx::PgPool::connect(&pg::url()).await.expect("admin pool");
+    sqlx::query(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
+        .execute(&pool)
+        .await
+        .expect("drop schema");
+}

@@ -339,7 +339,7 @@ async fn killed_process_claim_is_redelivered() {
     let victim = rec
         .messages()
         .into_iter()
-        .find(|m| m.payload == b"victim")
+        .find(|m| m.payload[..] == b"victim"[..])
         .expect("victim");
     assert_eq!(victim.attempt, 2);
     service.close().await.expect("close");

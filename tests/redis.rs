@@ -434,7 +434,7 @@ mod redis_specific {
         .expect("subscribe");
         rec.wait_len(1, "the reclaimed orphan").await;
         let m = &rec.messages()[0];
-        assert_eq!((m.payload.as_slice(), m.attempt), (&b"orphan"[..], 2));
+        assert_eq!((&m.payload[..], m.attempt), (&b"orphan"[..], 2));
         svc.close().await.expect("close");
     }
 

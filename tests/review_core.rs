@@ -317,7 +317,7 @@ pub async fn never_durations(b: SharedBackend) {
         let rec = rec.clone();
         move |m: Message| {
             rec.record(&m);
-            let fail = m.payload == b"fail";
+            let fail = m.payload[..] == b"fail"[..];
             async move {
                 if fail {
                     Err(HandlerError::retry("again, some day"))

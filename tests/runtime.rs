@@ -559,6 +559,51 @@ async fn consumer_that_cannot_start_is_an_error_naming_it() {
     assert!(err.contains(file!()), "names the registration: {err}");
 }
 
+/// A consumer dead-lettering into its own stream would see every dead letter again, forever:
+/// an error naming the consumer, not a hot loop.
+#[tokio::test]
+async fn dead_letter_into_the_consumers_own_stream_is_an_error() {
+    let config = config(
+        "memory://",
+        "selfdead",
+        "[consumers.typed]\ndead_letter = \"orders\"\n",
+        &[],
+    );
+    let err = Runtime::new()
+        .config(config)
+        .state(Probe::default())
+        .start()
+        .await
+        .expect_err("dead letters into the consumer's own stream")
+        .to_string();
+    assert!(
+        err.contains("typed") && err.contains("dead_letter") && err.contains("own stream"),
+        "{err}"
+    );
+}
+
+/// An invalid `dead_letter` name is reported as the dead-letter option, not as the stream.
+#[tokio::test]
+async fn invalid_dead_letter_name_is_named_as_such() {
+    let config = config(
+        "memory://",
+        "baddead",
+        "[consumers.typed]\ndead_letter = \"bad name\"\n",
+        &[],
+    );
+    let err = Runtime::new()
+        .config(config)
+        .state(Probe::default())
+        .start()
+        .await
+        .expect_err("a space in the dead-letter name")
+        .to_string();
+    assert!(
+        err.contains("typed") && err.contains("invalid dead_letter \"bad name\""),
+        "{err}"
+    );
+}
+
 #[tokio::test]
 async fn missing_state_is_an_error_naming_the_consumer() {
     let config = config("memory://", "nostate", "", &[]);
@@ -706,6 +751,11 @@ async fn password_is_never_logged_or_shown_in_errors() {
     let text = logs.text();
     assert!(text.contains("memory://app:***@localhost"), "{text}");
     assert!(text.contains("consumer typed started: stream "), "{text}");
+    // The start position only matters for a new group: on a rerun the cursor wins.
+    assert!(
+        text.contains("start earliest (if the group is new)"),
+        "{text}"
+    );
     assert!(!text.contains("hunter2"), "{text}");
 
     // An unreachable server: a clear error with the URL redacted.
@@ -771,4 +821,80 @@ async fn service_settings_come_from_the_config() {
         "{err}"
     );
     rt.shutdown().await.expect("clean shutdown");
+}
+
+/// A password in the URL's query (`?password=`, which sqlx reads) is hidden from the logs and
+/// from the connection error as well.
+#[tokio::test(flavor = "current_thread")]
+async fn password_in_the_url_query_is_never_logged_or_shown() {
+    let logs = Logs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let config = config(
+        "memory://",
+        "query-secret",
+        "",
+        &[(
+            "STREAMS_BACKEND",
+            "postgres://app@127.0.0.1:1/nothing?password=hunter2",
+        )],
+    );
+    let err = Runtime::new()
+        .config(config)
+        .state(Probe::default())
+        .start()
+        .await
+        .expect_err("nothing listens on port 1")
+        .to_string();
+    assert!(
+        err.contains("postgres://app@127.0.0.1:1/nothing?password=***"),
+        "{err}"
+    );
+    assert!(!err.contains("hunter2"), "{err}");
+    assert!(!logs.text().contains("hunter2"), "{}", logs.text());
+}
+
+/// Set only in the child process of `a_runtime_without_a_subscriber_says_so_on_stderr`.
+const SILENT_CHILD_ENV: &str = "STREAMS_TEST_SILENT_RUNTIME_CHILD";
+
+/// The child: runs a runtime with no tracing subscriber installed. Does nothing unless
+/// [`SILENT_CHILD_ENV`] is set.
+#[tokio::test]
+async fn silent_runtime_child() {
+    if std::env::var(SILENT_CHILD_ENV).is_err() {
+        return;
+    }
+    Runtime::new()
+        .config(config("memory://", "silent", "", &[]))
+        .state(Probe::default())
+        .run_until(|_service| async { Ok::<_, stream_runtime::Error>(()) })
+        .await
+        .expect("the runtime runs");
+}
+
+/// `stream_runtime::run()` in a `main` with no tracing subscriber would start, fail or stop
+/// without a word: the runtime says so on stderr, with the fix.
+#[test]
+fn a_runtime_without_a_subscriber_says_so_on_stderr() {
+    let output = std::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args(["--exact", "silent_runtime_child", "--nocapture"])
+        .env(SILENT_CHILD_ENV, "1")
+        .output()
+        .expect("run the child");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("no tracing subscriber is installed")
+            && stderr.contains("tracing_subscriber::fmt::init()"),
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr.matches("no tracing subscriber").count(),
+        1,
+        "{stderr}"
+    );
 }

@@ -79,8 +79,72 @@ async fn read_only_database_is_named() {
     assert!(error.contains("read-only"), "{error}");
 }
 
-/// A database file without write permission. Skipped when running with privileges that
-/// ignore file permissions (root), where the file stays writable.
+/// Makes a file unwritable even for root (`chattr +i`) until dropped.
+struct Immutable(PathBuf);
+
+impl Immutable {
+    fn new(path: PathBuf) -> Self {
+        let status = std::process::Command::new("chattr")
+            .arg("+i")
+            .arg(&path)
+            .status()
+            .expect("running chattr (e2fsprogs)");
+        assert!(status.success(), "chattr +i {} failed", path.display());
+        Immutable(path)
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("chattr")
+            .arg("-i")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// A database file that cannot be written: connect fails naming the path and saying
+/// read-only. Without write permission where permissions apply; made immutable where they
+/// do not (root).
+#[tokio::test]
+async fn read_only_file_is_named() {
+    let dir = scratch_dir();
+    let made = dir.join("made.db");
+    let backend = SqliteBackend::connect(&format!("sqlite://{}", made.display()))
+        .await
+        .expect("creating the database");
+    backend.close().await.expect("closing");
+    // A copy, so no file descriptor this process opened on the original (SQLite keeps some
+    // for reuse) can reach it.
+    let path = dir.join("streams.db");
+    std::fs::copy(&made, &path).expect("copying the database");
+    for suffix in ["-wal", "-shm"] {
+        let from = PathBuf::from(format!("{}{suffix}", made.display()));
+        if from.exists() {
+            std::fs::copy(&from, format!("{}{suffix}", path.display())).expect("copying");
+        }
+    }
+    let url = format!("sqlite://{}", path.display());
+    let mut perms = std::fs::metadata(&path).expect("metadata").permissions();
+    perms.set_readonly(true);
+    std::fs::set_permissions(&path, perms).expect("chmod");
+    let _immutable = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .is_ok()
+        .then(|| Immutable::new(path.clone()));
+    assert!(
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .is_err(),
+        "the file is still writable"
+    );
+    let error = connect_error(&url).await;
+    assert!(error.contains(&path.display().to_string()), "{error}");
+    assert!(error.contains("read-only"), "{error}");
+}
+
 #[tokio::test]
 async fn bad_url_is_a_clear_error() {
     let error = match stream_runtime::backend::connect("sqlite://x.db?mode=sideways").await {

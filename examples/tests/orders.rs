@@ -240,3 +240,93 @@ fn sigterm_while_handling_work_drains_and_exits_zero() {
         "drained after the signal:\n{text}"
     );
 }
+
+#[test]
+fn a_consumer_that_cannot_start_exits_non_zero_reporting_it_once() {
+    let (status, text) = run_to_exit(&[
+        ("STREAMS_BACKEND", "memory://"),
+        ("STREAMS_DEFAULTS__START", "Earliest"),
+    ]);
+    assert!(!status.success(), "{text}");
+    let errors: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("could not start"))
+        .collect();
+    assert_eq!(errors.len(), 1, "the failure is reported once:\n{text}");
+    assert!(
+        errors[0].contains("ERROR")
+            && errors[0].contains("invalid start id \"Earliest\"")
+            && errors[0].contains("examples/src/bin/orders.rs:"),
+        "{text}"
+    );
+}
+
+/// `Streams.toml` suggests `enabled = false` for `ship`: the demo then finishes with the
+/// consumers left, instead of waiting in vain and failing.
+#[test]
+fn the_demo_finishes_with_a_consumer_disabled_by_the_config() {
+    let (status, text) = run_to_exit(&[
+        ("STREAMS_BACKEND", "memory://"),
+        ("STREAMS_CONSUMERS__SHIP__ENABLED", "false"),
+    ]);
+    assert!(status.success(), "exit status {status}; output:\n{text}");
+    assert!(
+        text.contains(
+            "consumer ship disabled: enabled = false in [consumers.ship] \
+             (Streams.toml or STREAMS_CONSUMERS__SHIP__ENABLED)"
+        ),
+        "{text}"
+    );
+    assert!(!text.contains("shipped order"), "{text}");
+    assert!(text.contains("demo complete"), "{text}");
+    assert!(text.contains("shut down cleanly"), "{text}");
+}
+
+/// A backend that accepts the connection but never answers: SIGTERM while connecting stops
+/// the program at once (not after the connect timeout), non-zero, with the password hidden.
+#[cfg(unix)]
+#[test]
+fn sigterm_while_connecting_stops_at_once() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+    let port = silent.local_addr().expect("address").port();
+    let url = format!("postgres://shop:hunter2@127.0.0.1:{port}/shop");
+    let (mut child, rx) = spawn_with(&[("STREAMS_BACKEND", &url)], false);
+    let mut seen = Vec::new();
+    wait_for_line(&rx, &mut seen, |l| l.contains("connecting to"));
+    // Give the connection attempt a moment to start waiting on the silent server.
+    std::thread::sleep(Duration::from_millis(200));
+    let signalled = Instant::now();
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(kill.success());
+    let status = wait_exit(&mut child, &seen);
+    let waited = signalled.elapsed();
+    drain(&rx, &mut seen);
+    let text = seen.join("\n");
+    assert!(
+        waited < Duration::from_secs(5),
+        "took {waited:?} to stop:\n{text}"
+    );
+    assert!(!status.success(), "{text}");
+    assert!(text.contains("received SIGTERM while starting"), "{text}");
+    assert!(!text.contains("hunter2"), "{text}");
+    drop(silent);
+}
+
+/// A misspelt variable is warned about once, however often the program loads its config.
+#[test]
+fn a_misspelt_variable_is_warned_about_once() {
+    let (status, text) = run_to_exit(&[
+        ("STREAMS_BACKEND", "memory://"),
+        ("STREAMS_BAKEND", "postgres://db/x"),
+    ]);
+    assert!(status.success(), "exit status {status}; output:\n{text}");
+    assert_eq!(
+        text.matches("ignoring environment variable STREAMS_BAKEND")
+            .count(),
+        1,
+        "{text}"
+    );
+}

@@ -57,7 +57,16 @@
 //!     println!("order {} (attempt {})", order.id, msg.attempt);
 //!     Ok(())
 //! }
+//!
+//! # async fn demo() -> Result<(), stream_runtime::Error> {
+//! // In main: Streams.toml -> connect -> run every consumer -> drain on SIGINT / SIGTERM.
+//! // (Install a `tracing` subscriber first to see the runtime's log.)
+//! stream_runtime::run().await
+//! # }
 //! ```
+//!
+//! [`run`] and [`Runtime`] are described in [`runtime`]; the `Streams.toml` keys and their
+//! precedence over the attribute in [`config`].
 //!
 //! # Reading model
 //!
@@ -109,7 +118,7 @@ pub use backend::{Backend, ClaimToken};
 pub use codec::{Payload, Raw};
 pub use engine::{dead_letter_headers, handler_fn, CloseReport, Handler};
 pub use error::{BoxError, Error, HandlerError, Result};
-pub use message::{Headers, Message, MessageId, NewMessage};
+pub use message::{Bytes, Headers, Message, MessageId, NewMessage};
 pub use naming::{
     dead_letter_stream, format_stream, DEFAULT_APP, DEFAULT_NAMESPACE, MAX_NAME_BYTES,
 };
@@ -173,7 +182,10 @@ pub use service::{Consumer, Producer, Service, Subscriber};
 /// | `name` | the consumer's unique name, which keys `Streams.toml` overrides | the function's name |
 /// | `crate` | path to this crate, when it is re-exported under another name | `"::stream_runtime"` |
 ///
-/// `Streams.toml` and the environment override these settings.
+/// At deploy time, `[consumers.<name>]` in `Streams.toml` (or its
+/// `STREAMS_CONSUMERS__<NAME>__<KEY>` variable) overrides these settings for this consumer;
+/// `[defaults]` only fills in the settings the attribute leaves out. The retry delay is set
+/// there too (`retry_delay`). See [`config`] for the whole precedence chain.
 ///
 /// # The function
 ///

@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::SystemTime;
 
+pub use bytes::Bytes;
+
 /// Message headers: a string map, copied at publish.
 pub type Headers = BTreeMap<String, String>;
 
@@ -53,8 +55,8 @@ pub struct Message {
     pub id: MessageId,
     /// The full stream name (`<app>.<namespace>.<name>`).
     pub stream: String,
-    /// The payload bytes as published.
-    pub payload: Vec<u8>,
+    /// The payload bytes as published (cheap to clone; derefs to `[u8]`).
+    pub payload: Bytes,
     /// Headers as published.
     pub headers: Headers,
     /// When the message was first appended.
@@ -68,7 +70,7 @@ impl Message {
     pub fn new(
         id: MessageId,
         stream: impl Into<String>,
-        payload: Vec<u8>,
+        payload: impl Into<Bytes>,
         headers: Headers,
         created_at: SystemTime,
         attempt: u32,
@@ -76,7 +78,7 @@ impl Message {
         Message {
             id,
             stream: stream.into(),
-            payload,
+            payload: payload.into(),
             headers,
             created_at,
             attempt,

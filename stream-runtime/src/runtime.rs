@@ -4,6 +4,8 @@
 //! ```no_run
 //! #[tokio::main]
 //! async fn main() -> Result<(), stream_runtime::Error> {
+//!     // The runtime logs through `tracing`: install a subscriber first, e.g.
+//!     // `tracing_subscriber::fmt::init();` (without one it says so on stderr).
 //!     // Runs every `#[consumer]` until SIGINT or SIGTERM.
 //!     stream_runtime::run().await
 //! }
@@ -32,6 +34,8 @@
 //! The runtime returns an error (so `main` exits non-zero) when the config is wrong, the
 //! backend is unreachable, a consumer cannot start, handlers were still running at the end
 //! of their `shutdown_timeout` and had to be aborted, or the application future failed.
+//! [`Runtime::run`] and [`Runtime::run_until`] log each failure once (at `ERROR`) before
+//! returning it; [`Runtime::start`] and [`Started::shutdown`] only return theirs.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -124,10 +128,22 @@ impl Runtime {
         for def in &defs {
             let resolved = config.resolve(def.name, &def.attributes);
             if !resolved.enabled {
+                let table = match config.consumers.get(def.name).and_then(|c| c.enabled) {
+                    Some(false) => format!("consumers.{}", def.name),
+                    _ => "defaults".to_owned(),
+                };
+                let var = format!(
+                    "{}{}__ENABLED",
+                    crate::config::ENV_PREFIX,
+                    table.replace('.', "__").to_ascii_uppercase()
+                );
+                let origin = match &config.source {
+                    Some(path) => format!("{} or {var}", path.display()),
+                    None => var,
+                };
                 tracing::info!(
-                    "consumer {} disabled by {} (enabled = false)",
-                    def.name,
-                    config.origin()
+                    "consumer {} disabled: enabled = false in [{table}] ({origin})",
+                    def.name
                 );
                 continue;
             }
@@ -179,7 +195,6 @@ impl Runtime {
                         def.group,
                         redact_text(&e.to_string())
                     ));
-                    tracing::error!("{error}");
                     if let Err(close) = service.close().await {
                         tracing::error!("closing the backend after a failed start: {close}");
                     }
@@ -191,7 +206,8 @@ impl Runtime {
         Ok(Started { service, consumers })
     }
 
-    /// Starts, then runs until SIGINT or SIGTERM, then drains.
+    /// Starts, then runs until SIGINT or SIGTERM, then drains. Failures are logged, then
+    /// returned (see [`run_until`](Self::run_until)).
     pub async fn run(self) -> Result<()> {
         self.run_until(|_service| std::future::pending::<Result<()>>())
             .await
@@ -200,15 +216,29 @@ impl Runtime {
     /// Starts, then runs `app` with the [`Service`] (to publish) until it returns or SIGINT /
     /// SIGTERM arrives (then `app` is dropped), then drains. An error from `app` is returned
     /// as [`Error::Application`] after the drain.
+    ///
+    /// Every failure is logged once through `tracing` (at `ERROR`) as it happens, then
+    /// returned: the caller only has to turn it into an exit code.
     pub async fn run_until<F, Fut, E>(self, app: F) -> Result<()>
     where
         F: FnOnce(Service) -> Fut,
         Fut: Future<Output = std::result::Result<(), E>>,
         E: Into<BoxError>,
     {
+        warn_without_subscriber();
         // Listen before starting, so a signal during startup is not the default kill.
-        let mut signals = Signals::listen()?;
-        let started = self.start().await?;
+        let mut signals = Signals::listen().inspect_err(|e| tracing::error!("{e}"))?;
+        // A signal while starting (say, a backend that does not answer) stops at once.
+        let started = tokio::select! {
+            started = self.start() => started.inspect_err(|e| tracing::error!("{e}"))?,
+            name = signals.recv() => {
+                let error = Error::Runtime(format!(
+                    "received {name} while starting: stopped before every consumer was running"
+                ));
+                tracing::error!("{error}");
+                return Err(error);
+            }
+        };
         let outcome = tokio::select! {
             result = app(started.service.clone()) => result.map_err(|e| Error::Application(e.into())),
             name = signals.recv() => {
@@ -222,14 +252,16 @@ impl Runtime {
         let shutdown = tokio::select! {
             result = started.shutdown() => result,
             name = signals.recv() => {
-                let error = Error::Runtime(format!(
+                Err(Error::Runtime(format!(
                     "received {name} again: stopped without draining; running handlers' \
                      messages will be redelivered after their visibility timeout"
-                ));
-                tracing::error!("{error}");
-                Err(error)
+                )))
             }
         };
+        // Logged even when the application's error is the one returned.
+        if let Err(e) = &shutdown {
+            tracing::error!("{e}");
+        }
         outcome.and(shutdown)
     }
 }
@@ -266,11 +298,23 @@ impl Started {
                  their messages were released for redelivery",
                 report.aborted
             ));
-            tracing::error!("{error}");
             return Err(error);
         }
         tracing::info!("shut down cleanly");
         Ok(())
+    }
+}
+
+/// The runtime reports through `tracing`: without a subscriber, a program would run silently
+/// and fail with no word of why. Say so on stderr once.
+fn warn_without_subscriber() {
+    let silent = tracing::dispatcher::get_default(|d| d.is::<tracing::subscriber::NoSubscriber>());
+    if silent {
+        eprintln!(
+            "stream_runtime: no tracing subscriber is installed, so the runtime's log (startup, \
+             retries, dead letters, shutdown, errors) is not shown; install one before running, \
+             e.g. `tracing_subscriber::fmt::init();` at the start of main"
+        );
     }
 }
 
@@ -302,8 +346,8 @@ fn log_started(
     };
     tracing::info!(
         "consumer {} started: stream {}, group {}, payload {}, concurrency {}, max_retries {}, \
-         visibility_timeout {}, poll_interval {}, shutdown_timeout {}, retry_delay {}, start {}, \
-         dead_letter {} ({})",
+         visibility_timeout {}, poll_interval {}, shutdown_timeout {}, retry_delay {}, \
+         start {} (if the group is new), dead_letter {} ({})",
         def.name,
         consumer.stream(),
         consumer.group(),

@@ -240,9 +240,35 @@ impl Service {
         let full = format_stream(app, namespace, stream)?;
         naming::validate("group", group)?;
         let dead_letter = match options.dead_letter.as_deref() {
-            Some(name) if !name.is_empty() => format_stream(app, namespace, name)?,
+            Some(name) if !name.is_empty() => {
+                format_stream(app, namespace, name).map_err(|e| match e {
+                    // The name at fault is the dead-letter option, not the stream.
+                    Error::InvalidName {
+                        what: "stream",
+                        value,
+                        reason,
+                    } => Error::InvalidName {
+                        what: "dead_letter",
+                        value,
+                        reason,
+                    },
+                    other => other,
+                })?
+            }
             _ => naming::dead_letter_stream(&full),
         };
+        if dead_letter == full {
+            // Every dead letter would come back to this very group, forever.
+            return Err(Error::invalid_name(
+                "dead_letter",
+                options.dead_letter.as_deref().unwrap_or_default(),
+                format!(
+                    "it is the consumer's own stream {full}, so every dead letter would come \
+                     back to it, forever; name another stream (the default is {})",
+                    naming::dead_letter_stream(&full)
+                ),
+            ));
+        }
         // The default `<full>.dead` may pass the length limit: it must stay a stream the
         // same subscribe call can read (S1).
         if dead_letter.len() > naming::MAX_NAME_BYTES {

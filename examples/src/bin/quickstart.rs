@@ -72,11 +72,9 @@ async fn main() -> std::process::ExitCode {
             Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
         })
         .await;
+    // The runtime has logged any failure already: only the exit code is left to set.
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e}");
-            std::process::ExitCode::FAILURE
-        }
+        Err(_) => std::process::ExitCode::FAILURE,
     }
 }

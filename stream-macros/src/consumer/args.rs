@@ -325,7 +325,33 @@ fn concurrency(value: &Expr, errors: &mut Errors) -> Option<usize> {
 
 /// A duration literal, in milliseconds.
 fn duration(key: &str, value: &Expr, zero_ok: bool, errors: &mut Errors) -> Option<u64> {
-    let lit = lit_str(key, value, errors)?;
+    if let Expr::Lit(ExprLit {
+        lit: Lit::Int(int), ..
+    }) = value
+    {
+        let n = int.base10_digits();
+        errors.spanned(
+            int,
+            format!(
+                "`{key}` takes a duration string with a unit: write \"{n}ms\" or \"{n}s\", \
+                 not {n}"
+            ),
+        );
+        return None;
+    }
+    let Expr::Lit(ExprLit {
+        lit: Lit::Str(lit), ..
+    }) = value
+    else {
+        errors.spanned(
+            value,
+            format!(
+                "`{key}` takes a duration string with a unit, e.g. {key} = \"30s\", \"250ms\" \
+                 or \"1m30s\""
+            ),
+        );
+        return None;
+    };
     let text = lit.value();
     match parse_duration(&text) {
         Ok(0) if !zero_ok => {

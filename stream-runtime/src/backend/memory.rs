@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use super::{Backend, BoxFuture, Claim, ClaimToken, Claimed, GroupRef, Wakeup, WakeupHub};
 use crate::error::{Error, Result};
-use crate::message::{Headers, Message, MessageId, NewMessage};
+use crate::message::{Bytes, Headers, Message, MessageId, NewMessage};
 use crate::options::{StartPosition, Trim};
 
 /// Streams, groups and claims in process memory, with in-process push wake-ups.
@@ -35,7 +35,7 @@ struct Stream {
 
 #[derive(Debug)]
 struct Entry {
-    payload: Vec<u8>,
+    payload: Bytes,
     headers: Headers,
     created_at: SystemTime,
 }
@@ -76,7 +76,7 @@ impl Stream {
     fn push(&mut self, message: NewMessage) -> u64 {
         let seq = self.next_seq();
         self.entries.push_back(Entry {
-            payload: message.payload,
+            payload: Bytes::from(message.payload),
             headers: message.headers,
             created_at: SystemTime::now(),
         });
@@ -247,7 +247,8 @@ impl Backend for MemoryBackend {
             let Some(s) = streams.get_mut(group.stream) else {
                 return Ok(Vec::new());
             };
-            let Some(mut g) = s.groups.remove(group.group) else {
+            // Taken out (and put back below) so the closure can read the stream's entries.
+            let Some((name, mut g)) = s.groups.remove_entry(group.group) else {
                 return Ok(Vec::new());
             };
             let now = Instant::now();
@@ -285,19 +286,31 @@ impl Backend for MemoryBackend {
                 g.cursor = seq;
                 seq += 1;
             }
-            s.groups.insert(group.group.to_owned(), g);
+            s.groups.insert(name, g);
             Ok(claimed)
         })
     }
 
     fn ack<'a>(&'a self, group: GroupRef<'a>, claims: &'a [Claim]) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
+            let mut state = self.lock()?;
+            let Some(g) = state
+                .streams
+                .get_mut(group.stream)
+                .and_then(|s| s.groups.get_mut(group.group))
+            else {
+                return Ok(());
+            };
             for claim in claims {
-                self.with_claim(group, claim, |s, seq| {
-                    if let Some(g) = s.groups.get_mut(group.group) {
-                        g.pending.remove(&seq);
-                    }
-                })?;
+                let Ok(seq) = claim.id.as_str().parse::<u64>() else {
+                    continue;
+                };
+                if g.pending
+                    .get(&seq)
+                    .is_some_and(|p| p.token == claim.token.0 && p.token != 0)
+                {
+                    g.pending.remove(&seq);
+                }
             }
             Ok(())
         })

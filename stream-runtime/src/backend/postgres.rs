@@ -319,6 +319,11 @@ fn migrate<'a>(
     Box::pin(async move {
         let s = quote_ident(schema);
         let mut tx = conn.begin().await?;
+        // `IF NOT EXISTS` on every start would otherwise log a server NOTICE ("schema ...
+        // already exists, skipping") at INFO through sqlx: noise in every application's log.
+        (&mut *tx)
+            .execute("SET LOCAL client_min_messages = warning")
+            .await?;
         sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
             .bind(format!("stream_runtime migrate {schema}"))
             .execute(&mut *tx)

@@ -12,7 +12,8 @@
 //!    `STREAMS_BACKEND`, `STREAMS_APP`, `STREAMS_DEFAULTS__MAX_RETRIES`,
 //!    `STREAMS_CONSUMERS__BILL__CONCURRENCY`. Variables whose first part is not a top-level
 //!    key (such as `STREAMS_CONFIG` or `STREAMS_TEST_...`) are not configuration and are
-//!    ignored. Keys are lower-cased, so the environment can only override consumers whose
+//!    ignored; any other such variable (`STREAMS_BAKEND`) is most likely a typo and is
+//!    ignored with a warning. Keys are lower-cased, so the environment can only override consumers whose
 //!    names are lower case.
 //!
 //! # Precedence of consumer settings
@@ -85,8 +86,8 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "consumers",
 ];
 
-/// The loaded configuration.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+/// The loaded configuration. Its `Debug` output shows the backend URL redacted.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 #[non_exhaustive]
 pub struct Config {
@@ -110,6 +111,22 @@ pub struct Config {
     /// Where the file was read from, if any.
     #[serde(skip)]
     pub source: Option<PathBuf>,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("backend", &crate::backend::redact_url(&self.backend))
+            .field("app", &self.app)
+            .field("namespace", &self.namespace)
+            .field("max_len", &self.max_len)
+            .field("max_age", &self.max_age)
+            .field("max_payload_bytes", &self.max_payload_bytes)
+            .field("defaults", &self.defaults)
+            .field("consumers", &self.consumers)
+            .field("source", &self.source)
+            .finish()
+    }
 }
 
 impl Default for Config {
@@ -314,9 +331,17 @@ impl Loader {
 
     /// Reads the file and the environment.
     pub fn load(self) -> Result<Config> {
+        // The process environment's typos are worth one warning per process, however
+        // often the config is loaded.
+        static WARNED: std::sync::Once = std::sync::Once::new();
+        let mut warn = true;
         let env = match self.env {
             Some(vars) => vars,
-            None => std::env::vars().collect(),
+            None => {
+                warn = !WARNED.is_completed();
+                WARNED.call_once(|| ());
+                std::env::vars().collect()
+            }
         };
         let path = match self.file {
             Some(path) => Some(path),
@@ -340,7 +365,18 @@ impl Loader {
             }
             figment = figment.merge(Toml::file_exact(path));
         }
-        figment = figment.merge(EnvVars::new(env));
+        let vars = EnvVars::new(env);
+        for name in vars.ignored.iter().filter(|_| warn) {
+            tracing::warn!(
+                "ignoring environment variable {name}: {} is not a Streams.toml key \
+                 (top-level keys: {}; nested keys are joined by \"__\")",
+                name.strip_prefix(ENV_PREFIX)
+                    .unwrap_or(name)
+                    .to_ascii_lowercase(),
+                TOP_LEVEL_KEYS.join(", ")
+            );
+        }
+        figment = figment.merge(vars);
         extract(figment, path)
     }
 }
@@ -353,6 +389,26 @@ fn extract(figment: Figment, source: Option<PathBuf>) -> Result<Config> {
                     "{}: `defaults.app` / `defaults.namespace` are not settings; set the top-level `app` / `namespace` instead",
                     source.as_deref().map_or("config".into(), Path::to_string_lossy)
                 )));
+            }
+            // Stream names are built from these: a bad one is the file's (or variable's)
+            // mistake, said here rather than by the first consumer to start.
+            // Empty = the built-in default, as for any name override (and as logged).
+            if config.app.is_empty() {
+                config.app = crate::naming::DEFAULT_APP.to_owned();
+            }
+            if config.namespace.is_empty() {
+                config.namespace = crate::naming::DEFAULT_NAMESPACE.to_owned();
+            }
+            for (key, value) in [("app", &config.app), ("namespace", &config.namespace)] {
+                if let Err(e) = crate::naming::validate(key, value) {
+                    return Err(Error::Config(format!(
+                        "bad value for `{key}` in {} or {ENV_PREFIX}{}: {e}",
+                        source
+                            .as_deref()
+                            .map_or("config".into(), Path::to_string_lossy),
+                        key.to_ascii_uppercase()
+                    )));
+                }
             }
             config.source = source;
             Ok(config)
@@ -402,6 +458,8 @@ fn describe(errors: figment::Error) -> String {
                     valid.join(", ")
                 )
             }
+            // No key: the file itself is not valid TOML (the message gives line and column).
+            kind if key.is_empty() => format!("{place} is not valid TOML: {kind}"),
             kind => format!("bad value for `{key}` in {place}: {kind}"),
         };
         lines.push(redact_text(&what));
@@ -433,19 +491,28 @@ const ENV_METADATA_NAME: &str = "environment";
 /// `STREAMS_*` variables as a figment provider: prefix stripped, lower-cased, `__` nests.
 struct EnvVars {
     vars: Vec<(String, String)>,
+    /// `STREAMS_*` variables that are not configuration, most likely misspelt
+    /// (`STREAMS_CONFIG` and the test suites' `STREAMS_TEST_*` are not listed).
+    ignored: Vec<String>,
 }
 
 impl EnvVars {
     fn new(all: Vec<(String, String)>) -> Self {
-        let vars = all
-            .into_iter()
-            .filter_map(|(k, v)| {
-                let key = k.strip_prefix(ENV_PREFIX)?.to_ascii_lowercase();
-                let top = key.split("__").next().unwrap_or_default();
-                TOP_LEVEL_KEYS.contains(&top).then_some((key, v))
-            })
-            .collect();
-        EnvVars { vars }
+        let (mut vars, mut ignored) = (Vec::new(), Vec::new());
+        for (name, value) in all {
+            let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            let key = rest.to_ascii_lowercase();
+            let top = key.split("__").next().unwrap_or_default();
+            if TOP_LEVEL_KEYS.contains(&top) {
+                vars.push((key, value));
+            } else if name != CONFIG_PATH_VAR && !rest.starts_with("TEST_") {
+                ignored.push(name);
+            }
+        }
+        ignored.sort();
+        EnvVars { vars, ignored }
     }
 }
 
@@ -627,13 +694,13 @@ fn de_retry_delay<'de, D: Deserializer<'de>>(
         ) -> std::result::Result<RetryDelay, A::Error> {
             let (mut base, mut max) = (None, None);
             while let Some(key) = map.next_key::<String>()? {
-                let value: String = map.next_value()?;
-                let d = parse_duration(&value).map_err(de::Error::custom)?;
-                match key.as_str() {
-                    "base" => base = Some(d),
-                    "max" => max = Some(d),
+                let slot = match key.as_str() {
+                    "base" => &mut base,
+                    "max" => &mut max,
                     other => return Err(de::Error::unknown_field(other, &["base", "max"])),
-                }
+                };
+                let value: String = map.next_value()?;
+                *slot = Some(parse_duration(&value).map_err(de::Error::custom)?);
             }
             let base = base.ok_or_else(|| de::Error::missing_field("base"))?;
             let max = max.ok_or_else(|| de::Error::missing_field("max"))?;

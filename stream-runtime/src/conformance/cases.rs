@@ -87,7 +87,7 @@ pub async fn round_trip(h: &Harness) {
     let m = &rec.messages()[0];
     assert_eq!(m.id, id);
     assert_eq!(m.stream, h.service.stream_name("orders").expect("name"));
-    assert_eq!(m.payload, b"\x00binary\xffpayload");
+    assert_eq!(m.payload[..], b"\x00binary\xffpayload"[..]);
     assert_eq!(m.header("k"), Some("v"));
     assert_eq!(m.attempt, 1);
     assert!(m.created_at >= before && m.created_at <= SystemTime::now() + Duration::from_secs(5));

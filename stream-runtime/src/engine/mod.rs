@@ -20,7 +20,7 @@ use tokio::task::JoinSet;
 
 use crate::backend::{BoxFuture, Claim, Claimed, GroupRef, SharedBackend, Wakeup};
 use crate::error::HandlerError;
-use crate::message::{Message, NewMessage};
+use crate::message::{Bytes, Headers, Message, NewMessage};
 use crate::options::{MaxRetries, RetryDelay};
 
 use catch_unwind::CatchUnwind;
@@ -465,10 +465,21 @@ async fn run_one(worker: Arc<Worker>, claimed: Claimed, permit: OwnedSemaphorePe
             "the handler did not finish within the visibility timeout ({:?}) on its last attempt",
             worker.sub.visibility_timeout
         );
+        let original = Original {
+            payload: message.payload,
+            headers: message.headers,
+        };
         let claim = guard.settle();
-        dead_letter(&worker, claim, message, attempt - 1, &reason).await;
+        dead_letter(&worker, claim, original, attempt - 1, &reason).await;
         return;
     }
+
+    // Kept for a dead letter; cheap: the payload is shared, empty headers do not allocate.
+    let original = Original {
+        payload: message.payload.clone(),
+        headers: message.headers.clone(),
+    };
+    let id = message.id.clone();
 
     // A handler still running at its visibility deadline has lost its claim: another worker
     // may take the message over, so its slot is freed for that; the handler runs on (its
@@ -476,7 +487,7 @@ async fn run_one(worker: Arc<Worker>, claimed: Claimed, permit: OwnedSemaphorePe
     // A handler that panics before returning its future (work done outside its `async`
     // block) fails like one that panics inside it (S11), instead of killing this task.
     let started = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        (worker.sub.handler)(message.clone())
+        (worker.sub.handler)(message)
     }));
     let future = started.unwrap_or_else(|panic| {
         let error = HandlerError::retry(format!(
@@ -492,7 +503,7 @@ async fn run_one(worker: Arc<Worker>, claimed: Claimed, permit: OwnedSemaphorePe
         outcome = &mut handler => outcome,
         _ = tokio::time::sleep(worker.sub.visibility_timeout) => {
             tracing::warn!(
-                stream = %worker.sub.stream, group = %worker.sub.group, id = %message.id, attempt,
+                stream = %worker.sub.stream, group = %worker.sub.group, %id, attempt,
                 timeout = ?worker.sub.visibility_timeout,
                 "handler passed its visibility timeout; the message may be redelivered"
             );
@@ -512,13 +523,13 @@ async fn run_one(worker: Arc<Worker>, claimed: Claimed, permit: OwnedSemaphorePe
         Err(panic) => HandlerError::retry(format!("handler panicked: {panic}")),
     };
     tracing::warn!(
-        stream = %worker.sub.stream, group = %worker.sub.group, id = %message.id,
+        stream = %worker.sub.stream, group = %worker.sub.group, %id,
         attempt, permanent = error.is_permanent(), error = %error, "handler failed"
     );
     let exhausted = max_attempts.is_some_and(|max| attempt >= max);
     if error.is_permanent() || exhausted {
         let claim = guard.settle();
-        dead_letter(&worker, claim, message, attempt, error.message()).await;
+        dead_letter(&worker, claim, original, attempt, error.message()).await;
     } else {
         let delay = retry_delay(&worker.sub, attempt);
         let claim = guard.settle();
@@ -549,17 +560,23 @@ fn retry_delay(sub: &Subscription, attempt: u32) -> Duration {
     }
 }
 
+/// What a dead letter keeps of the original message.
+struct Original {
+    payload: Bytes,
+    headers: Headers,
+}
+
 async fn dead_letter(
     worker: &Worker,
     claim: &Claim,
-    message: Message,
+    original: Original,
     attempts: u32,
     reason: &str,
 ) {
     use dead_letter_headers as h;
-    let mut headers = message.headers;
-    headers.insert(h::STREAM.to_owned(), message.stream);
-    headers.insert(h::ID.to_owned(), message.id.to_string());
+    let mut headers = original.headers;
+    headers.insert(h::STREAM.to_owned(), worker.sub.stream.clone());
+    headers.insert(h::ID.to_owned(), claim.id.to_string());
     headers.insert(h::GROUP.to_owned(), worker.sub.group.clone());
     headers.insert(h::ATTEMPTS.to_owned(), attempts.to_string());
     headers.insert(
@@ -567,7 +584,7 @@ async fn dead_letter(
         truncate(reason, MAX_REASON_BYTES).to_owned(),
     );
     let dead = NewMessage {
-        payload: message.payload,
+        payload: original.payload.to_vec(),
         headers,
     };
     match worker
