@@ -12,8 +12,13 @@
 //!   writers queue fairly instead of spinning on the file lock); other processes are waited
 //!   for with `busy_timeout`. Writing transactions start with `BEGIN IMMEDIATE`, which takes
 //!   the write lock up front, so a transaction never fails halfway with `SQLITE_BUSY`.
+//!   A single statement needs no transaction (it is atomic and takes the write lock when it
+//!   starts): a claim, an ack or release of up to 500 claims and an untrimmed append
+//!   of up to 500 messages are one statement each.
 //!   SQLite has no `SKIP LOCKED`: claims are serialised by that lock, and a claim first
-//!   checks for work with a plain read so idle consumers never take it.
+//!   checks for work with a plain read so idle consumers never take it (skipped when the
+//!   group's previous claim came back full). Claim tokens derive from the delivery count
+//!   (`TOKEN_BASE`); the `stream_tokens` counter of migration 1 is no longer written by claims.
 //! - **Ids** are the global `INTEGER PRIMARY KEY AUTOINCREMENT` rowid: strictly increasing,
 //!   never reused, so strictly increasing within each stream too. Start ids are integers.
 //! - **Wake-ups**: in this process through a [`WakeupHub`] after each commit; across
