@@ -12,8 +12,13 @@
 //!   writers queue fairly instead of spinning on the file lock); other processes are waited
 //!   for with `busy_timeout`. Writing transactions start with `BEGIN IMMEDIATE`, which takes
 //!   the write lock up front, so a transaction never fails halfway with `SQLITE_BUSY`.
+//!   A single statement needs no transaction (it is atomic and takes the write lock when it
+//!   starts): a claim, an ack or release of up to 500 claims and an untrimmed append
+//!   of up to 500 messages are one statement each.
 //!   SQLite has no `SKIP LOCKED`: claims are serialised by that lock, and a claim first
-//!   checks for work with a plain read so idle consumers never take it.
+//!   checks for work with a plain read so idle consumers never take it (skipped when the
+//!   group's previous claim came back full). Claim tokens derive from the delivery count
+//!   (`TOKEN_BASE`); the `stream_tokens` counter of migration 1 is no longer written by claims.
 //! - **Ids** are the global `INTEGER PRIMARY KEY AUTOINCREMENT` rowid: strictly increasing,
 //!   never reused, so strictly increasing within each stream too. Start ids are integers.
 //! - **Wake-ups**: in this process through a [`WakeupHub`] after each commit; across
@@ -21,9 +26,11 @@
 //!
 //! Not for network filesystems: SQLite's locking needs one machine's local filesystem.
 
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sqlx::sqlite::{
@@ -49,6 +56,17 @@ const SQLITE_READONLY: i32 = 8;
 
 /// Connections for reads (the cheap "is there work?" check of a claim).
 const READ_CONNECTIONS: u32 = 4;
+
+/// A claim's token is `TOKEN_BASE` + the pending entry's new delivery count. A pending entry
+/// is created once per group and message (when the group's cursor passes the message) and
+/// its delivery count only grows, so no token is ever issued twice for one entry, by any
+/// process sharing the file, and no shared counter row has to be written per claim. The base
+/// keeps these tokens apart from those of the `stream_tokens` counter that earlier versions
+/// issued (which never get near 2^62), so a file shared with such a process stays fenced.
+const TOKEN_BASE: i64 = 1 << 62;
+
+/// The page cache of each connection, in KiB (allocated as pages are read, not up front).
+const CACHE_KIB: u32 = 32 * 1024;
 
 /// Rows per multi-row statement: well under SQLite's limit of 32766 bound parameters.
 const CHUNK: usize = 500;
@@ -87,6 +105,18 @@ pub const MIGRATIONS: &[&str] = &[
          last_token INTEGER NOT NULL
      );
      INSERT INTO stream_tokens (only_row, last_token) VALUES (1, 0);",
+    // 2: a claim is one INSERT ... ON CONFLICT DO UPDATE into stream_pending; inserting a
+    // pending entry (a message handed to the group for the first time) advances the group's
+    // cursor past it. Never moves a cursor back, so claims that still update the cursor
+    // themselves (earlier versions sharing the file) are unaffected.
+    "CREATE TRIGGER stream_pending_advance_cursor AFTER INSERT ON stream_pending
+     BEGIN
+         UPDATE stream_groups SET cursor = NEW.id
+         WHERE stream = NEW.stream AND group_name = NEW.group_name AND cursor < NEW.id;
+     END;",
+    // 3: age trims seek by id (ids are assigned under the write lock, so created_at grows
+    // with the id): one index less to write per message.
+    "DROP INDEX IF EXISTS stream_messages_by_age;",
 ];
 
 /// Streams in one SQLite database file (or in memory with `sqlite::memory:`).
@@ -100,6 +130,9 @@ pub struct SqliteBackend {
     location: String,
     wakeups: WakeupHub,
     closed: AtomicBool,
+    /// Groups (stream -> group names) whose last claim here came back full: their next claim
+    /// skips the `has_work` read, as there is most likely more.
+    full: Mutex<HashMap<String, HashSet<String>>>,
 }
 
 fn now_ms() -> i64 {
@@ -163,7 +196,10 @@ impl SqliteBackend {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(BUSY_TIMEOUT)
-            .foreign_keys(false);
+            .foreign_keys(false)
+            // Negative: KiB. SQLite's default is 2 MiB; every stream shares the messages
+            // table and its indexes, which outgrow that with a few 100k messages.
+            .pragma("cache_size", format!("-{CACHE_KIB}"));
         let in_memory = url.contains(":memory:") || url.contains("mode=memory");
         // The writer keeps its one connection for the backend's life: an in-memory database
         // lives exactly as long as a connection to it.
@@ -190,6 +226,7 @@ impl SqliteBackend {
             location,
             wakeups: WakeupHub::new(),
             closed: AtomicBool::new(false),
+            full: Mutex::new(HashMap::new()),
         };
         backend.migrate().await?;
         Ok(backend)
@@ -306,29 +343,45 @@ impl SqliteBackend {
         let mut rest = messages.into_iter().peekable();
         while rest.peek().is_some() {
             let chunk: Vec<NewMessage> = rest.by_ref().take(CHUNK).collect();
-            let sql = format!(
-                "INSERT INTO stream_messages (stream, created_at, payload, headers) VALUES {} \
-                 RETURNING id",
-                placeholders(chunk.len(), 2, 3, "?1, ?2")
-            );
-            let mut query = sqlx::query(&sql).bind(stream).bind(created_at);
-            for message in chunk {
-                let headers = serde_json::to_string(&message.headers)
-                    .map_err(|e| Error::backend(NAME, what.to_owned(), e))?;
-                query = query.bind(message.payload).bind(headers);
-            }
-            let mut chunk_ids: Vec<i64> = query
+            let sql = insert_sql(chunk.len(), false);
+            let query = insert_query(&sql, stream, Some(created_at), chunk, what)?;
+            let rows = query
                 .fetch_all(&mut **tx)
                 .await
-                .map_err(|e| self.err(what, e))?
-                .iter()
-                .map(|row| row.try_get::<i64, _>(0))
-                .collect::<Result<_, _>>()
                 .map_err(|e| self.err(what, e))?;
-            // RETURNING yields rows in no promised order; the ids were assigned in order.
-            chunk_ids.sort_unstable();
-            ids.extend(chunk_ids);
+            ids.extend(self.inserted_ids(&rows, what)?);
         }
+        Ok(ids)
+    }
+
+    /// Inserts up to [`CHUNK`] messages into `stream` with one statement, atomic on its own,
+    /// outside any transaction; returns their ids in order.
+    async fn insert_alone(
+        &self,
+        stream: &str,
+        messages: Vec<NewMessage>,
+        what: &str,
+    ) -> Result<Vec<i64>> {
+        self.check_open()?;
+        // created_at read by the statement under the write lock, as `insert` does within its
+        // transaction: ids and created_at grow together (age trims rely on it).
+        let sql = insert_sql(messages.len(), true);
+        let rows = insert_query(&sql, stream, None, messages, what)?
+            .fetch_all(&self.writer)
+            .await
+            .map_err(|e| self.err(what, e))?;
+        self.inserted_ids(&rows, what)
+    }
+
+    /// The ids an insert returned, in order.
+    fn inserted_ids(&self, rows: &[SqliteRow], what: &str) -> Result<Vec<i64>> {
+        let mut ids: Vec<i64> = rows
+            .iter()
+            .map(|row| row.try_get::<i64, _>(0))
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.err(what, e))?;
+        // RETURNING yields rows in no promised order; the ids were assigned in order.
+        ids.sort_unstable();
         Ok(ids)
     }
 
@@ -357,14 +410,21 @@ impl SqliteBackend {
         }
         if !trim.max_age.is_zero() {
             let oldest_kept = now_ms().saturating_sub(duration_ms(trim.max_age));
-            dropped +=
-                sqlx::query("DELETE FROM stream_messages WHERE stream = ?1 AND created_at < ?2")
-                    .bind(stream)
-                    .bind(oldest_kept)
-                    .execute(&mut **tx)
-                    .await
-                    .map_err(|e| self.err(what, e))?
-                    .rows_affected();
+            // Every message older than the oldest one kept: ids and created_at grow together
+            // (both are assigned under the write lock), so walk the stream in id order from
+            // its oldest message up to the first one young enough to keep.
+            dropped += sqlx::query(
+                "DELETE FROM stream_messages WHERE stream = ?1 AND id < COALESCE(
+                     (SELECT id FROM stream_messages WHERE stream = ?1 AND created_at >= ?2
+                      ORDER BY id LIMIT 1),
+                     id + 1)",
+            )
+            .bind(stream)
+            .bind(oldest_kept)
+            .execute(&mut **tx)
+            .await
+            .map_err(|e| self.err(what, e))?
+            .rows_affected();
         }
         if dropped > 0 {
             sqlx::query(
@@ -377,6 +437,33 @@ impl SqliteBackend {
             .map_err(|e| self.err(what, e))?;
         }
         Ok(())
+    }
+
+    /// Whether the last claim of `group` in this backend came back full.
+    fn was_full(&self, group: GroupRef<'_>) -> bool {
+        self.full
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(group.stream)
+            .is_some_and(|groups| groups.contains(group.group))
+    }
+
+    fn set_full(&self, group: GroupRef<'_>, full: bool) {
+        let mut map = self.full.lock().unwrap_or_else(PoisonError::into_inner);
+        if full {
+            if !map
+                .get(group.stream)
+                .is_some_and(|groups| groups.contains(group.group))
+            {
+                map.entry(group.stream.to_owned())
+                    .or_default()
+                    .insert(group.group.to_owned());
+            }
+        } else if let Some(groups) = map.get_mut(group.stream) {
+            if groups.remove(group.group) && groups.is_empty() {
+                map.remove(group.stream);
+            }
+        }
     }
 
     /// Whether a claim could find anything: an expired pending entry or a message past the
@@ -399,7 +486,8 @@ impl SqliteBackend {
     }
 
     /// Acks (deletes) or releases (makes claimable now) the pending entries of `claims` still
-    /// held with their tokens, in one transaction of one statement per [`CHUNK`] claims.
+    /// held with their tokens: one statement (atomic on its own) for up to [`CHUNK`] claims,
+    /// else one transaction of one statement per [`CHUNK`] claims.
     async fn settle_batch(
         &self,
         group: GroupRef<'_>,
@@ -413,33 +501,106 @@ impl SqliteBackend {
             return Ok(());
         }
         let now = now_ms();
-        let mut tx = self.begin(what).await?;
-        for chunk in pairs.chunks(CHUNK) {
+        let statement = |chunk: &[(i64, i64)]| {
             let fenced = format!(
                 "WHERE stream = ?1 AND group_name = ?2 AND (id, token) IN (VALUES {})",
                 placeholders(chunk.len(), 2, 3, "")
             );
-            let sql = match settle {
+            match settle {
                 Settle::Ack => format!("DELETE FROM stream_pending {fenced}"),
                 Settle::Release => {
                     let now_param = 3 + 2 * chunk.len();
                     format!("UPDATE stream_pending SET token = 0, deadline = ?{now_param} {fenced}")
                 }
-            };
-            let mut query = sqlx::query(&sql).bind(group.stream).bind(group.group);
-            for &(id, token) in chunk {
-                query = query.bind(id).bind(token);
             }
-            if let Settle::Release = settle {
-                query = query.bind(now);
-            }
-            query
+        };
+        if pairs.len() <= CHUNK {
+            // One statement is atomic on its own: no BEGIN/COMMIT round trips.
+            let sql = statement(&pairs);
+            settle_query(&sql, group, &pairs, settle, now)
+                .execute(&self.writer)
+                .await
+                .map_err(|e| self.err(what, e))?;
+            return Ok(());
+        }
+        let mut tx = self.begin(what).await?;
+        for chunk in pairs.chunks(CHUNK) {
+            let sql = statement(chunk);
+            settle_query(&sql, group, chunk, settle, now)
                 .execute(&mut *tx)
                 .await
                 .map_err(|e| self.err(what, e))?;
         }
         self.commit(tx, what).await
     }
+}
+
+/// A multi-row insert of `rows` messages. Anonymous `?` placeholders, the stream and time
+/// bound again in every row: sqlx looks the name of each numbered parameter up, a linear
+/// scan in SQLite, which made binding quadratic in the number of rows.
+/// With `now_in_sql`, created_at is SQLite's clock (the same system clock, in whole
+/// milliseconds) when the statement runs, after it has taken the write lock, rather than a
+/// bound parameter; 'now' is the same for every row (all the rows of an `INSERT ...
+/// RETURNING` are written in its first step).
+fn insert_sql(rows: usize, now_in_sql: bool) -> String {
+    let row = if now_in_sql {
+        "(?, ?, ?, CAST(ROUND((julianday('now') - 2440587.5) * 86400000) AS INTEGER))"
+    } else {
+        "(?, ?, ?, ?)"
+    };
+    let mut sql = String::with_capacity(90 + (row.len() + 2) * rows);
+    sql.push_str("INSERT INTO stream_messages (stream, payload, headers, created_at) VALUES ");
+    for i in 0..rows {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(row);
+    }
+    sql.push_str(" RETURNING id");
+    sql
+}
+
+/// `sql` (from [`insert_sql`]) with `messages` bound, and `created_at` unless the statement
+/// reads the clock itself.
+fn insert_query<'q>(
+    sql: &'q str,
+    stream: &'q str,
+    created_at: Option<i64>,
+    messages: Vec<NewMessage>,
+    what: &str,
+) -> Result<sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>>> {
+    let mut query = sqlx::query(sql);
+    for message in messages {
+        let headers = if message.headers.is_empty() {
+            "{}".to_owned()
+        } else {
+            serde_json::to_string(&message.headers)
+                .map_err(|e| Error::backend(NAME, what.to_owned(), e))?
+        };
+        query = query.bind(stream).bind(message.payload).bind(headers);
+        if let Some(created_at) = created_at {
+            query = query.bind(created_at);
+        }
+    }
+    Ok(query)
+}
+
+/// `sql` (from `settle_batch`) with its parameters bound.
+fn settle_query<'q>(
+    sql: &'q str,
+    group: GroupRef<'q>,
+    chunk: &[(i64, i64)],
+    settle: Settle,
+    now: i64,
+) -> sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>> {
+    let mut query = sqlx::query(sql).bind(group.stream).bind(group.group);
+    for &(id, token) in chunk {
+        query = query.bind(id).bind(token);
+    }
+    if let Settle::Release = settle {
+        query = query.bind(now);
+    }
+    query
 }
 
 /// What [`SqliteBackend::settle_batch`] does to held claims.
@@ -505,6 +666,15 @@ impl Backend for SqliteBackend {
                 return Ok(Vec::new());
             }
             let what = format!("appending to {stream}");
+            if trim.is_none() && messages.len() <= CHUNK {
+                // One statement is atomic on its own: no BEGIN/COMMIT round trips.
+                let ids = self.insert_alone(stream, messages, &what).await?;
+                self.wakeups.notify(stream);
+                return Ok(ids
+                    .into_iter()
+                    .map(|id| MessageId::new(id.to_string()))
+                    .collect());
+            }
             let mut tx = self.begin(&what).await?;
             let ids = self.insert(&mut tx, stream, messages, &what).await?;
             self.trim(&mut tx, stream, trim, &what).await?;
@@ -571,136 +741,82 @@ impl Backend for SqliteBackend {
                 "claiming messages of {} for group {}",
                 group.stream, group.group
             );
-            if max == 0 || !self.has_work(group, now_ms(), &what).await? {
+            if max == 0 {
+                return Ok(Vec::new());
+            }
+            if self.was_full(group) {
+                self.check_open()?;
+            } else if !self.has_work(group, now_ms(), &what).await? {
                 return Ok(Vec::new());
             }
             let limit = i64::try_from(max).unwrap_or(i64::MAX);
-            let mut tx = self.begin(&what).await?;
             let now = now_ms();
             let deadline = now.saturating_add(duration_ms(visibility));
             let decode = |e: String| Error::backend(NAME, what.clone(), e);
-
-            // Expired pending entries first, in id order.
-            let expired = sqlx::query(
-                "SELECT p.id AS id, p.deliveries AS deliveries, m.payload AS payload,
-                        m.headers AS headers, m.created_at AS created_at
-                 FROM stream_pending p JOIN stream_messages m ON m.id = p.id
-                 WHERE p.stream = ?1 AND p.group_name = ?2 AND p.deadline <= ?3
-                 ORDER BY p.id LIMIT ?4",
+            // One statement, so atomic without a transaction: the first `max` of the expired
+            // pending entries (in id order), then of the messages past the cursor. Expired
+            // entries conflict with their pending row and are taken over (DO UPDATE); new
+            // ones are inserted with one delivery, and the trigger of migration 2 advances the
+            // group's cursor past each. A claim's token is TOKEN_BASE + the entry's new
+            // delivery count (see TOKEN_BASE).
+            let rows = sqlx::query(
+                "INSERT INTO stream_pending (stream, group_name, id, token, deadline, deliveries)
+                 SELECT ?1, ?2, id, ?5 + 1, ?4, 1 FROM (
+                     SELECT id, 0 AS kind FROM (
+                         SELECT id FROM stream_pending
+                         WHERE stream = ?1 AND group_name = ?2 AND deadline <= ?3
+                         ORDER BY id LIMIT ?6)
+                     UNION ALL
+                     SELECT id, 1 AS kind FROM (
+                         SELECT m.id AS id FROM stream_groups g JOIN stream_messages m
+                           ON m.stream = g.stream AND m.id > g.cursor
+                         WHERE g.stream = ?1 AND g.group_name = ?2
+                         ORDER BY m.id LIMIT ?6)
+                     ORDER BY kind, id LIMIT ?6)
+                 WHERE true
+                 ON CONFLICT (stream, group_name, id) DO UPDATE
+                     SET deliveries = deliveries + 1, token = ?5 + deliveries + 1,
+                         deadline = excluded.deadline
+                 RETURNING id, deliveries, token,
+                     (SELECT payload FROM stream_messages m
+                      WHERE m.id = stream_pending.id) AS payload,
+                     (SELECT headers FROM stream_messages m
+                      WHERE m.id = stream_pending.id) AS headers,
+                     (SELECT created_at FROM stream_messages m
+                      WHERE m.id = stream_pending.id) AS created_at",
             )
             .bind(group.stream)
             .bind(group.group)
             .bind(now)
+            .bind(deadline)
+            .bind(TOKEN_BASE)
             .bind(limit)
-            .fetch_all(&mut *tx)
+            .fetch_all(&self.writer)
             .await
             .map_err(|e| self.err(what.clone(), e))?;
-            // Then new messages past the cursor.
-            let fresh = if expired.len() < max {
-                sqlx::query(
-                    "SELECT m.id AS id, m.payload AS payload, m.headers AS headers,
-                            m.created_at AS created_at
-                     FROM stream_groups g JOIN stream_messages m
-                       ON m.stream = g.stream AND m.id > g.cursor
-                     WHERE g.stream = ?1 AND g.group_name = ?2
-                     ORDER BY m.id LIMIT ?3",
-                )
-                .bind(group.stream)
-                .bind(group.group)
-                .bind(limit - expired.len() as i64)
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(|e| self.err(what.clone(), e))?
-            } else {
-                Vec::new()
-            };
-            let count = expired.len() + fresh.len();
-            if count == 0 {
-                self.commit(tx, &what).await?;
-                return Ok(Vec::new());
-            }
-            // Reserve one fresh token per claim.
-            let last_token: i64 = sqlx::query_scalar(
-                "UPDATE stream_tokens SET last_token = last_token + ?1 WHERE only_row = 1
-                 RETURNING last_token",
-            )
-            .bind(count as i64)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(|e| self.err(what.clone(), e))?;
-            let mut next_token = last_token - count as i64;
-            let mut claimed = Vec::with_capacity(count);
-
-            for row in &expired {
-                next_token += 1;
-                let deliveries: i64 = row
-                    .try_get::<i64, _>("deliveries")
-                    .map_err(|e| self.err(what.clone(), e))?
-                    + 1;
-                let message = decode_message(group.stream, row, deliveries).map_err(decode)?;
+            // RETURNING yields rows in no promised order: expired entries (delivered before)
+            // first, then new ones, each in id order.
+            let mut keyed = Vec::with_capacity(rows.len());
+            for row in rows {
                 let id: i64 = row.try_get("id").map_err(|e| self.err(what.clone(), e))?;
-                sqlx::query(
-                    "UPDATE stream_pending SET token = ?4, deadline = ?5, deliveries = ?6
-                     WHERE stream = ?1 AND group_name = ?2 AND id = ?3",
-                )
-                .bind(group.stream)
-                .bind(group.group)
-                .bind(id)
-                .bind(next_token)
-                .bind(deadline)
-                .bind(deliveries)
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| self.err(what.clone(), e))?;
+                let deliveries: i64 = row
+                    .try_get("deliveries")
+                    .map_err(|e| self.err(what.clone(), e))?;
+                keyed.push((deliveries == 1, id, deliveries, row));
+            }
+            keyed.sort_unstable_by_key(|&(fresh, id, _, _)| (fresh, id));
+            let mut claimed = Vec::with_capacity(keyed.len());
+            for (_, _, deliveries, row) in keyed {
+                let token: i64 = row
+                    .try_get("token")
+                    .map_err(|e| self.err(what.clone(), e))?;
+                let message = decode_message(group.stream, &row, deliveries).map_err(decode)?;
                 claimed.push(Claimed {
                     message,
-                    token: ClaimToken(next_token as u64),
+                    token: ClaimToken(u64::try_from(token).unwrap_or(0)),
                 });
             }
-
-            if let Some(last) = fresh.last() {
-                let last_id: i64 = last.try_get("id").map_err(|e| self.err(what.clone(), e))?;
-                let mut rows = Vec::with_capacity(fresh.len());
-                for row in &fresh {
-                    next_token += 1;
-                    let message = decode_message(group.stream, row, 1).map_err(decode)?;
-                    let id: i64 = row.try_get("id").map_err(|e| self.err(what.clone(), e))?;
-                    rows.push((id, next_token));
-                    claimed.push(Claimed {
-                        message,
-                        token: ClaimToken(next_token as u64),
-                    });
-                }
-                for chunk in rows.chunks(CHUNK) {
-                    let sql = format!(
-                        "INSERT INTO stream_pending
-                             (stream, group_name, deadline, deliveries, id, token)
-                         VALUES {}",
-                        placeholders(chunk.len(), 2, 4, "?1, ?2, ?3, 1")
-                    );
-                    let mut query = sqlx::query(&sql)
-                        .bind(group.stream)
-                        .bind(group.group)
-                        .bind(deadline);
-                    for &(id, token) in chunk {
-                        query = query.bind(id).bind(token);
-                    }
-                    query
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(|e| self.err(what.clone(), e))?;
-                }
-                sqlx::query(
-                    "UPDATE stream_groups SET cursor = ?3 WHERE stream = ?1 AND group_name = ?2",
-                )
-                .bind(group.stream)
-                .bind(group.group)
-                .bind(last_id)
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| self.err(what.clone(), e))?;
-            }
-            self.commit(tx, &what).await?;
+            self.set_full(group, claimed.len() >= max);
             Ok(claimed)
         })
     }
