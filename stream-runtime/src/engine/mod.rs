@@ -353,6 +353,13 @@ async fn dispatch(sub: Subscription, mut stop: watch::Receiver<bool>) -> CloseRe
         if drain_deadline.is_some() {
             break;
         }
+        if !idle {
+            // A backlog: let the handlers just started run first, so that fast ones free
+            // their workers before the next claim and claims stay as large as the
+            // concurrency, instead of settling at half of it (two cohorts of workers
+            // alternating around each claim round trip).
+            tokio::task::yield_now().await;
+        }
     }
 
     let deadline = drain_deadline.unwrap_or_else(|| after(worker.sub.shutdown_timeout));
