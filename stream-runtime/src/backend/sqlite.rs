@@ -201,24 +201,25 @@ impl SqliteBackend {
             // table and its indexes, which outgrow that with a few 100k messages.
             .pragma("cache_size", format!("-{CACHE_KIB}"));
         let in_memory = url.contains(":memory:") || url.contains("mode=memory");
-        // The writer keeps its one connection for the backend's life: an in-memory database
-        // lives exactly as long as a connection to it.
-        let writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .min_connections(1)
-            .idle_timeout(None)
-            .max_lifetime(None)
-            .connect_with(options.clone())
-            .await
-            .map_err(|e| Error::backend(NAME, explain_open_failure(url, &location), e))?;
-        let reader = if in_memory {
-            writer.clone()
-        } else {
-            SqlitePoolOptions::new()
-                .max_connections(READ_CONNECTIONS)
-                .connect_with(options)
-                .await
-                .map_err(|e| Error::backend(NAME, explain_open_failure(url, &location), e))?
+        // Processes opening a new file at the same moment race to switch it to WAL, which
+        // SQLite answers with SQLITE_BUSY without waiting for the busy timeout: try again.
+        let started = std::time::Instant::now();
+        let mut tries = 0u32;
+        let (writer, reader) = loop {
+            match Self::open_pools(&options, in_memory).await {
+                Ok(pools) => break pools,
+                Err(e) if is_busy(&e) && started.elapsed() < BUSY_TIMEOUT => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(10 * u64::from(tries.min(20)))).await;
+                }
+                Err(e) => {
+                    return Err(Error::backend(
+                        NAME,
+                        explain_open_failure(url, &location),
+                        e,
+                    ))
+                }
+            }
         };
         let backend = SqliteBackend {
             writer,
@@ -230,6 +231,30 @@ impl SqliteBackend {
         };
         backend.migrate().await?;
         Ok(backend)
+    }
+
+    /// The writer pool (one connection, kept for the backend's life: an in-memory database
+    /// lives exactly as long as a connection to it) and the reader pool.
+    async fn open_pools(
+        options: &SqliteConnectOptions,
+        in_memory: bool,
+    ) -> Result<(SqlitePool, SqlitePool), sqlx::Error> {
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(options.clone())
+            .await?;
+        let reader = if in_memory {
+            writer.clone()
+        } else {
+            SqlitePoolOptions::new()
+                .max_connections(READ_CONNECTIONS)
+                .connect_with(options.clone())
+                .await?
+        };
+        Ok((writer, reader))
     }
 
     fn err(&self, context: impl Into<String>, e: sqlx::Error) -> Error {
@@ -929,4 +954,10 @@ impl Backend for SqliteBackend {
             Ok(())
         })
     }
+}
+
+/// Whether SQLite answered SQLITE_BUSY or SQLITE_LOCKED (primary or extended code).
+fn is_busy(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db)
+        if db.code().and_then(|c| c.parse::<i32>().ok()).is_some_and(|c| matches!(c & 0xff, 5 | 6)))
 }
