@@ -235,7 +235,11 @@ pub async fn connect(url: &str) -> Result<SharedBackend> {
         "sqlite" | "postgres" | "postgresql" | "redis" | "rediss" => Err(crate::Error::Config(format!(
             "backend URL {}: this build lacks the `{}` feature of stream-runtime; enable it in Cargo.toml",
             redact_url(url),
-            scheme.trim_end_matches("ql").replace("rediss", "redis")
+            match scheme {
+                "postgresql" => "postgres",
+                "rediss" => "redis",
+                other => other,
+            }
         ))),
         _ => Err(crate::Error::Config(format!(
             "backend URL {} has an unknown scheme; use memory://, sqlite://PATH, postgres://... or redis://...",
