@@ -125,13 +125,6 @@ impl Stream {
     }
 }
 
-fn parse_id(id: &str) -> Result<u64> {
-    id.parse::<u64>().map_err(|_| Error::InvalidStartId {
-        id: id.to_owned(),
-        reason: "the memory backend's ids are unsigned integers, e.g. \"42\"".to_owned(),
-    })
-}
-
 impl MemoryBackend {
     /// An empty backend.
     pub fn new() -> Self {
@@ -206,7 +199,9 @@ impl Backend for MemoryBackend {
     ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             let from_id = match start {
-                StartPosition::FromId(id) => Some(parse_id(id)?),
+                StartPosition::FromId(id) => {
+                    Some(super::integer_start_id("memory", id)?.unsigned_abs())
+                }
                 _ => None,
             };
             let mut state = self.lock()?;

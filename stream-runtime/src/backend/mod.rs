@@ -217,6 +217,18 @@ impl WakeupHub {
 /// Shares one backend among services and the engine.
 pub type SharedBackend = Arc<dyn Backend>;
 
+/// Parses a start id of a backend whose ids are non-negative integers (memory, SQLite,
+/// Postgres); anything else is an [`Error::InvalidStartId`](crate::Error::InvalidStartId).
+pub fn integer_start_id(backend: &str, id: &str) -> Result<i64> {
+    id.parse::<i64>()
+        .ok()
+        .filter(|n| *n >= 0)
+        .ok_or_else(|| crate::Error::InvalidStartId {
+            id: id.to_owned(),
+            reason: format!("the {backend} backend's ids are non-negative integers, e.g. \"42\""),
+        })
+}
+
 /// Connects to the backend a URL names and creates its schema:
 /// `memory://`, `sqlite:` / `sqlite://`, `postgres://` / `postgresql://`, `redis://` /
 /// `rediss://`. Errors show the URL with its password redacted.

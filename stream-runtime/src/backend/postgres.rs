@@ -497,14 +497,7 @@ impl Backend for PostgresBackend {
             let (kind, from) = match start {
                 StartPosition::Latest => ("latest", 0),
                 StartPosition::Earliest => ("earliest", 0),
-                StartPosition::FromId(id) => (
-                    "id",
-                    parse_id(id).ok_or_else(|| Error::InvalidStartId {
-                        id: id.clone(),
-                        reason: "the postgres backend's ids are non-negative integers, e.g. \"42\""
-                            .to_owned(),
-                    })?,
-                ),
+                StartPosition::FromId(id) => ("id", super::integer_start_id(NAME, id)?),
             };
             self.check_open()?;
             sqlx::query(&self.sql.ensure_group)

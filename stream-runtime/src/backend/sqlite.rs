@@ -720,17 +720,7 @@ impl Backend for SqliteBackend {
     ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             let from_id = match start {
-                StartPosition::FromId(id) => Some(
-                    id.parse::<i64>()
-                        .ok()
-                        .filter(|&id| id >= 0)
-                        .ok_or_else(|| Error::InvalidStartId {
-                            id: id.clone(),
-                            reason:
-                                "the sqlite backend's ids are non-negative integers, e.g. \"42\""
-                                    .to_owned(),
-                        })?,
-                ),
+                StartPosition::FromId(id) => Some(super::integer_start_id(NAME, id)?),
                 _ => None,
             };
             self.check_open()?;
