@@ -37,7 +37,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
-use sqlx::{Row, Sqlite, Transaction};
+use sqlx::{Executor, Row, Sqlite, Transaction};
 
 use super::{
     redact_url, Backend, BoxFuture, Claim, ClaimToken, Claimed, GroupRef, Wakeup, WakeupHub,
@@ -333,8 +333,11 @@ impl SqliteBackend {
         for (index, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
             let version = index as i64 + 1;
             let what = format!("applying schema migration {version}");
-            sqlx::raw_sql(sql)
-                .execute(&mut *tx)
+            // `Executor::execute` on the connection, not `RawSql::execute(&mut *tx)`: the
+            // latter's future is not `Send` for SQLite connections (sqlx's higher-ranked
+            // `Executor` bound), which would make `connect` unusable in `tokio::spawn`.
+            (&mut *tx)
+                .execute(sqlx::raw_sql(sql))
                 .await
                 .map_err(|e| self.err(what.clone(), e))?;
             sqlx::query(
