@@ -46,6 +46,7 @@ pub const WAKEUP_CHANNEL: &str = "stream_runtime_wakeup";
 const MIGRATIONS: &[&str] = &[
     include_str!("postgres_schema.sql"),
     include_str!("postgres_schema_2.sql"),
+    include_str!("postgres_schema_3.sql"),
 ];
 
 /// How long connecting may take before it fails with a clear error.

@@ -371,7 +371,15 @@ impl RedisBackend {
     }
 
     /// Parks claims until `now + delay` (retry and release).
-    async fn park(&self, group: GroupRef<'_>, claims: &[Claim], delay: Duration) -> Result<u64> {
+    /// Parks held claims until `delay` from now; `refund` gives their deliveries back (a
+    /// release).
+    async fn park(
+        &self,
+        group: GroupRef<'_>,
+        claims: &[Claim],
+        delay: Duration,
+        refund: bool,
+    ) -> Result<u64> {
         let mut invocation = self.scripts.park.prepare_invoke();
         invocation
             .key(stream_key(group.stream))
@@ -380,12 +388,18 @@ impl RedisBackend {
             .arg(group.group)
             .arg(group.consumer)
             .arg(PARKED)
-            .arg(millis(delay));
+            .arg(millis(delay))
+            .arg(u8::from(refund));
         for claim in claims {
             invocation.arg(claim.id.as_str()).arg(claim.token.0);
         }
         self.run_settling(&invocation, || {
-            format!("scheduling a retry in {}/{}", group.stream, group.group)
+            let what = if refund {
+                "releasing claims"
+            } else {
+                "scheduling a retry"
+            };
+            format!("{what} in {}/{}", group.stream, group.group)
         })
         .await
     }
@@ -619,7 +633,10 @@ impl Backend for RedisBackend {
     ) -> BoxFuture<'a, Result<bool>> {
         Box::pin(async move {
             self.check_open()?;
-            Ok(self.park(group, std::slice::from_ref(claim), delay).await? > 0)
+            Ok(self
+                .park(group, std::slice::from_ref(claim), delay, false)
+                .await?
+                > 0)
         })
     }
 
@@ -665,7 +682,7 @@ impl Backend for RedisBackend {
             if claims.is_empty() {
                 return Ok(());
             }
-            self.park(group, claims, Duration::ZERO).await?;
+            self.park(group, claims, Duration::ZERO, true).await?;
             self.wakeups.notify(group.stream);
             Ok(())
         })
