@@ -161,6 +161,12 @@ fn transient(e: &RedisError) -> bool {
         )
 }
 
+/// Whether a failed request may have been executed by the server: the connection dropped
+/// or timed out (rather than refused, or answered with an error).
+fn lost_after_sending(e: &RedisError) -> bool {
+    !e.is_connection_refusal() && (e.is_io_error() || e.is_timeout() || e.is_connection_dropped())
+}
+
 fn unexpected(what: &str, value: &Value) -> Error {
     Error::backend(
         NAME,
@@ -502,7 +508,14 @@ impl Backend for RedisBackend {
             let ids: Vec<String> = invocation
                 .invoke_async(&mut self.conn.clone())
                 .await
-                .map_err(|e| self.error(format!("appending to {stream}"), e))?;
+                .map_err(|e| {
+                    let what = format!("appending to {stream}");
+                    if lost_after_sending(&e) {
+                        Error::outcome_unknown(NAME, format!("{what} on {}", self.url), e)
+                    } else {
+                        self.error(what, e)
+                    }
+                })?;
             self.wakeups.notify(stream);
             Ok(ids.into_iter().map(MessageId::new).collect())
         })
