@@ -43,7 +43,7 @@ pub const WAKEUP_CHANNEL: &str = "stream_runtime_wakeup";
 
 /// The migrations, in order; `{S}` stands for the quoted schema name.
 /// Never edit an applied one: add the next file.
-const MIGRATIONS: &[&str] = &[
+pub const MIGRATIONS: &[&str] = &[
     include_str!("postgres_schema.sql"),
     include_str!("postgres_schema_2.sql"),
     include_str!("postgres_schema_3.sql"),
