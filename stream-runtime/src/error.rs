@@ -61,6 +61,27 @@ pub enum Error {
         source: BoxError,
     },
 
+    /// A write reached the backend, but the connection was lost (or timed out) before its
+    /// answer came: it may or may not have taken effect. For a publish, the messages may be
+    /// stored; publishing them again may store them twice. Every other publish error means
+    /// nothing was stored. See "Publishing exactly once" in the crate docs for how to retry
+    /// safely.
+    #[error(
+        "{backend} backend: {context}: the connection was lost before the answer came, so it \
+         is unknown whether this took effect (the messages may be stored; publishing them \
+         again may store them twice; make the retry idempotent with a key the consumer \
+         checks): {source}"
+    )]
+    OutcomeUnknown {
+        /// `"postgres"` or `"redis"` (SQLite and memory always know).
+        backend: &'static str,
+        /// What was being done, e.g. `"appending to app.default.orders"`.
+        context: String,
+        /// The client library's error.
+        #[source]
+        source: BoxError,
+    },
+
     /// `Streams.toml`, the environment or a connection URL is wrong.
     #[error("configuration error: {0}")]
     Config(String),
@@ -90,6 +111,25 @@ impl Error {
             context: context.into(),
             source: source.into(),
         }
+    }
+
+    /// A write whose outcome is unknown: see [`Error::OutcomeUnknown`].
+    pub fn outcome_unknown(
+        backend: &'static str,
+        context: impl Into<String>,
+        source: impl Into<BoxError>,
+    ) -> Self {
+        Error::OutcomeUnknown {
+            backend,
+            context: context.into(),
+            source: source.into(),
+        }
+    }
+
+    /// Whether the failed call may still have taken effect (only
+    /// [`Error::OutcomeUnknown`]): a publish that failed otherwise stored nothing.
+    pub fn outcome_is_unknown(&self) -> bool {
+        matches!(self, Error::OutcomeUnknown { .. })
     }
 
     pub(crate) fn invalid_name(what: &'static str, value: &str, reason: impl Into<String>) -> Self {

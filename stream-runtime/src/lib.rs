@@ -82,6 +82,33 @@
 //! mid-handler. Make handler effects idempotent (unique keys, upserts) and look at
 //! [`Message::attempt`] to spot redeliveries.
 //!
+//! # Publishing exactly once
+//!
+//! A publish that returns `Ok` stored its messages. One that fails with
+//! [`Error::OutcomeUnknown`] (Postgres or Redis: the connection was lost after the request
+//! was sent) may or may not have stored them; every other error means nothing was stored.
+//! Retrying after an unknown outcome can store a message twice, so give each message a key of
+//! its own and let consumers skip keys they have handled:
+//!
+//! ```
+//! use stream_runtime::{Error, PublishOptions, Service};
+//!
+//! # async fn demo(service: &Service, order_id: u64) -> Result<(), Error> {
+//! let order = serde_json::json!({ "id": order_id });
+//! let options = PublishOptions::new().header("idempotency-key", format!("order-{order_id}"));
+//! let mut tries = 0;
+//! loop {
+//!     match service.publish_json("orders", &order, options.clone()).await {
+//!         Ok(_) => break,
+//!         // Maybe stored: the same key makes a second copy harmless to the consumer,
+//!         // which records the keys it handled (a unique column, a set) and skips repeats.
+//!         Err(e) if e.outcome_is_unknown() && tries < 3 => tries += 1,
+//!         Err(e) => return Err(e),
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
+//!
 //! # Retries and dead letters
 //!
 //! A handler error leaves the message pending; it comes back after the retry delay
@@ -90,6 +117,14 @@
 //! the dead-letter stream (`<stream>.dead` by default), an ordinary stream with the
 //! [`dead_letter_headers`] added. A handler that never returns ends there too: its expired
 //! claim is dead-lettered when reclaimed on its last attempt.
+//!
+//! An attempt is a delivery: every claim counts one, whether the handler finished, failed,
+//! hung or never got to run because the process died between the claim and the handler's
+//! start (the engine claims only for free workers, so that window is short, but a crash can
+//! hit it; with `max_retries = 0` such a message is dead-lettered when reclaimed, as with
+//! SQS's receive count). Recording each handler start would cost a write per message. The
+//! one exception is a shutdown: handlers that [`Consumer::close`] aborts at its deadline have
+//! their claims released, and a release gives the attempt back.
 //!
 //! # Architecture
 //!

@@ -9,7 +9,7 @@ use stream_runtime::backend::SharedBackend;
 /// The schema the Postgres tests share; every case uses its own random app name.
 /// Named after the latest migration: a build refuses a schema newer than it knows, so
 /// branches still at an older version keep their own schema on the shared test server.
-pub const SCHEMA: &str = "stream_tests_v2";
+pub const SCHEMA: &str = "stream_tests_v3";
 
 /// The test server's URL.
 pub fn url() -> String {

@@ -388,6 +388,8 @@ impl Backend for MemoryBackend {
                     {
                         p.token = 0;
                         p.deadline = Instant::now();
+                        // The handler was cut off by a shutdown: its delivery does not count.
+                        p.deliveries = p.deliveries.saturating_sub(1);
                     }
                 })?;
             }

@@ -132,7 +132,12 @@ pub trait Backend: Send + Sync + 'static {
         message: NewMessage,
     ) -> BoxFuture<'a, Result<bool>>;
 
-    /// Makes claimed messages claimable again at once (shutdown of aborted handlers).
+    /// Makes held claims claimable again at once, and gives back the delivery each one
+    /// counted: the next claim of such a message has the attempt the released one had. Used
+    /// for handlers aborted by their consumer's shutdown, which the message must not pay for.
+    /// Claims since taken over are left alone (fenced by their tokens, so a repeated release
+    /// gives nothing back twice). The consumer named in `group` makes no claim afterwards
+    /// (it is closing), so a backend may fence by consumer name and delivery count.
     fn release<'a>(&'a self, group: GroupRef<'a>, claims: &'a [Claim])
         -> BoxFuture<'a, Result<()>>;
 

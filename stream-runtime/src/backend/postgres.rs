@@ -43,9 +43,10 @@ pub const WAKEUP_CHANNEL: &str = "stream_runtime_wakeup";
 
 /// The migrations, in order; `{S}` stands for the quoted schema name.
 /// Never edit an applied one: add the next file.
-const MIGRATIONS: &[&str] = &[
+pub const MIGRATIONS: &[&str] = &[
     include_str!("postgres_schema.sql"),
     include_str!("postgres_schema_2.sql"),
+    include_str!("postgres_schema_3.sql"),
 ];
 
 /// How long connecting may take before it fails with a clear error.
@@ -275,23 +276,38 @@ impl PostgresBackend {
         Error::backend(NAME, context, e)
     }
 
+    /// One append call. The connection is acquired first: a failure there sent nothing
+    /// (`Sent::No`); a failure of the statement itself may have come after the server
+    /// committed it (`Sent::Yes`).
     async fn append_once(
         &self,
         stream: &str,
         payloads: &[Vec<u8>],
         headers: &[String],
         trim: Trim,
-    ) -> std::result::Result<Vec<i64>, sqlx::Error> {
+    ) -> std::result::Result<Vec<i64>, (Sent, sqlx::Error)> {
+        let mut conn = self.pool.acquire().await.map_err(|e| (Sent::No, e))?;
         let rows = sqlx::query(&self.sql.append)
             .bind(stream)
             .bind(payloads)
             .bind(headers)
             .bind(i64::try_from(trim.max_len).unwrap_or(i64::MAX))
             .bind(micros(trim.max_age))
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(|r| r.try_get::<i64, _>(0)).collect()
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(|e| (Sent::Yes, e))?;
+        rows.iter()
+            .map(|r| r.try_get::<i64, _>(0))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| (Sent::Yes, e))
     }
+}
+
+/// Whether a failed call had reached the server.
+#[derive(Clone, Copy, Debug)]
+enum Sent {
+    No,
+    Yes,
 }
 
 /// Applies missing migrations in one transaction under an advisory lock on the schema's
@@ -475,8 +491,16 @@ impl Backend for PostgresBackend {
                 match self.append_once(stream, &payloads, &headers, trim).await {
                     Ok(ids) => break ids,
                     // A deadlock with a claim rolled the whole append back: run it again.
-                    Err(e) if attempt < 5 && is_conflict(&e) => continue,
-                    Err(e) => return Err(self.error(format!("appending to {stream}"), e)),
+                    Err((_, e)) if attempt < 5 && is_conflict(&e) => continue,
+                    // The server answered with an error: the append was rolled back.
+                    Err((Sent::Yes, e)) if !matches!(e, sqlx::Error::Database(_)) => {
+                        return Err(Error::outcome_unknown(
+                            NAME,
+                            format!("appending to {stream}"),
+                            e,
+                        ))
+                    }
+                    Err((_, e)) => return Err(self.error(format!("appending to {stream}"), e)),
                 }
             };
             self.wakeups.notify(stream);

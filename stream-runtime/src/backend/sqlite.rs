@@ -37,7 +37,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
-use sqlx::{Row, Sqlite, Transaction};
+use sqlx::{Executor, Row, Sqlite, Transaction};
 
 use super::{
     redact_url, Backend, BoxFuture, Claim, ClaimToken, Claimed, GroupRef, Wakeup, WakeupHub,
@@ -117,6 +117,10 @@ pub const MIGRATIONS: &[&str] = &[
     // 3: age trims seek by id (ids are assigned under the write lock, so created_at grows
     // with the id): one index less to write per message.
     "DROP INDEX IF EXISTS stream_messages_by_age;",
+    // 4: deliveries given back by releases (handlers aborted by a shutdown). A claim's
+    // attempt is `deliveries - released`; `deliveries` itself only grows, so the tokens
+    // derived from it stay unique.
+    "ALTER TABLE stream_pending ADD COLUMN released INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// Streams in one SQLite database file (or in memory with `sqlite::memory:`).
@@ -333,8 +337,11 @@ impl SqliteBackend {
         for (index, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
             let version = index as i64 + 1;
             let what = format!("applying schema migration {version}");
-            sqlx::raw_sql(sql)
-                .execute(&mut *tx)
+            // `Executor::execute` on the connection, not `RawSql::execute(&mut *tx)`: the
+            // latter's future is not `Send` for SQLite connections (sqlx's higher-ranked
+            // `Executor` bound), which would make `connect` unusable in `tokio::spawn`.
+            (&mut *tx)
+                .execute(sqlx::raw_sql(sql))
                 .await
                 .map_err(|e| self.err(what.clone(), e))?;
             sqlx::query(
@@ -535,7 +542,10 @@ impl SqliteBackend {
                 Settle::Ack => format!("DELETE FROM stream_pending {fenced}"),
                 Settle::Release => {
                     let now_param = 3 + 2 * chunk.len();
-                    format!("UPDATE stream_pending SET token = 0, deadline = ?{now_param} {fenced}")
+                    format!(
+                        "UPDATE stream_pending SET token = 0, deadline = ?{now_param}, \
+                         released = released + 1 {fenced}"
+                    )
                 }
             }
         };
@@ -657,7 +667,7 @@ fn explain_open_failure(url: &str, location: &str) -> String {
 fn decode_message(
     stream: &str,
     row: &SqliteRow,
-    deliveries: i64,
+    attempt: i64,
 ) -> std::result::Result<Message, String> {
     let id: i64 = row.try_get("id").map_err(|e| e.to_string())?;
     let payload: Vec<u8> = row.try_get("payload").map_err(|e| e.to_string())?;
@@ -671,7 +681,7 @@ fn decode_message(
         payload,
         headers,
         time_of(created_at),
-        u32::try_from(deliveries).unwrap_or(u32::MAX),
+        u32::try_from(attempt).unwrap_or(u32::MAX),
     ))
 }
 
@@ -792,7 +802,7 @@ impl Backend for SqliteBackend {
                  ON CONFLICT (stream, group_name, id) DO UPDATE
                      SET deliveries = deliveries + 1, token = ?5 + deliveries + 1,
                          deadline = excluded.deadline
-                 RETURNING id, deliveries, token,
+                 RETURNING id, deliveries, deliveries - released AS attempt, token,
                      (SELECT payload FROM stream_messages m
                       WHERE m.id = stream_pending.id) AS payload,
                      (SELECT headers FROM stream_messages m
@@ -817,15 +827,18 @@ impl Backend for SqliteBackend {
                 let deliveries: i64 = row
                     .try_get("deliveries")
                     .map_err(|e| self.err(what.clone(), e))?;
-                keyed.push((deliveries == 1, id, deliveries, row));
+                keyed.push((deliveries == 1, id, row));
             }
-            keyed.sort_unstable_by_key(|&(fresh, id, _, _)| (fresh, id));
+            keyed.sort_unstable_by_key(|&(fresh, id, _)| (fresh, id));
             let mut claimed = Vec::with_capacity(keyed.len());
-            for (_, _, deliveries, row) in keyed {
+            for (_, _, row) in keyed {
+                let attempt: i64 = row
+                    .try_get("attempt")
+                    .map_err(|e| self.err(what.clone(), e))?;
                 let token: i64 = row
                     .try_get("token")
                     .map_err(|e| self.err(what.clone(), e))?;
-                let message = decode_message(group.stream, &row, deliveries).map_err(decode)?;
+                let message = decode_message(group.stream, &row, attempt).map_err(decode)?;
                 claimed.push(Claimed {
                     message,
                     token: ClaimToken(u64::try_from(token).unwrap_or(0)),

@@ -80,6 +80,8 @@ macro_rules! conformance_tests {
                 concurrency_limit,
                 close_drains_in_flight,
                 close_aborts_past_shutdown_timeout,
+                aborted_at_shutdown_keeps_its_only_attempt,
+                release_keeps_the_attempt,
                 closed_service_rejects,
                 dropped_handle_keeps_running,
                 order_with_one_worker,

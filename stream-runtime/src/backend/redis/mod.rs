@@ -161,6 +161,12 @@ fn transient(e: &RedisError) -> bool {
         )
 }
 
+/// Whether a failed request may have been executed by the server: the connection dropped
+/// or timed out (rather than refused, or answered with an error).
+fn lost_after_sending(e: &RedisError) -> bool {
+    !e.is_connection_refusal() && (e.is_io_error() || e.is_timeout() || e.is_connection_dropped())
+}
+
 fn unexpected(what: &str, value: &Value) -> Error {
     Error::backend(
         NAME,
@@ -371,7 +377,15 @@ impl RedisBackend {
     }
 
     /// Parks claims until `now + delay` (retry and release).
-    async fn park(&self, group: GroupRef<'_>, claims: &[Claim], delay: Duration) -> Result<u64> {
+    /// Parks held claims until `delay` from now; `refund` gives their deliveries back (a
+    /// release).
+    async fn park(
+        &self,
+        group: GroupRef<'_>,
+        claims: &[Claim],
+        delay: Duration,
+        refund: bool,
+    ) -> Result<u64> {
         let mut invocation = self.scripts.park.prepare_invoke();
         invocation
             .key(stream_key(group.stream))
@@ -380,12 +394,18 @@ impl RedisBackend {
             .arg(group.group)
             .arg(group.consumer)
             .arg(PARKED)
-            .arg(millis(delay));
+            .arg(millis(delay))
+            .arg(u8::from(refund));
         for claim in claims {
             invocation.arg(claim.id.as_str()).arg(claim.token.0);
         }
         self.run_settling(&invocation, || {
-            format!("scheduling a retry in {}/{}", group.stream, group.group)
+            let what = if refund {
+                "releasing claims"
+            } else {
+                "scheduling a retry"
+            };
+            format!("{what} in {}/{}", group.stream, group.group)
         })
         .await
     }
@@ -488,7 +508,14 @@ impl Backend for RedisBackend {
             let ids: Vec<String> = invocation
                 .invoke_async(&mut self.conn.clone())
                 .await
-                .map_err(|e| self.error(format!("appending to {stream}"), e))?;
+                .map_err(|e| {
+                    let what = format!("appending to {stream}");
+                    if lost_after_sending(&e) {
+                        Error::outcome_unknown(NAME, format!("{what} on {}", self.url), e)
+                    } else {
+                        self.error(what, e)
+                    }
+                })?;
             self.wakeups.notify(stream);
             Ok(ids.into_iter().map(MessageId::new).collect())
         })
@@ -619,7 +646,10 @@ impl Backend for RedisBackend {
     ) -> BoxFuture<'a, Result<bool>> {
         Box::pin(async move {
             self.check_open()?;
-            Ok(self.park(group, std::slice::from_ref(claim), delay).await? > 0)
+            Ok(self
+                .park(group, std::slice::from_ref(claim), delay, false)
+                .await?
+                > 0)
         })
     }
 
@@ -665,7 +695,7 @@ impl Backend for RedisBackend {
             if claims.is_empty() {
                 return Ok(());
             }
-            self.park(group, claims, Duration::ZERO).await?;
+            self.park(group, claims, Duration::ZERO, true).await?;
             self.wakeups.notify(group.stream);
             Ok(())
         })

@@ -175,19 +175,29 @@ return acked
 /// keeps the delivery count), so the old claim's token no longer holds, and its retry time
 /// goes into the group's retry schedule, which `CLAIM` consults.
 ///
+/// A release (`refund` = 1) also gives the delivery back (`RETRYCOUNT` one less than the
+/// claim's), so the next claim has the released one's attempt. Its token cannot come back:
+/// the released claim's consumer is closing and claims nothing more.
+///
 /// KEYS: stream, the group's retry schedule, the group's claim deadlines. ARGV: group,
-/// consumer, parking consumer, delay in ms, then id/token pairs. Returns how many were
-/// parked.
+/// consumer, parking consumer, delay in ms, refund (0 or 1), then id/token pairs. Returns
+/// how many were parked.
 const PARK: &str = r"
 local stream, retries, deadlines = KEYS[1], KEYS[2], KEYS[3]
 local group, consumer, parked, delay = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local refund = ARGV[5] == '1'
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local n = 0
-for i = 5, #ARGV, 2 do
+for i = 6, #ARGV, 2 do
   local id = ARGV[i]
   if held(stream, group, consumer, id, ARGV[i + 1]) then
-    redis.call('XCLAIM', stream, group, parked, 0, id, 'JUSTID')
+    if refund then
+      local count = math.max(tonumber(ARGV[i + 1]) - 1, 0)
+      redis.call('XCLAIM', stream, group, parked, 0, id, 'RETRYCOUNT', count, 'JUSTID')
+    else
+      redis.call('XCLAIM', stream, group, parked, 0, id, 'JUSTID')
+    end
     redis.call('ZADD', retries, now + delay, id)
     redis.call('ZREM', deadlines, id)
     n = n + 1
