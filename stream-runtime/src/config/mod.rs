@@ -257,6 +257,7 @@ impl Config {
                 .and_then(|f| f.retry_delay)
                 .or(defaults.retry_delay)
                 .unwrap_or(builtin.retry_delay),
+            name: Some(name.to_owned()),
         };
         let enabled = file
             .and_then(|f| f.enabled)
