@@ -418,6 +418,12 @@ impl Consumer {
         &self.inner.group
     }
 
+    /// Whether the consumer still claims messages: not closed, and its dispatcher did not
+    /// end (it ends only by closing, or by a bug: what a readiness probe looks for).
+    pub fn is_running(&self) -> bool {
+        self.inner.running.is_running()
+    }
+
     /// Stops claiming and waits up to the shutdown timeout for in-flight handlers; those
     /// still running then are aborted and their messages released for redelivery at once.
     /// Idempotent: later calls return the first report.

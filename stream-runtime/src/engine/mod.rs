@@ -183,6 +183,18 @@ pub(crate) struct Running {
 }
 
 impl Running {
+    /// Whether the dispatcher still claims: not closed, not ended.
+    pub fn is_running(&self) -> bool {
+        if *self.stop.borrow() {
+            return false;
+        }
+        // Held only by a close, which is checked above.
+        match self.dispatcher.try_lock() {
+            Ok(dispatcher) => dispatcher.as_ref().is_some_and(|d| !d.is_finished()),
+            Err(_) => false,
+        }
+    }
+
     /// Stops claiming, drains within the shutdown timeout, aborts and releases the rest.
     /// Idempotent: later calls return the first report.
     pub async fn close(&self) -> CloseReport {
