@@ -167,7 +167,10 @@ async fn metrics_count_every_outcome() {
 
 /// The spans a test saw close: name and fields.
 #[derive(Clone, Default)]
-struct Spans(Arc<Mutex<Vec<(String, HashMap<String, String>)>>>);
+struct Spans(Arc<Mutex<Vec<ClosedSpan>>>);
+
+/// A span's name and its fields.
+type ClosedSpan = (String, HashMap<String, String>);
 
 struct Fields(HashMap<String, String>);
 
