@@ -498,3 +498,23 @@ fn a_misspelt_environment_variable_is_warned_about() {
         "{text}"
     );
 }
+
+#[test]
+fn http_endpoint_from_the_file_or_the_environment() {
+    let path = write_config("http", "[http]\naddr = \"127.0.0.1:9464\"\n");
+    let config = load(&path, &[]).expect("load");
+    let addr = config.http.as_ref().map(|h| h.addr.to_string());
+    assert_eq!(addr.as_deref(), Some("127.0.0.1:9464"));
+    let config = load(&path, &[("STREAMS_HTTP__ADDR", "127.0.0.1:0")]).expect("load");
+    let addr = config.http.as_ref().map(|h| h.addr.to_string());
+    assert_eq!(addr.as_deref(), Some("127.0.0.1:0"));
+    let none = write_config("no-http", "app = \"a\"\n");
+    assert!(
+        load(&none, &[]).expect("load").http.is_none(),
+        "off by default"
+    );
+    let bad = write_config("bad-http", "[http]\naddr = \"localhost\"\n");
+    let err = load(&bad, &[]).expect_err("not a socket address");
+    let text = err.to_string();
+    assert!(text.contains("addr") && text.contains("bad-http"), "{text}");
+}

@@ -557,6 +557,9 @@ mod engine {
         ) -> BoxFuture<'a, Result<()>> {
             self.inner.release(group, claims)
         }
+        fn ping(&self) -> BoxFuture<'_, Result<()>> {
+            self.inner.ping()
+        }
         fn wakeup(&self, stream: &str) -> Wakeup {
             self.inner.wakeup(stream)
         }

@@ -158,6 +158,9 @@ impl Backend for Counting {
         self.inner.release(group, claims)
     }
 
+    fn ping(&self) -> BoxFuture<'_, Result<()>> {
+        self.inner.ping()
+    }
     fn wakeup(&self, stream: &str) -> Wakeup {
         self.inner.wakeup(stream)
     }

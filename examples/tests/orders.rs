@@ -50,6 +50,8 @@ fn spawn_with(env: &[(&str, &str)], forever: bool) -> (Child, mpsc::Receiver<Str
         .current_dir(root)
         .env_remove("STREAMS_CONFIG")
         .env_remove("STREAMS_BACKEND")
+        // Tests run the example side by side: each endpoint on a port of its own.
+        .env("STREAMS_HTTP__ADDR", "127.0.0.1:0")
         .envs(env.iter().copied())
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")

@@ -139,6 +139,7 @@ mod codec;
 pub mod config;
 pub mod engine;
 mod error;
+mod http;
 mod message;
 mod naming;
 mod options;

@@ -283,6 +283,9 @@ pub struct SubscribeOptions {
     /// Dead-letter stream short name, formatted like any stream name
     /// (default: `<full stream name>.dead`).
     pub dead_letter: Option<String>,
+    /// The consumer's name in spans (the `consumer` field); the runtime sets it to the
+    /// `#[consumer]`'s name. Default: the group's name.
+    pub name: Option<String>,
 }
 
 impl Default for SubscribeOptions {
@@ -298,6 +301,7 @@ impl Default for SubscribeOptions {
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             retry_delay: RetryDelay::VisibilityTimeout,
             dead_letter: None,
+            name: None,
         }
     }
 }
@@ -371,6 +375,12 @@ impl SubscribeOptions {
     /// Sets a custom dead-letter stream (a short name, formatted like any stream name).
     pub fn dead_letter(mut self, name: impl Into<String>) -> Self {
         self.dead_letter = Some(name.into());
+        self
+    }
+
+    /// Names the consumer in spans (see [`SubscribeOptions::name`](Self#structfield.name)).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
         self
     }
 }

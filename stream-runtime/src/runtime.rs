@@ -39,6 +39,7 @@
 
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use crate::backend::redact_url;
 use crate::config::{format_duration, redact_text, Config};
@@ -78,6 +79,21 @@ pub struct StartedConsumer {
 pub struct Started {
     service: Service,
     consumers: Vec<StartedConsumer>,
+    http: Option<Http>,
+}
+
+/// The `[http]` endpoint and what its `/readyz` looks at.
+struct Http {
+    server: crate::http::Server,
+    readiness: Arc<crate::http::Readiness>,
+}
+
+impl std::fmt::Debug for Http {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Http")
+            .field("addr", &self.server.addr)
+            .finish()
+    }
 }
 
 impl Runtime {
@@ -156,6 +172,42 @@ impl Runtime {
             plan.push((*def, resolved.options, handler));
         }
 
+        // The endpoint starts first (so /healthz answers while connecting), and the metrics
+        // recorder is installed before any consumer registers its metric handles.
+        let http = match &config.http {
+            Some(settings) => {
+                let readiness = Arc::new(crate::http::Readiness::default());
+                let metrics = crate::http::Metrics::install();
+                let server =
+                    crate::http::Server::start(settings.addr, readiness.clone(), metrics).await?;
+                Some(Http { server, readiness })
+            }
+            None => None,
+        };
+        match Self::connect_and_subscribe(&config, plan, http.as_ref()).await {
+            Ok((service, consumers)) => Ok(Started {
+                service,
+                consumers,
+                http,
+            }),
+            Err(e) => {
+                if let Some(http) = http {
+                    http.server.stop().await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn connect_and_subscribe(
+        config: &Config,
+        plan: Vec<(
+            &'static ConsumerDef,
+            SubscribeOptions,
+            crate::engine::Handler,
+        )>,
+        http: Option<&Http>,
+    ) -> Result<(Service, Vec<StartedConsumer>)> {
         let url = redact_url(&config.backend);
         tracing::info!(
             "connecting to {url} (app {:?}, namespace {:?}; config: {})",
@@ -172,6 +224,9 @@ impl Runtime {
                 ))
             })?;
 
+        if let Some(http) = http {
+            http.readiness.connected(service.clone());
+        }
         let mut consumers = Vec::with_capacity(plan.len());
         for (def, options, handler) in plan {
             match service
@@ -180,6 +235,9 @@ impl Runtime {
             {
                 Ok(consumer) => {
                     log_started(&service, def, &options, &consumer);
+                    if let Some(http) = http {
+                        http.readiness.started(def.name, consumer.clone());
+                    }
                     consumers.push(StartedConsumer {
                         name: def.name,
                         options,
@@ -203,7 +261,7 @@ impl Runtime {
             }
         }
         tracing::info!("{} consumer(s) running on {url}", consumers.len());
-        Ok(Started { service, consumers })
+        Ok((service, consumers))
     }
 
     /// Starts, then runs until SIGINT or SIGTERM, then drains. Failures are logged, then
@@ -272,6 +330,11 @@ impl Started {
         &self.service
     }
 
+    /// The address the `[http]` endpoint listens on, if configured (useful with port 0).
+    pub fn http_addr(&self) -> Option<std::net::SocketAddr> {
+        self.http.as_ref().map(|h| h.server.addr)
+    }
+
     /// The consumers started, in name order (disabled ones are absent).
     pub fn consumers(&self) -> &[StartedConsumer] {
         &self.consumers
@@ -291,7 +354,15 @@ impl Started {
                     .unwrap_or_default()
             )
         );
-        let report = self.service.close().await?;
+        if let Some(http) = &self.http {
+            http.readiness.stopping();
+        }
+        let closed = self.service.close().await;
+        // The endpoint stops after the drain.
+        if let Some(http) = self.http {
+            http.server.stop().await;
+        }
+        let report = closed?;
         if report.aborted > 0 {
             let error = Error::Runtime(format!(
                 "{} handler(s) were still running at the shutdown timeout and were aborted; \

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 use tokio::sync::RwLock;
+use tracing::Instrument;
 
 use crate::backend::{Backend, BoxFuture, SharedBackend};
 use crate::engine::{self, CloseReport, Handler, Running, Subscription};
@@ -177,10 +178,17 @@ impl Service {
             naming::pick(options.namespace.as_deref(), &config.namespace),
             stream,
         )?;
+        let span = tracing::info_span!(
+            "stream.publish",
+            stream = %full,
+            count = tracing::field::Empty
+        );
         let messages = messages
             .into_iter()
             .map(|m| {
                 let mut m = m.into();
+                #[cfg(feature = "opentelemetry")]
+                crate::engine::telemetry::trace_context::inject(&span, &mut m.headers);
                 if m.payload.len() > config.max_payload_bytes {
                     return Err(Error::PayloadTooLarge {
                         size: m.payload.len(),
@@ -204,7 +212,18 @@ impl Service {
         if state.closed {
             return Err(Error::Closed);
         }
-        let ids = self.inner.backend.append(&full, messages, trim).await;
+        let count = messages.len();
+        span.record("count", count);
+        let ids = self
+            .inner
+            .backend
+            .append(&full, messages, trim)
+            .instrument(span)
+            .await;
+        if ids.is_ok() {
+            metrics::counter!(crate::engine::telemetry::names::PUBLISHED, "stream" => full)
+                .increment(count as u64);
+        }
         drop(state);
         ids
     }
@@ -303,6 +322,7 @@ impl Service {
             poll_interval: options.poll_interval,
             shutdown_timeout: options.shutdown_timeout,
             retry_delay: options.retry_delay,
+            name: options.name.clone().unwrap_or_else(|| group.to_owned()),
         });
         let consumer = Consumer {
             inner: Arc::new(ConsumerInner {
@@ -396,6 +416,12 @@ impl Consumer {
     /// The consumer group.
     pub fn group(&self) -> &str {
         &self.inner.group
+    }
+
+    /// Whether the consumer still claims messages: not closed, and its dispatcher did not
+    /// end (it ends only by closing, or by a bug: what a readiness probe looks for).
+    pub fn is_running(&self) -> bool {
+        self.inner.running.is_running()
     }
 
     /// Stops claiming and waits up to the shutdown timeout for in-flight handlers; those

@@ -8,7 +8,12 @@
 //! STREAMS_BACKEND=postgres://postgres@127.0.0.1:5432/test cargo run -p stream-examples --bin orders
 //! STREAMS_BACKEND=redis://127.0.0.1:6379 cargo run -p stream-examples --bin orders
 //! ORDERS_RUN_FOREVER=1 cargo run -p stream-examples --bin orders   # publish until Ctrl-C
+//! cargo run -p stream-examples --bin orders -- --serve   # demo, then serve until Ctrl-C
 //! ```
+//!
+//! With `--serve` the example keeps running after its demo, so its `[http]` endpoint
+//! (Streams.toml: 127.0.0.1:9464) can be looked at: `curl 127.0.0.1:9464/metrics`,
+//! `/healthz`, `/readyz`.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -210,14 +215,20 @@ async fn demo(
     })
     .await
     .map_err(|_| format!("the demo did not finish within {DEMO_DEADLINE:?}"))?;
+    let serve = std::env::args().skip(1).any(|a| a == "--serve");
     if billing && shipping && auditing {
         tracing::info!(
             "demo complete: {ORDERS} orders billed and shipped, order {} billed on its retry, \
-             the poison message dead-lettered by both groups; shutting down",
-            base + FLAKY
+             the poison message dead-lettered by both groups{}",
+            base + FLAKY,
+            if serve { "" } else { "; shutting down" }
         );
     } else {
         tracing::info!("demo complete for the enabled consumers; shutting down");
+    }
+    if serve {
+        tracing::info!("--serve: running until Ctrl-C / SIGTERM (see [http] in Streams.toml)");
+        std::future::pending::<()>().await;
     }
     Ok(())
 }

@@ -398,6 +398,11 @@ impl Backend for MemoryBackend {
         })
     }
 
+    fn ping(&self) -> BoxFuture<'_, Result<()>> {
+        let open = self.lock().map(drop);
+        Box::pin(std::future::ready(open))
+    }
+
     fn wakeup(&self, stream: &str) -> Wakeup {
         self.wakeups.subscribe(stream)
     }

@@ -141,6 +141,10 @@ pub trait Backend: Send + Sync + 'static {
     fn release<'a>(&'a self, group: GroupRef<'a>, claims: &'a [Claim])
         -> BoxFuture<'a, Result<()>>;
 
+    /// Checks that the backend answers (a cheap round trip: `SELECT 1`, `PING`): what a
+    /// readiness probe asks. [`Error::Closed`](crate::Error::Closed) after [`close`](Self::close).
+    fn ping(&self) -> BoxFuture<'_, Result<()>>;
+
     /// A receiver that is told when `stream` may have new messages (S14). Backends without
     /// push return [`Wakeup::never`], and the engine polls.
     fn wakeup(&self, stream: &str) -> Wakeup;

@@ -707,6 +707,17 @@ impl Backend for PostgresBackend {
         })
     }
 
+    fn ping(&self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            self.check_open()?;
+            sqlx::query("SELECT 1")
+                .execute(&self.pool)
+                .await
+                .map_err(|e| self.error("checking the server".to_owned(), e))?;
+            Ok(())
+        })
+    }
+
     fn wakeup(&self, stream: &str) -> Wakeup {
         self.wakeups.subscribe(stream)
     }

@@ -943,6 +943,17 @@ impl Backend for SqliteBackend {
         })
     }
 
+    fn ping(&self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            self.check_open()?;
+            sqlx::query("SELECT 1")
+                .execute(&self.reader)
+                .await
+                .map_err(|e| self.err("checking the database", e))?;
+            Ok(())
+        })
+    }
+
     fn wakeup(&self, stream: &str) -> Wakeup {
         self.wakeups.subscribe(stream)
     }

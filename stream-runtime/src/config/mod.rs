@@ -84,6 +84,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "max_payload_bytes",
     "defaults",
     "consumers",
+    "http",
 ];
 
 /// The loaded configuration. Its `Debug` output shows the backend URL redacted.
@@ -108,6 +109,8 @@ pub struct Config {
     pub defaults: ConsumerSettings,
     /// Per-consumer overrides, by consumer name.
     pub consumers: BTreeMap<String, ConsumerSettings>,
+    /// The runtime's HTTP endpoint (`/metrics`, `/healthz`, `/readyz`); off when unset.
+    pub http: Option<HttpSettings>,
     /// Where the file was read from, if any.
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -124,6 +127,7 @@ impl fmt::Debug for Config {
             .field("max_payload_bytes", &self.max_payload_bytes)
             .field("defaults", &self.defaults)
             .field("consumers", &self.consumers)
+            .field("http", &self.http)
             .field("source", &self.source)
             .finish()
     }
@@ -141,9 +145,20 @@ impl Default for Config {
             max_payload_bytes: service.max_payload_bytes,
             defaults: ConsumerSettings::default(),
             consumers: BTreeMap::new(),
+            http: None,
             source: None,
         }
     }
+}
+
+/// The `[http]` table: where the runtime serves `/metrics` (Prometheus text format, with the
+/// `http` feature), `/healthz` and `/readyz`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct HttpSettings {
+    /// The address to listen on, e.g. `"127.0.0.1:9464"` (`STREAMS_HTTP__ADDR`).
+    pub addr: std::net::SocketAddr,
 }
 
 /// Consumer settings from `[defaults]` or `[consumers.<name>]`; `None` = not set here.
@@ -257,6 +272,7 @@ impl Config {
                 .and_then(|f| f.retry_delay)
                 .or(defaults.retry_delay)
                 .unwrap_or(builtin.retry_delay),
+            name: Some(name.to_owned()),
         };
         let enabled = file
             .and_then(|f| f.enabled)

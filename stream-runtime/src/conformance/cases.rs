@@ -1284,3 +1284,12 @@ pub async fn payload_limit(h: &Harness) {
     let payloads = earliest_payloads(h, "big").await;
     assert_eq!(payloads.len(), 1);
 }
+
+/// `Backend::ping` answers while the backend is open (what a readiness probe asks) and is
+/// `Closed` after the service closed it.
+pub async fn ping_answers_until_closed(h: &Harness) {
+    h.backend.ping().await.expect("ping an open backend");
+    h.service.close().await.expect("close");
+    let closed = h.backend.ping().await;
+    assert!(matches!(closed, Err(Error::Closed)), "got {closed:?}");
+}

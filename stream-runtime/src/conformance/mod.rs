@@ -82,6 +82,7 @@ macro_rules! conformance_tests {
                 close_aborts_past_shutdown_timeout,
                 aborted_at_shutdown_keeps_its_only_attempt,
                 release_keeps_the_attempt,
+                ping_answers_until_closed,
                 closed_service_rejects,
                 dropped_handle_keeps_running,
                 order_with_one_worker,

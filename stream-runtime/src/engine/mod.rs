@@ -7,6 +7,7 @@
 //! dead-letter moves are issued by the handler's task.
 
 mod catch_unwind;
+pub mod telemetry;
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -24,6 +25,8 @@ use crate::message::{Bytes, Headers, Message, NewMessage};
 use crate::options::{MaxRetries, RetryDelay};
 
 use catch_unwind::CatchUnwind;
+use telemetry::{Outcome, SubscriptionMetrics};
+use tracing::Instrument;
 
 /// A type-erased handler as the engine runs it.
 pub type Handler =
@@ -78,11 +81,14 @@ pub(crate) struct Subscription {
     pub poll_interval: Duration,
     pub shutdown_timeout: Duration,
     pub retry_delay: RetryDelay,
+    /// The consumer's name in spans.
+    pub name: String,
 }
 
 struct Worker {
     sub: Subscription,
     consumer: String,
+    metrics: SubscriptionMetrics,
     acks: mpsc::UnboundedSender<Claim>,
     /// Claims of handlers aborted at shutdown, to release.
     aborted: Arc<Mutex<Vec<Claim>>>,
@@ -177,6 +183,18 @@ pub(crate) struct Running {
 }
 
 impl Running {
+    /// Whether the dispatcher still claims: not closed, not ended.
+    pub fn is_running(&self) -> bool {
+        if *self.stop.borrow() {
+            return false;
+        }
+        // Held only by a close, which is checked above.
+        match self.dispatcher.try_lock() {
+            Ok(dispatcher) => dispatcher.as_ref().is_some_and(|d| !d.is_finished()),
+            Err(_) => false,
+        }
+    }
+
     /// Stops claiming, drains within the shutdown timeout, aborts and releases the rest.
     /// Idempotent: later calls return the first report.
     pub async fn close(&self) -> CloseReport {
@@ -246,6 +264,7 @@ async fn dispatch(sub: Subscription, mut stop: watch::Receiver<bool>) -> CloseRe
     let (acks, ack_rx) = mpsc::unbounded_channel();
     let worker = Arc::new(Worker {
         consumer: consumer_name(),
+        metrics: SubscriptionMetrics::new(&sub.stream, &sub.group),
         acks,
         aborted: Arc::new(Mutex::new(Vec::new())),
         retries_due: Mutex::new(BinaryHeap::new()),
@@ -481,6 +500,7 @@ async fn run_one(worker: Arc<Worker>, claimed: Claimed, permit: OwnedSemaphorePe
             headers: message.headers,
         };
         let claim = guard.settle();
+        worker.metrics.outcome(Outcome::DeadLetter);
         dead_letter(&worker, claim, original, attempt - 1, &reason).await;
         return;
     }
@@ -491,6 +511,20 @@ async fn run_one(worker: Arc<Worker>, claimed: Claimed, permit: OwnedSemaphorePe
         headers: message.headers.clone(),
     };
     let id = message.id.clone();
+    let span = tracing::info_span!(
+        "stream.handle",
+        stream = %worker.sub.stream,
+        group = %worker.sub.group,
+        consumer = %worker.sub.name,
+        message_id = %id,
+        attempt,
+        outcome = tracing::field::Empty,
+        reason = tracing::field::Empty,
+        duration_ms = tracing::field::Empty,
+    );
+    #[cfg(feature = "opentelemetry")]
+    telemetry::trace_context::extract(&span, &message.headers);
+    let started_at = worker.metrics.started(message.created_at);
 
     // A handler still running at its visibility deadline has lost its claim: another worker
     // may take the message over, so its slot is freed for that; the handler runs on (its
@@ -498,7 +532,7 @@ async fn run_one(worker: Arc<Worker>, claimed: Claimed, permit: OwnedSemaphorePe
     // A handler that panics before returning its future (work done outside its `async`
     // block) fails like one that panics inside it (S11), instead of killing this task.
     let started = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        (worker.sub.handler)(message)
+        span.in_scope(|| (worker.sub.handler)(message))
     }));
     let future = started.unwrap_or_else(|panic| {
         let error = HandlerError::retry(format!(
@@ -507,7 +541,7 @@ async fn run_one(worker: Arc<Worker>, claimed: Claimed, permit: OwnedSemaphorePe
         ));
         Box::pin(std::future::ready(Err(error)))
     });
-    let mut handler = CatchUnwind(future);
+    let mut handler = CatchUnwind(future).instrument(span.clone());
     let mut permit = Some(permit);
     let outcome = tokio::select! {
         biased;
@@ -522,8 +556,11 @@ async fn run_one(worker: Arc<Worker>, claimed: Claimed, permit: OwnedSemaphorePe
             handler.await
         }
     };
+    let took = worker.metrics.finished(started_at);
     let error = match outcome {
         Ok(Ok(())) => {
+            worker.metrics.outcome(Outcome::Ok);
+            telemetry::record(&span, Outcome::Ok, None, took);
             let claim = guard.settle().clone();
             // The settler outlives every handler task, so this send only fails after a
             // panic in the settler; the message is then redelivered.
@@ -533,12 +570,21 @@ async fn run_one(worker: Arc<Worker>, claimed: Claimed, permit: OwnedSemaphorePe
         Ok(Err(error)) => error,
         Err(panic) => HandlerError::retry(format!("handler panicked: {panic}")),
     };
-    tracing::warn!(
-        stream = %worker.sub.stream, group = %worker.sub.group, %id,
-        attempt, permanent = error.is_permanent(), error = %error, "handler failed"
-    );
     let exhausted = max_attempts.is_some_and(|max| attempt >= max);
-    if error.is_permanent() || exhausted {
+    let outcome = if error.is_permanent() || exhausted {
+        Outcome::DeadLetter
+    } else {
+        Outcome::Retry
+    };
+    worker.metrics.outcome(outcome);
+    telemetry::record(&span, outcome, Some(error.message()), took);
+    span.in_scope(|| {
+        tracing::warn!(
+            stream = %worker.sub.stream, group = %worker.sub.group, %id,
+            attempt, permanent = error.is_permanent(), error = %error, "handler failed"
+        );
+    });
+    if outcome == Outcome::DeadLetter {
         let claim = guard.settle();
         dead_letter(&worker, claim, original, attempt, error.message()).await;
     } else {
@@ -667,6 +713,7 @@ mod tests {
                 poll_interval: Duration::from_secs(1),
                 shutdown_timeout: Duration::from_secs(1),
                 retry_delay: policy,
+                name: String::new(),
             };
             let d = retry_delay(&sub, attempt);
             assert!(

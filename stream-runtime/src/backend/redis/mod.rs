@@ -701,6 +701,17 @@ impl Backend for RedisBackend {
         })
     }
 
+    fn ping(&self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            self.check_open()?;
+            let _: String = ::redis::cmd("PING")
+                .query_async(&mut self.conn.clone())
+                .await
+                .map_err(|e| self.error("checking the server".to_owned(), e))?;
+            Ok(())
+        })
+    }
+
     fn wakeup(&self, stream: &str) -> Wakeup {
         let wakeup = self.wakeups.subscribe(stream);
         if self.closed.load(Ordering::Acquire) {
