@@ -11,7 +11,7 @@ pub use crate::codec::Payload;
 pub use crate::engine::{handler_fn, Handler};
 pub use crate::error::{Error, HandlerError, Result};
 pub use crate::message::Message;
-pub use crate::options::MaxRetries;
+pub use crate::options::{MaxRetries, RetryDelay};
 pub use crate::registry::{Attributes, ConsumerDef, Location, State, States};
 
 /// Decodes a payload; a failure is permanent (D8): dead-lettered on the first attempt.
@@ -93,6 +93,11 @@ impl Attributes {
     #[doc(hidden)]
     pub const fn __shutdown_timeout(mut self, value: Duration) -> Self {
         self.shutdown_timeout = Some(value);
+        self
+    }
+    #[doc(hidden)]
+    pub const fn __retry_delay(mut self, value: RetryDelay) -> Self {
+        self.retry_delay = Some(value);
         self
     }
     #[doc(hidden)]

@@ -173,9 +173,10 @@ pub use service::{Consumer, Producer, Service, Subscriber};
 /// | `group` | the consumer group (required) | |
 /// | `max_retries` | retries after the first attempt, or `"unlimited"` | 3 |
 /// | `concurrency` | workers, at least 1 | 1 |
-/// | `visibility_timeout` | how long a claim hides a message: `"30s"`, `"250ms"`, `"1m30s"` (units `ms`, `s`, `m`, `h`) | `"30s"` |
+/// | `visibility_timeout` | how long a claim hides a message: `"30s"`, `"250ms"`, `"1m30s"`, `"1d"` (units `ms`, `s`, `m`, `h`, `d`) | `"30s"` |
 /// | `poll_interval` | fallback wake-up cadence | `"1s"` |
 /// | `shutdown_timeout` | how long shutdown waits for running handlers | `"30s"` |
+/// | `retry_delay` | delay before a failed message comes back: `"visibility_timeout"`, a duration (`"5s"`), or exponential backoff with jitter, `retry_delay(base = "100ms", max = "30s")` | `"visibility_timeout"` (a fixed delay equal to the visibility timeout, 30 s by default) |
 /// | `start` | where a new group starts: `"latest"`, `"earliest"` or a message id | `"latest"` |
 /// | `dead_letter` | dead-letter stream's short name | `<stream>.dead` |
 /// | `app`, `namespace` | override the service's | the service's |
@@ -184,8 +185,9 @@ pub use service::{Consumer, Producer, Service, Subscriber};
 ///
 /// At deploy time, `[consumers.<name>]` in `Streams.toml` (or its
 /// `STREAMS_CONSUMERS__<NAME>__<KEY>` variable) overrides these settings for this consumer;
-/// `[defaults]` only fills in the settings the attribute leaves out. The retry delay is set
-/// there too (`retry_delay`). See [`config`] for the whole precedence chain.
+/// `[defaults]` only fills in the settings the attribute leaves out. Values follow the same
+/// rules in both places (the same duration grammar, at least one worker, ...). See
+/// [`config`] for the whole precedence chain.
 ///
 /// # The function
 ///

@@ -240,23 +240,7 @@ impl fmt::Display for MaxRetries {
     }
 }
 
-/// How long a failed message waits before it comes back (S9).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum RetryDelay {
-    /// The visibility timeout (default, as the seed).
-    #[default]
-    VisibilityTimeout,
-    /// A fixed delay.
-    Fixed(Duration),
-    /// `base * 2^(attempt-1)`, capped at `max`, with jitter: the delay is drawn uniformly
-    /// from the upper half of that value.
-    Exponential {
-        /// Delay after the first failed attempt.
-        base: Duration,
-        /// Upper bound.
-        max: Duration,
-    },
-}
+pub use stream_rules::RetryDelay;
 
 /// Options of one subscription, with the seed's defaults.
 #[derive(Clone, Debug, PartialEq, Eq)]

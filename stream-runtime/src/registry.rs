@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use crate::engine::Handler;
 use crate::error::{Error, Result};
-use crate::options::MaxRetries;
+use crate::options::{MaxRetries, RetryDelay};
 
 /// One `#[consumer]` as the attribute declared it.
 #[derive(Debug)]
@@ -78,6 +78,8 @@ pub struct Attributes {
     pub poll_interval: Option<Duration>,
     /// `shutdown_timeout = "30s"`.
     pub shutdown_timeout: Option<Duration>,
+    /// `retry_delay = "5s"`, `"visibility_timeout"` or `retry_delay(base = "100ms", max = "5s")`.
+    pub retry_delay: Option<RetryDelay>,
     /// `start = "latest" | "earliest" | "<id>"`.
     pub start: Option<&'static str>,
     /// `dead_letter = "short-name"`.
@@ -96,6 +98,7 @@ impl Attributes {
         visibility_timeout: None,
         poll_interval: None,
         shutdown_timeout: None,
+        retry_delay: None,
         start: None,
         dead_letter: None,
         app: None,

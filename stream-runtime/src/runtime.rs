@@ -44,7 +44,7 @@ use crate::backend::redact_url;
 use crate::config::{format_duration, redact_text, Config};
 use crate::error::{BoxError, Error, Result};
 use crate::naming;
-use crate::options::{RetryDelay, SubscribeOptions};
+use crate::options::SubscribeOptions;
 use crate::registry::{self, ConsumerDef, States};
 use crate::service::{Consumer, Service, Subscriber};
 
@@ -333,17 +333,6 @@ fn log_started(
         }
         _ => naming::dead_letter_stream(consumer.stream()),
     };
-    let retry_delay = match options.retry_delay {
-        RetryDelay::VisibilityTimeout => "visibility_timeout".to_owned(),
-        RetryDelay::Fixed(d) => format_duration(d),
-        RetryDelay::Exponential { base, max } => {
-            format!(
-                "exponential {}..{}",
-                format_duration(base),
-                format_duration(max)
-            )
-        }
-    };
     tracing::info!(
         "consumer {} started: stream {}, group {}, payload {}, concurrency {}, max_retries {}, \
          visibility_timeout {}, poll_interval {}, shutdown_timeout {}, retry_delay {}, \
@@ -357,7 +346,7 @@ fn log_started(
         format_duration(options.visibility_timeout),
         format_duration(options.poll_interval),
         format_duration(options.shutdown_timeout),
-        retry_delay,
+        options.retry_delay,
         options.start,
         dead_letter,
         def.location,
