@@ -52,7 +52,8 @@ fn spawn_with(env: &[(&str, &str)], forever: bool) -> (Child, mpsc::Receiver<Str
         .env_remove("STREAMS_BACKEND")
         .envs(env.iter().copied())
         .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
+        // The output is a pipe: the example must see that and leave out colour by itself.
+        .env_remove("NO_COLOR")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     if forever {
@@ -154,6 +155,10 @@ fn the_demo_finishes_and_exits_zero_by_itself() {
     );
     assert!(text.contains("group shipping"), "{text}");
     assert!(text.contains("shut down cleanly"), "{text}");
+    assert!(
+        !text.contains('\u{1b}'),
+        "no ANSI colour codes when the output is not a terminal:\n{text}"
+    );
     assert!(
         text.contains("config: Streams.toml") && text.contains("shop.demo.orders"),
         "the root Streams.toml was read:\n{text}"

@@ -61,7 +61,7 @@ pub const MAX_RETRIES_EXPECTED: &str =
     "a whole number of retries, 0 or more (0 = one attempt), or \"unlimited\"";
 
 /// Settings whose duration must be longer than zero (`"0s"` would spin or hide nothing).
-pub const NONZERO_DURATIONS: &[&str] = &["visibility_timeout", "poll_interval"];
+pub const NONZERO_DURATIONS: &[&str] = &["visibility_timeout", "poll_interval", "connect_timeout"];
 
 /// Why a duration is invalid for the setting `key`: those in [`NONZERO_DURATIONS`] must be
 /// longer than zero.

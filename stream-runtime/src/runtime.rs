@@ -40,8 +40,8 @@
 use std::future::Future;
 use std::path::PathBuf;
 
-use crate::backend::redact_url;
-use crate::config::{format_duration, redact_text, Config};
+use crate::backend::{redact_in, redact_url};
+use crate::config::{format_duration, Config};
 use crate::error::{BoxError, Error, Result};
 use crate::naming;
 use crate::options::SubscribeOptions;
@@ -166,9 +166,10 @@ impl Runtime {
         let service = Service::connect(&config.backend, config.service_config())
             .await
             .map_err(|e| {
+                // The backend's error names the (redacted) URL already.
                 Error::Runtime(format!(
-                    "could not connect to the backend at {url}: {}",
-                    redact_text(&e.to_string())
+                    "could not connect to the backend: {}",
+                    redact_in(&e.to_string(), &config.backend)
                 ))
             })?;
 
@@ -193,7 +194,7 @@ impl Runtime {
                         def.location,
                         def.stream,
                         def.group,
-                        redact_text(&e.to_string())
+                        redact_in(&e.to_string(), &config.backend)
                     ));
                     if let Err(close) = service.close().await {
                         tracing::error!("closing the backend after a failed start: {close}");

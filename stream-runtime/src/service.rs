@@ -116,9 +116,11 @@ impl Service {
 
     /// Connects to the backend a URL names (`memory://`, `sqlite://streams.db`,
     /// `postgres://...`, `redis://...`) and creates its schema.
+    /// Servers that do not answer within `config.connect_timeout` are an error.
     pub async fn connect(url: &str, config: ServiceConfig) -> Result<Self> {
+        let options = crate::backend::ConnectOptions::new().connect_timeout(config.connect_timeout);
         Ok(Self::from_shared(
-            crate::backend::connect(url).await?,
+            crate::backend::connect_with(url, options).await?,
             config,
         ))
     }

@@ -82,6 +82,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "max_len",
     "max_age",
     "max_payload_bytes",
+    "connect_timeout",
     "defaults",
     "consumers",
 ];
@@ -106,6 +107,9 @@ pub struct Config {
     /// Largest payload accepted by publish.
     #[serde(deserialize_with = "de_max_payload_bytes")]
     pub max_payload_bytes: usize,
+    /// How long connecting to a server (Postgres, Redis) may take.
+    #[serde(deserialize_with = "de_connect_timeout")]
+    pub connect_timeout: Duration,
     /// Settings for every consumer.
     pub defaults: ConsumerSettings,
     /// Per-consumer overrides, by consumer name.
@@ -124,6 +128,7 @@ impl fmt::Debug for Config {
             .field("max_len", &self.max_len)
             .field("max_age", &self.max_age)
             .field("max_payload_bytes", &self.max_payload_bytes)
+            .field("connect_timeout", &self.connect_timeout)
             .field("defaults", &self.defaults)
             .field("consumers", &self.consumers)
             .field("source", &self.source)
@@ -141,6 +146,7 @@ impl Default for Config {
             max_len: service.max_len,
             max_age: service.max_age,
             max_payload_bytes: service.max_payload_bytes,
+            connect_timeout: service.connect_timeout,
             defaults: ConsumerSettings::default(),
             consumers: BTreeMap::new(),
             source: None,
@@ -222,6 +228,7 @@ impl Config {
             .max_len(self.max_len)
             .max_age(self.max_age)
             .max_payload_bytes(self.max_payload_bytes)
+            .connect_timeout(self.connect_timeout)
     }
 
     /// Where the settings came from, for logs: the file, or "no config file".
@@ -465,28 +472,9 @@ fn describe(errors: figment::Error) -> String {
             kind if key.is_empty() => format!("{place} is not valid TOML: {kind}"),
             kind => format!("bad value for `{key}` in {place}: {kind}"),
         };
-        lines.push(redact_text(&what));
+        lines.push(crate::backend::redact_text(&what));
     }
     lines.join("; ")
-}
-
-/// Redacts the password of every URL in a text.
-pub(crate) fn redact_text(text: &str) -> String {
-    text.split(' ')
-        .map(|word| {
-            if word.contains("://") {
-                let start = word.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(0);
-                format!(
-                    "{}{}",
-                    &word[..start],
-                    crate::backend::redact_url(&word[start..])
-                )
-            } else {
-                word.to_owned()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 const ENV_METADATA_NAME: &str = "environment";
@@ -595,6 +583,14 @@ fn de_nonzero_duration<'de, D: Deserializer<'de>>(
     match stream_rules::duration_problem(key, duration) {
         Some(problem) => Err(de::Error::custom(problem)),
         None => Ok(Some(duration)),
+    }
+}
+
+fn de_connect_timeout<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Duration, D::Error> {
+    let duration = d.deserialize_str(DurationVisitor)?;
+    match stream_rules::duration_problem("connect_timeout", duration) {
+        Some(problem) => Err(de::Error::custom(problem)),
+        None => Ok(duration),
     }
 }
 
