@@ -57,13 +57,9 @@ pub trait FromStates: Clone + Send + Sync + 'static {
 
 impl<T: Send + Sync + 'static> FromStates for State<T> {
     fn from_states(states: &States, consumer: &str) -> Result<Self> {
-        states.get::<T>().ok_or_else(|| {
-            Error::Registry(format!(
-                "consumer {consumer:?} takes `State<{}>`, but no state of that type was given; \
-                 add it to the runtime with `.state(value)` before starting",
-                std::any::type_name::<T>()
-            ))
-        })
+        states
+            .get::<T>()
+            .ok_or_else(|| states.missing::<T>(consumer))
     }
 }
 
@@ -154,5 +150,26 @@ mod tests {
         let mut states = States::new();
         states.insert(7u32);
         assert_eq!(*State::<u32>::from_states(&states, "bill").unwrap(), 7);
+
+        // An Arc too many, or too few: the error lists what was given and says which to use.
+        let mut states = States::new();
+        states.insert(std::sync::Arc::new(7u64));
+        let text = State::<u64>::from_states(&states, "bill")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            text.contains("states given: alloc::sync::Arc<u64>")
+                && text.contains("take `State<Arc<u64>>`"),
+            "{text}"
+        );
+        let mut states = States::new();
+        states.insert(7u64);
+        let text = State::<std::sync::Arc<u64>>::from_states(&states, "bill")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            text.contains("states given: u64") && text.contains("take `State<u64>`"),
+            "{text}"
+        );
     }
 }
