@@ -16,8 +16,8 @@ use stream_runtime::engine::Handler;
 use stream_runtime::registry::{Attributes, ConsumerDef, Location, States};
 use stream_runtime::runtime::{Runtime, Started};
 use stream_runtime::{
-    dead_letter_headers, handler_fn, HandlerError, MaxRetries, Message, PublishOptions, Service,
-    ServiceConfig,
+    dead_letter_headers, handler_fn, HandlerError, MaxRetries, Message, PublishOptions, Publisher,
+    Service, ServiceConfig, StartPosition, State, SubscribeOptions,
 };
 use tokio::sync::watch;
 
@@ -246,6 +246,32 @@ inventory::submit! {
 
 // ---------------------------------------------------------------------------------------
 // Harness.
+
+/// Consume, then publish: a real `#[consumer]` taking a `Publisher`, bound to the
+/// consumer's namespace (`accounts`), so "invoices" is `<app>.accounts.invoices`.
+#[stream_runtime::consumer(stream = "checkout", group = "invoicing", namespace = "accounts")]
+async fn invoice(order: Order, publisher: Publisher) -> Result<(), stream_runtime::Error> {
+    publisher
+        .publish_json(
+            "invoices",
+            &order,
+            PublishOptions::new().header("from", "invoice"),
+        )
+        .await?;
+    Ok(())
+}
+
+/// Reads what `invoice` published.
+#[stream_runtime::consumer(stream = "invoices", group = "mailing", namespace = "accounts")]
+async fn mail_invoice(order: Order, msg: &Message, probe: State<Probe>) -> Result<(), String> {
+    probe.record(format!(
+        "invoice {} on {} from {}",
+        order.id,
+        msg.stream,
+        msg.header("from").unwrap_or("?")
+    ));
+    Ok(())
+}
 
 static SEQ: AtomicU64 = AtomicU64::new(0);
 
@@ -506,6 +532,139 @@ async fn disabled_consumer_is_not_started(url: String) {
     rt.shutdown().await.expect("clean shutdown");
 }
 
+async fn handler_publishes_through_the_macro_and_the_runtime(url: String) {
+    let probe = Probe::default();
+    let rt = start(config(&url, "publishing", "", &[]), &probe).await;
+    let order = Order {
+        id: 31,
+        amount_cents: 100,
+    };
+    rt.service()
+        .publish_json(
+            "checkout",
+            &order,
+            PublishOptions::new().namespace("accounts"),
+        )
+        .await
+        .expect("publish");
+    let invoices = rt.service().config().app.clone() + ".accounts.invoices";
+    let expected = format!("invoice 31 on {invoices} from invoice");
+    probe
+        .wait_for("the invoice published by the handler", |p| {
+            p.count(&expected) == 1
+        })
+        .await;
+    rt.shutdown().await.expect("clean shutdown");
+}
+
+/// The next outcome a test handler reports, within 10 s.
+async fn next(outcomes: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> String {
+    tokio::time::timeout(Duration::from_secs(10), outcomes.recv())
+        .await
+        .ok()
+        .flatten()
+        .expect("an outcome within 10s")
+}
+
+/// `Service::subscribe_with_publisher`: the handler gets a `Publisher` bound to the
+/// subscription's namespace, and can still publish while the consumer drains at close.
+async fn handler_publishes_through_the_programmatic_api(url: String) {
+    let app = format!("t{}", unique("pubapi").replace('-', ""));
+    let service = Service::connect(&url, ServiceConfig::default().app(app.clone()))
+        .await
+        .expect("connect");
+    let (sent, mut outcomes) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let (open, gate) = watch::channel(false);
+    let fast = SubscribeOptions::new()
+        .start(StartPosition::Earliest)
+        .poll_interval(Duration::from_millis(20))
+        .namespace("accounts");
+    let tell = sent.clone();
+    service
+        .subscribe_with_publisher(
+            "checkout",
+            "invoicing",
+            move |msg: Message, publisher: Publisher| {
+                let (tell, mut gate) = (tell.clone(), gate.clone());
+                async move {
+                    if &msg.payload[..] == b"slow" {
+                        let _ = tell.send("slow started".to_owned());
+                        let _ = gate.wait_for(|open| *open).await;
+                    }
+                    let published = publisher
+                        .publish("invoices", msg.payload.to_vec(), PublishOptions::new())
+                        .await;
+                    let _ = tell.send(format!("published: {}", published.is_ok()));
+                    published?;
+                    Ok(())
+                }
+            },
+            fast.clone(),
+        )
+        .await
+        .expect("subscribe");
+    service
+        .subscribe(
+            "invoices",
+            "mailing",
+            move |msg: Message| {
+                let sent = sent.clone();
+                async move {
+                    let text = String::from_utf8_lossy(&msg.payload).into_owned();
+                    let _ = sent.send(format!("invoice {text} on {}", msg.stream));
+                    Ok(())
+                }
+            },
+            fast,
+        )
+        .await
+        .expect("subscribe");
+    let accounts = PublishOptions::new().namespace("accounts");
+    service
+        .publish("checkout", "order-1", accounts.clone())
+        .await
+        .expect("publish");
+    assert_eq!(next(&mut outcomes).await, "published: true");
+    assert_eq!(
+        next(&mut outcomes).await,
+        format!("invoice order-1 on {app}.accounts.invoices")
+    );
+
+    // A handler still running when close starts publishes during the drain.
+    service
+        .publish("checkout", "slow", accounts)
+        .await
+        .expect("publish");
+    assert_eq!(next(&mut outcomes).await, "slow started");
+    let closing = tokio::spawn({
+        let service = service.clone();
+        async move { service.close().await }
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        // Subscribing is refused as soon as close has started.
+        let probe = service
+            .subscribe("probe", "g", |_| async { Ok(()) }, SubscribeOptions::new())
+            .await;
+        if matches!(probe, Err(stream_runtime::Error::Closed)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "close did not start");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    open.send_replace(true);
+    assert_eq!(next(&mut outcomes).await, "published: true");
+    let report = closing.await.expect("close task").expect("close");
+    assert_eq!(report.aborted, 0);
+    let after = service
+        .publish("checkout", "late", PublishOptions::new())
+        .await;
+    assert!(
+        matches!(after, Err(stream_runtime::Error::Closed)),
+        "{after:?}"
+    );
+}
+
 macro_rules! backend_cases {
     ($kind:ident: $($case:ident),* $(,)?) => {
         mod $kind {
@@ -530,6 +689,8 @@ macro_rules! all_backends {
             config_override_changes_concurrency,
             env_override_wins_over_file,
             disabled_consumer_is_not_started,
+            handler_publishes_through_the_macro_and_the_runtime,
+            handler_publishes_through_the_programmatic_api,
         );)*
     };
 }
@@ -585,21 +746,23 @@ async fn dead_letter_into_the_consumers_own_stream_is_an_error() {
 /// An invalid `dead_letter` name is reported as the dead-letter option, not as the stream.
 #[tokio::test]
 async fn invalid_dead_letter_name_is_named_as_such() {
-    let config = config(
-        "memory://",
-        "baddead",
-        "[consumers.typed]\ndead_letter = \"bad name\"\n",
-        &[],
-    );
-    let err = Runtime::new()
-        .config(config)
-        .state(Probe::default())
-        .start()
-        .await
+    // Refused when the file is read, as the attribute refuses it at compile time.
+    let path = temp_dir("baddead").join("Streams.toml");
+    std::fs::write(
+        &path,
+        "backend = \"memory://\"\n[consumers.typed]\ndead_letter = \"bad name\"\n",
+    )
+    .expect("write Streams.toml");
+    let err = Config::loader()
+        .file(&path)
+        .env(Vec::<(String, String)>::new())
+        .load()
         .expect_err("a space in the dead-letter name")
         .to_string();
     assert!(
-        err.contains("typed") && err.contains("invalid dead_letter \"bad name\""),
+        err.contains("`consumers.typed.dead_letter`")
+            && err.contains("invalid name \"bad name\"")
+            && err.contains(&path.display().to_string()),
         "{err}"
     );
 }

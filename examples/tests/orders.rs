@@ -154,6 +154,10 @@ fn the_demo_finishes_and_exits_zero_by_itself() {
         "{text}"
     );
     assert!(text.contains("group shipping"), "{text}");
+    assert!(
+        text.contains("sent the invoice for order"),
+        "billing published invoices from its handler:\n{text}"
+    );
     assert!(text.contains("shut down cleanly"), "{text}");
     assert!(
         !text.contains('\u{1b}'),

@@ -12,6 +12,7 @@ pub use crate::engine::{handler_fn, Handler};
 pub use crate::error::{Error, HandlerError, Result};
 pub use crate::message::Message;
 pub use crate::options::{MaxRetries, RetryDelay};
+pub use crate::publisher::Publisher;
 pub use crate::registry::{Attributes, ConsumerDef, Location, State, States};
 
 /// Decodes a payload; a failure is permanent (D8): dead-lettered on the first attempt.
@@ -48,7 +49,7 @@ impl<E: Display + 'static> HandlerOutput for Result<(), E> {
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be a consumer argument",
     label = "not a consumer argument",
-    note = "after the payload, a consumer takes `&Message` and shared state as `State<T>`"
+    note = "after the payload, a consumer takes `&Message`, a `Publisher` and shared state as `State<T>`"
 )]
 pub trait FromStates: Clone + Send + Sync + 'static {
     /// Fetches the state; a missing one is a startup error naming the consumer and the type.
@@ -60,6 +61,20 @@ impl<T: Send + Sync + 'static> FromStates for State<T> {
         states
             .get::<T>()
             .ok_or_else(|| states.missing::<T>(consumer))
+    }
+}
+
+impl FromStates for Publisher {
+    fn from_states(states: &States, consumer: &str) -> Result<Self> {
+        states
+            .get::<Publisher>()
+            .map(|p| Publisher::clone(&p))
+            .ok_or_else(|| {
+                Error::Registry(format!(
+                    "consumer {consumer:?} takes a `Publisher`, which the runtime provides: start \
+                 it with `Runtime` (or `stream_runtime::run`)"
+                ))
+            })
     }
 }
 

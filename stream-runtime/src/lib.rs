@@ -107,6 +107,7 @@ mod error;
 mod message;
 mod naming;
 mod options;
+mod publisher;
 pub mod registry;
 pub mod runtime;
 mod service;
@@ -127,6 +128,7 @@ pub use options::{
     DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_MAX_RETRIES, DEFAULT_POLL_INTERVAL,
     DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_VISIBILITY_TIMEOUT,
 };
+pub use publisher::Publisher;
 pub use registry::State;
 pub use runtime::{run, Runtime};
 pub use service::{Consumer, Producer, Service, Subscriber};
@@ -195,9 +197,10 @@ pub use service::{Consumer, Producer, Service, Subscriber};
 /// - Its first argument is the payload: any `serde::Deserialize` type, decoded from JSON, or
 ///   [`Raw`] for the bytes as they are. A payload that fails to decode is dead-lettered on
 ///   its first attempt with the decode error as the reason; it is never retried (D8).
-/// - After it, in any order: `&Message` for the id, headers and attempt, and any number of
-///   [`State<T>`] arguments for shared application state. A state missing at startup is an
-///   error naming the consumer and the type.
+/// - After it, in any order: `&Message` for the id, headers and attempt, a [`Publisher`]
+///   to publish from the handler (bound to the consumer's app and namespace), and any number
+///   of [`State<T>`] arguments for shared application state. A state missing at startup is
+///   an error naming the consumer and the type.
 /// - It returns `Result<(), E>` for any `E` that implements `Display`. An error is retried
 ///   after the retry delay until `max_retries` is used up; return
 ///   [`HandlerError::permanent`] to dead-letter at once.
@@ -212,7 +215,8 @@ pub use stream_macros::consumer;
 /// The names most programs need: `use stream_runtime::prelude::*;`.
 pub mod prelude {
     pub use crate::{
-        consumer, Consumer, Error, HandlerError, Message, MessageId, Producer, PublishOptions, Raw,
-        Result, Runtime, Service, StartPosition, State, SubscribeOptions, Subscriber,
+        consumer, Consumer, Error, HandlerError, Message, MessageId, Producer, PublishOptions,
+        Publisher, Raw, Result, Runtime, Service, StartPosition, State, SubscribeOptions,
+        Subscriber,
     };
 }

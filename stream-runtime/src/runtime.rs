@@ -39,12 +39,14 @@
 
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
 
 use crate::backend::{redact_in, redact_url};
 use crate::config::{format_duration, Config};
 use crate::error::{BoxError, Error, Result};
 use crate::naming;
 use crate::options::SubscribeOptions;
+use crate::publisher::Publisher;
 use crate::registry::{self, ConsumerDef, States};
 use crate::service::{Consumer, Service, Subscriber};
 
@@ -124,6 +126,9 @@ impl Runtime {
         }
 
         // Build every handler before connecting: a missing state is a fast, clear error.
+        // Each consumer's `Publisher` is bound to its app and namespace, and to the service
+        // once connected.
+        let connected = Arc::new(OnceLock::new());
         let mut plan = Vec::new();
         for def in &defs {
             let resolved = config.resolve(def.name, &def.attributes);
@@ -147,7 +152,13 @@ impl Runtime {
                 );
                 continue;
             }
-            let handler = (def.build)(&self.states).map_err(|e| {
+            let mut states = self.states.clone();
+            states.insert(Publisher::pending(
+                connected.clone(),
+                resolved.options.app.as_deref(),
+                resolved.options.namespace.as_deref(),
+            ));
+            let handler = (def.build)(&states).map_err(|e| {
                 Error::Runtime(format!(
                     "consumer {} ({}) could not be built: {e}",
                     def.name, def.location
@@ -172,6 +183,7 @@ impl Runtime {
                     redact_in(&e.to_string(), &config.backend)
                 ))
             })?;
+        let _ = connected.set(service.clone());
 
         let mut consumers = Vec::with_capacity(plan.len());
         for (def, options, handler) in plan {

@@ -12,6 +12,7 @@ use crate::error::{Error, HandlerError, Result};
 use crate::message::{Message, MessageId, NewMessage};
 use crate::naming::{self, format_stream};
 use crate::options::{PublishOptions, ServiceConfig, SubscribeOptions, Trim};
+use crate::publisher::Publisher;
 
 /// Publishes messages. [`Service`] implements it; implement it yourself to mock the
 /// producing side in tests.
@@ -76,6 +77,9 @@ struct Inner {
 
 #[derive(Default)]
 struct State {
+    /// Set when close starts: no more subscriptions.
+    closing: bool,
+    /// Set once every consumer drained: no more publishes either.
     closed: bool,
     consumers: Vec<Consumer>,
 }
@@ -211,6 +215,56 @@ impl Service {
         ids
     }
 
+    /// A [`Publisher`] bound to this service's app and namespace.
+    pub fn publisher(&self) -> Publisher {
+        Publisher::new(self.clone(), None, None)
+    }
+
+    /// Like [`subscribe`](Self::subscribe), with a [`Publisher`] handed to the handler
+    /// with each message, bound to the subscription's app and namespace (consume, then
+    /// publish). Publishing works while the consumer drains at shutdown.
+    ///
+    /// ```
+    /// use stream_runtime::{Message, Publisher, PublishOptions, Service, SubscribeOptions};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), stream_runtime::Error> {
+    /// let service = Service::memory();
+    /// service
+    ///     .subscribe_with_publisher(
+    ///         "orders",
+    ///         "billing",
+    ///         |msg: Message, publisher: Publisher| async move {
+    ///             publisher.publish("invoices", msg.payload.to_vec(), PublishOptions::new()).await?;
+    ///             Ok(())
+    ///         },
+    ///         SubscribeOptions::new(),
+    ///     )
+    ///     .await?;
+    /// # service.close().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn subscribe_with_publisher<F, Fut>(
+        &self,
+        stream: &str,
+        group: &str,
+        handler: F,
+        options: SubscribeOptions,
+    ) -> Result<Consumer>
+    where
+        F: Fn(Message, Publisher) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+    {
+        let publisher = Publisher::new(
+            self.clone(),
+            options.app.as_deref(),
+            options.namespace.as_deref(),
+        );
+        let handler = engine::handler_fn(move |message| handler(message, publisher.clone()));
+        self.subscribe_handler_inner(stream, group, handler, options)
+            .await
+    }
+
     /// Runs `handler` for the messages of `stream` in consumer group `group`, creating the
     /// group on first use. Returns the consumer's handle; dropping it does not stop it, only
     /// [`Consumer::close`] or [`Service::close`] does.
@@ -286,7 +340,7 @@ impl Service {
             ));
         }
         let mut state = self.inner.state.write().await;
-        if state.closed {
+        if state.closing {
             return Err(Error::Closed);
         }
         self.inner
@@ -318,14 +372,16 @@ impl Service {
     }
 
     /// Closes every consumer (each drains within its shutdown timeout), then the backend.
-    /// Idempotent. Afterwards publish and subscribe return [`Error::Closed`].
+    /// Idempotent. Subscribing stops at once; publishing works until the consumers have
+    /// drained (so handlers finishing during the drain can still publish). Afterwards
+    /// publish and subscribe return [`Error::Closed`].
     pub async fn close(&self) -> Result<CloseReport> {
         let consumers = {
             let mut state = self.inner.state.write().await;
-            if state.closed {
+            if state.closing {
                 return Ok(CloseReport::default());
             }
-            state.closed = true;
+            state.closing = true;
             std::mem::take(&mut state.consumers)
         };
         let mut handles = Vec::with_capacity(consumers.len());
@@ -336,6 +392,8 @@ impl Service {
         for handle in handles {
             aborted += handle.await.map(|r| r.aborted).unwrap_or_default();
         }
+        // Waits for publishes in flight.
+        self.inner.state.write().await.closed = true;
         self.inner.backend.close().await?;
         Ok(CloseReport { aborted })
     }
