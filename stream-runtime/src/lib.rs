@@ -105,6 +105,7 @@ pub mod config;
 pub mod engine;
 mod error;
 mod message;
+pub mod middleware;
 mod naming;
 mod options;
 mod publisher;
@@ -120,6 +121,7 @@ pub use codec::{Payload, Raw};
 pub use engine::{dead_letter_headers, handler_fn, CloseReport, Handler};
 pub use error::{BoxError, Error, HandlerError, Result};
 pub use message::{Bytes, Headers, Message, MessageId, NewMessage};
+pub use middleware::{Middleware, Next};
 pub use naming::{
     dead_letter_stream, format_stream, DEFAULT_APP, DEFAULT_NAMESPACE, MAX_NAME_BYTES,
 };

@@ -44,6 +44,7 @@ use std::sync::{Arc, OnceLock};
 use crate::backend::{redact_in, redact_url};
 use crate::config::{format_duration, Config};
 use crate::error::{BoxError, Error, Result};
+use crate::middleware::{Chain, Middleware};
 use crate::naming;
 use crate::options::SubscribeOptions;
 use crate::publisher::Publisher;
@@ -62,6 +63,7 @@ pub struct Runtime {
     config: Option<Config>,
     config_file: Option<PathBuf>,
     states: States,
+    middleware: Chain,
 }
 
 /// A consumer the runtime started.
@@ -104,6 +106,13 @@ impl Runtime {
     /// Adds shared state for handlers taking a [`State<T>`](crate::State) argument.
     pub fn state<T: Send + Sync + 'static>(mut self, value: T) -> Self {
         self.states.insert(value);
+        self
+    }
+
+    /// Adds middleware around the handler of every consumer (see
+    /// [`middleware`](crate::middleware)); the first added runs outermost.
+    pub fn middleware(mut self, middleware: impl Middleware) -> Self {
+        self.middleware.push(Arc::new(middleware));
         self
     }
 
@@ -184,6 +193,9 @@ impl Runtime {
                 ))
             })?;
         let _ = connected.set(service.clone());
+        for middleware in self.middleware.iter() {
+            service.add_shared_middleware(middleware.clone());
+        }
 
         let mut consumers = Vec::with_capacity(plan.len());
         for (def, options, handler) in plan {

@@ -1,7 +1,7 @@
 //! The handle users hold: publish, subscribe, close.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 
 use serde::Serialize;
 use tokio::sync::RwLock;
@@ -10,6 +10,7 @@ use crate::backend::{Backend, BoxFuture, SharedBackend};
 use crate::engine::{self, CloseReport, Handler, Running, Subscription};
 use crate::error::{Error, HandlerError, Result};
 use crate::message::{Message, MessageId, NewMessage};
+use crate::middleware::{Chain, Middleware};
 use crate::naming::{self, format_stream};
 use crate::options::{PublishOptions, ServiceConfig, SubscribeOptions, Trim};
 use crate::publisher::Publisher;
@@ -71,6 +72,8 @@ pub struct Service {
 struct Inner {
     backend: SharedBackend,
     config: ServiceConfig,
+    /// Read once per subscription, never per message.
+    middleware: std::sync::RwLock<Chain>,
     /// Write-locked only by close, so publish and subscribe see `closed` settle once.
     state: RwLock<State>,
 }
@@ -105,6 +108,7 @@ impl Service {
             inner: Arc::new(Inner {
                 backend,
                 config,
+                middleware: std::sync::RwLock::new(Chain::default()),
                 state: RwLock::new(State::default()),
             }),
         }
@@ -213,6 +217,20 @@ impl Service {
         let ids = self.inner.backend.append(&full, messages, trim).await;
         drop(state);
         ids
+    }
+
+    /// Adds middleware around every handler of the subscriptions made from now on (see
+    /// [`middleware`](crate::middleware)); the first added runs outermost.
+    pub fn add_middleware(&self, middleware: impl Middleware) {
+        self.add_shared_middleware(Arc::new(middleware));
+    }
+
+    pub(crate) fn add_shared_middleware(&self, middleware: Arc<dyn Middleware>) {
+        self.inner
+            .middleware
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(middleware);
     }
 
     /// A [`Publisher`] bound to this service's app and namespace.
@@ -347,6 +365,12 @@ impl Service {
             .backend
             .ensure_group(&full, group, &options.start)
             .await?;
+        let handler = self
+            .inner
+            .middleware
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .wrap(handler, group);
         let running = engine::start(Subscription {
             backend: self.inner.backend.clone(),
             stream: full.clone(),
