@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Makes sure the PostgreSQL and Redis servers the tests use are running on this machine:
-# starts a stopped one, installs a missing one (Debian packages). Safe to run repeatedly.
+# starts a stopped one, installs a missing one (Debian packages, with sudo), and, when the
+# postgres role cannot log in over loopback, switches pg_hba.conf's loopback lines to
+# `trust` auth. Safe to run repeatedly; see the README before running it on your machine.
 set -uo pipefail
 
 log() { echo "services: $*" >&2; }

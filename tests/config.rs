@@ -518,3 +518,125 @@ fn http_endpoint_from_the_file_or_the_environment() {
     let text = err.to_string();
     assert!(text.contains("addr") && text.contains("bad-http"), "{text}");
 }
+
+/// The file and the environment accept exactly what the `#[consumer]` attribute accepts:
+/// the same durations ("7d"), the same retry delays, and the same refusals (no zero
+/// workers, no zero visibility timeout or poll interval, no bad names or start positions).
+#[test]
+fn the_file_follows_the_attributes_rules() {
+    for (name, text, key, words) in [
+        (
+            "zero-workers",
+            "[defaults]\nconcurrency = 0\n",
+            "defaults.concurrency",
+            "a whole number of at least 1",
+        ),
+        (
+            "zero-visibility",
+            "[consumers.bill]\nvisibility_timeout = \"0s\"\n",
+            "consumers.bill.visibility_timeout",
+            "longer than zero",
+        ),
+        (
+            "zero-poll",
+            "[defaults]\npoll_interval = \"0ms\"\n",
+            "defaults.poll_interval",
+            "longer than zero",
+        ),
+        (
+            "bad-start",
+            "[defaults]\nstart = \"\"\n",
+            "defaults.start",
+            "\"latest\", \"earliest\" or a message id",
+        ),
+        (
+            "bad-dead-letter",
+            "[defaults]\ndead_letter = \"has space\"\n",
+            "defaults.dead_letter",
+            "whitespace",
+        ),
+        (
+            "bad-namespace",
+            "[consumers.bill]\nnamespace = \"e\\tu\"\n",
+            "consumers.bill.namespace",
+            "control characters",
+        ),
+        (
+            "backwards-backoff",
+            "[defaults]\nretry_delay = { base = \"5s\", max = \"1s\" }\n",
+            "defaults.retry_delay",
+            "shorter than `base`",
+        ),
+        (
+            "negative-len",
+            "max_len = -1\n",
+            "max_len",
+            "a whole number of messages, 0 or more",
+        ),
+        (
+            "word-len",
+            "max_payload_bytes = \"big\"\n",
+            "max_payload_bytes",
+            "a whole number of bytes, at least 1",
+        ),
+    ] {
+        let path = write_config(name, text);
+        let err = load(&path, &NO_ENV).expect_err(name).to_string();
+        assert!(err.contains(key) && err.contains(words), "{name}: {err}");
+        assert!(
+            !err.contains("usize") && !err.contains("u64"),
+            "{name}: speaks Rust types: {err}"
+        );
+    }
+    let err = load(
+        &write_config("env-zero", ""),
+        &[("STREAMS_CONSUMERS__BILL__CONCURRENCY", "0")],
+    )
+    .expect_err("zero workers from the environment")
+    .to_string();
+    assert!(
+        err.contains("STREAMS_CONSUMERS__BILL__CONCURRENCY")
+            && err.contains("a whole number of at least 1"),
+        "{err}"
+    );
+
+    let path = write_config(
+        "same-grammar",
+        "max_age = \"7d\"\n[defaults]\nvisibility_timeout = \"1d\"\nretry_delay = \"1m30s\"\n",
+    );
+    let config = load(&path, &NO_ENV).expect("valid config");
+    assert_eq!(config.max_age, Duration::from_secs(7 * 86_400));
+    let options = config.resolve("bill", &Attributes::NONE).options;
+    assert_eq!(options.visibility_timeout, Duration::from_secs(86_400));
+    assert_eq!(
+        options.retry_delay,
+        RetryDelay::Fixed(Duration::from_secs(90))
+    );
+}
+
+/// `retry_delay` set in the attribute sits in the precedence chain like every other key.
+#[test]
+fn retry_delay_from_the_attribute_is_between_defaults_and_the_consumer_table() {
+    let path = write_config(
+        "retry-precedence",
+        "[defaults]\nretry_delay = \"1s\"\n[consumers.bill]\nretry_delay = \"3s\"\n",
+    );
+    let config = load(&path, &NO_ENV).expect("valid config");
+    let mut attrs = Attributes::NONE;
+    attrs.retry_delay = Some(RetryDelay::Fixed(Duration::from_secs(2)));
+    let delay = |name: &str, attrs: &Attributes| config.resolve(name, attrs).options.retry_delay;
+    assert_eq!(
+        delay("bill", &attrs),
+        RetryDelay::Fixed(Duration::from_secs(3))
+    );
+    assert_eq!(
+        delay("ship", &attrs),
+        RetryDelay::Fixed(Duration::from_secs(2))
+    );
+    assert_eq!(
+        delay("ship", &Attributes::NONE),
+        RetryDelay::Fixed(Duration::from_secs(1))
+    );
+    let builtin = Config::default().resolve("ship", &Attributes::NONE).options;
+    assert_eq!(builtin.retry_delay, RetryDelay::VisibilityTimeout);
+}

@@ -69,6 +69,7 @@ async fn raw_bytes(payload: Raw, seen: State<Recorder>, msg: &Message) -> Result
     visibility_timeout = "1m30s",
     poll_interval = "250ms",
     shutdown_timeout = "10s",
+    retry_delay(base = "100ms", max = "5s"),
     start = "earliest",
     dead_letter = "failed-settings",
     app = "shop",
@@ -83,7 +84,9 @@ async fn settings(_order: Order) -> Result<(), std::io::Error> {
 #[consumer(
     stream = "macro-settings",
     group = "unlimited",
-    max_retries = "unlimited"
+    max_retries = "unlimited",
+    retry_delay = "5s",
+    visibility_timeout = "1d"
 )]
 async fn unlimited(_order: Order) -> Result<(), HandlerError> {
     Ok(())
@@ -129,6 +132,13 @@ fn registers_name_stream_group_and_every_setting() {
     assert_eq!(a.visibility_timeout, Some(Duration::from_secs(90)));
     assert_eq!(a.poll_interval, Some(Duration::from_millis(250)));
     assert_eq!(a.shutdown_timeout, Some(Duration::from_secs(10)));
+    assert_eq!(
+        a.retry_delay,
+        Some(RetryDelay::Exponential {
+            base: Duration::from_millis(100),
+            max: Duration::from_secs(5)
+        })
+    );
     assert_eq!(a.start, Some("earliest"));
     assert_eq!(a.dead_letter, Some("failed-settings"));
     assert_eq!(a.app, Some("shop"));
@@ -141,6 +151,15 @@ fn registers_name_stream_group_and_every_setting() {
 
     let d = def("unlimited");
     assert_eq!(d.attributes.max_retries, Some(MaxRetries::Unlimited));
+    // The attribute takes the durations Streams.toml takes ("1d"), and the same retry delays.
+    assert_eq!(
+        d.attributes.retry_delay,
+        Some(RetryDelay::Fixed(Duration::from_secs(5)))
+    );
+    assert_eq!(
+        d.attributes.visibility_timeout,
+        Some(Duration::from_secs(86_400))
+    );
     assert_eq!(def("raw_bytes").payload_type, "Raw");
 }
 

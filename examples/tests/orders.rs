@@ -54,7 +54,8 @@ fn spawn_with(env: &[(&str, &str)], forever: bool) -> (Child, mpsc::Receiver<Str
         .env("STREAMS_HTTP__ADDR", "127.0.0.1:0")
         .envs(env.iter().copied())
         .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
+        // The output is a pipe: the example must see that and leave out colour by itself.
+        .env_remove("NO_COLOR")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     if forever {
@@ -155,7 +156,15 @@ fn the_demo_finishes_and_exits_zero_by_itself() {
         "{text}"
     );
     assert!(text.contains("group shipping"), "{text}");
+    assert!(
+        text.contains("sent the invoice for order"),
+        "billing published invoices from its handler:\n{text}"
+    );
     assert!(text.contains("shut down cleanly"), "{text}");
+    assert!(
+        !text.contains('\u{1b}'),
+        "no ANSI colour codes when the output is not a terminal:\n{text}"
+    );
     assert!(
         text.contains("config: Streams.toml") && text.contains("shop.demo.orders"),
         "the root Streams.toml was read:\n{text}"

@@ -11,7 +11,8 @@ pub use crate::codec::Payload;
 pub use crate::engine::{handler_fn, Handler};
 pub use crate::error::{Error, HandlerError, Result};
 pub use crate::message::Message;
-pub use crate::options::MaxRetries;
+pub use crate::options::{MaxRetries, RetryDelay};
+pub use crate::publisher::Publisher;
 pub use crate::registry::{Attributes, ConsumerDef, Location, State, States};
 
 /// Decodes a payload; a failure is permanent (D8): dead-lettered on the first attempt.
@@ -48,7 +49,7 @@ impl<E: Display + 'static> HandlerOutput for Result<(), E> {
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be a consumer argument",
     label = "not a consumer argument",
-    note = "after the payload, a consumer takes `&Message` and shared state as `State<T>`"
+    note = "after the payload, a consumer takes `&Message`, a `Publisher` and shared state as `State<T>`"
 )]
 pub trait FromStates: Clone + Send + Sync + 'static {
     /// Fetches the state; a missing one is a startup error naming the consumer and the type.
@@ -57,13 +58,23 @@ pub trait FromStates: Clone + Send + Sync + 'static {
 
 impl<T: Send + Sync + 'static> FromStates for State<T> {
     fn from_states(states: &States, consumer: &str) -> Result<Self> {
-        states.get::<T>().ok_or_else(|| {
-            Error::Registry(format!(
-                "consumer {consumer:?} takes `State<{}>`, but no state of that type was given; \
-                 add it to the runtime with `.state(value)` before starting",
-                std::any::type_name::<T>()
-            ))
-        })
+        states
+            .get::<T>()
+            .ok_or_else(|| states.missing::<T>(consumer))
+    }
+}
+
+impl FromStates for Publisher {
+    fn from_states(states: &States, consumer: &str) -> Result<Self> {
+        states
+            .get::<Publisher>()
+            .map(|p| Publisher::clone(&p))
+            .ok_or_else(|| {
+                Error::Registry(format!(
+                    "consumer {consumer:?} takes a `Publisher`, which the runtime provides: start \
+                 it with `Runtime` (or `stream_runtime::run`)"
+                ))
+            })
     }
 }
 
@@ -93,6 +104,11 @@ impl Attributes {
     #[doc(hidden)]
     pub const fn __shutdown_timeout(mut self, value: Duration) -> Self {
         self.shutdown_timeout = Some(value);
+        self
+    }
+    #[doc(hidden)]
+    pub const fn __retry_delay(mut self, value: RetryDelay) -> Self {
+        self.retry_delay = Some(value);
         self
     }
     #[doc(hidden)]
@@ -149,5 +165,26 @@ mod tests {
         let mut states = States::new();
         states.insert(7u32);
         assert_eq!(*State::<u32>::from_states(&states, "bill").unwrap(), 7);
+
+        // An Arc too many, or too few: the error lists what was given and says which to use.
+        let mut states = States::new();
+        states.insert(std::sync::Arc::new(7u64));
+        let text = State::<u64>::from_states(&states, "bill")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            text.contains("states given: alloc::sync::Arc<u64>")
+                && text.contains("take `State<Arc<u64>>`"),
+            "{text}"
+        );
+        let mut states = States::new();
+        states.insert(7u64);
+        let text = State::<std::sync::Arc<u64>>::from_states(&states, "bill")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            text.contains("states given: u64") && text.contains("take `State<u64>`"),
+            "{text}"
+        );
     }
 }

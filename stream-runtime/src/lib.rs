@@ -141,8 +141,10 @@ pub mod engine;
 mod error;
 mod http;
 mod message;
+pub mod middleware;
 mod naming;
 mod options;
+mod publisher;
 pub mod registry;
 pub mod runtime;
 mod service;
@@ -155,6 +157,7 @@ pub use codec::{Payload, Raw};
 pub use engine::{dead_letter_headers, handler_fn, CloseReport, Handler};
 pub use error::{BoxError, Error, HandlerError, Result};
 pub use message::{Bytes, Headers, Message, MessageId, NewMessage};
+pub use middleware::{Middleware, Next};
 pub use naming::{
     dead_letter_stream, format_stream, DEFAULT_APP, DEFAULT_NAMESPACE, MAX_NAME_BYTES,
 };
@@ -163,6 +166,7 @@ pub use options::{
     DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_MAX_RETRIES, DEFAULT_POLL_INTERVAL,
     DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_VISIBILITY_TIMEOUT,
 };
+pub use publisher::Publisher;
 pub use registry::State;
 pub use runtime::{run, Runtime};
 pub use service::{Consumer, Producer, Service, Subscriber};
@@ -209,9 +213,10 @@ pub use service::{Consumer, Producer, Service, Subscriber};
 /// | `group` | the consumer group (required) | |
 /// | `max_retries` | retries after the first attempt, or `"unlimited"` | 3 |
 /// | `concurrency` | workers, at least 1 | 1 |
-/// | `visibility_timeout` | how long a claim hides a message: `"30s"`, `"250ms"`, `"1m30s"` (units `ms`, `s`, `m`, `h`) | `"30s"` |
+/// | `visibility_timeout` | how long a claim hides a message: `"30s"`, `"250ms"`, `"1m30s"`, `"1d"` (units `ms`, `s`, `m`, `h`, `d`) | `"30s"` |
 /// | `poll_interval` | fallback wake-up cadence | `"1s"` |
 /// | `shutdown_timeout` | how long shutdown waits for running handlers | `"30s"` |
+/// | `retry_delay` | delay before a failed message comes back: `"visibility_timeout"`, a duration (`"5s"`), or exponential backoff with jitter, `retry_delay(base = "100ms", max = "30s")` | `"visibility_timeout"` (a fixed delay equal to the visibility timeout, 30 s by default) |
 /// | `start` | where a new group starts: `"latest"`, `"earliest"` or a message id | `"latest"` |
 /// | `dead_letter` | dead-letter stream's short name | `<stream>.dead` |
 /// | `app`, `namespace` | override the service's | the service's |
@@ -220,8 +225,9 @@ pub use service::{Consumer, Producer, Service, Subscriber};
 ///
 /// At deploy time, `[consumers.<name>]` in `Streams.toml` (or its
 /// `STREAMS_CONSUMERS__<NAME>__<KEY>` variable) overrides these settings for this consumer;
-/// `[defaults]` only fills in the settings the attribute leaves out. The retry delay is set
-/// there too (`retry_delay`). See [`config`] for the whole precedence chain.
+/// `[defaults]` only fills in the settings the attribute leaves out. Values follow the same
+/// rules in both places (the same duration grammar, at least one worker, ...). See
+/// [`config`] for the whole precedence chain.
 ///
 /// # The function
 ///
@@ -229,9 +235,10 @@ pub use service::{Consumer, Producer, Service, Subscriber};
 /// - Its first argument is the payload: any `serde::Deserialize` type, decoded from JSON, or
 ///   [`Raw`] for the bytes as they are. A payload that fails to decode is dead-lettered on
 ///   its first attempt with the decode error as the reason; it is never retried (D8).
-/// - After it, in any order: `&Message` for the id, headers and attempt, and any number of
-///   [`State<T>`] arguments for shared application state. A state missing at startup is an
-///   error naming the consumer and the type.
+/// - After it, in any order: `&Message` for the id, headers and attempt, a [`Publisher`]
+///   to publish from the handler (bound to the consumer's app and namespace), and any number
+///   of [`State<T>`] arguments for shared application state. A state missing at startup is
+///   an error naming the consumer and the type.
 /// - It returns `Result<(), E>` for any `E` that implements `Display`. An error is retried
 ///   after the retry delay until `max_retries` is used up; return
 ///   [`HandlerError::permanent`] to dead-letter at once.
@@ -246,7 +253,8 @@ pub use stream_macros::consumer;
 /// The names most programs need: `use stream_runtime::prelude::*;`.
 pub mod prelude {
     pub use crate::{
-        consumer, Consumer, Error, HandlerError, Message, MessageId, Producer, PublishOptions, Raw,
-        Result, Runtime, Service, StartPosition, State, SubscribeOptions, Subscriber,
+        consumer, Consumer, Error, HandlerError, Message, MessageId, Producer, PublishOptions,
+        Publisher, Raw, Result, Runtime, Service, StartPosition, State, SubscribeOptions,
+        Subscriber,
     };
 }

@@ -7,34 +7,17 @@ pub const DEFAULT_APP: &str = "app";
 /// The namespace used when none is set.
 pub const DEFAULT_NAMESPACE: &str = "default";
 /// The longest full stream name accepted, in bytes.
-pub const MAX_NAME_BYTES: usize = 200;
+pub use stream_rules::MAX_NAME_BYTES;
 /// What the default dead-letter stream appends to the full stream name.
 pub const DEAD_LETTER_SUFFIX: &str = ".dead";
 
 /// Checks one part of a name: not empty, no whitespace or control characters, at most
 /// [`MAX_NAME_BYTES`] bytes.
 pub fn validate(what: &'static str, value: &str) -> Result<()> {
-    if value.is_empty() {
-        return Err(Error::invalid_name(what, value, "it is empty"));
+    match stream_rules::name_problem(value) {
+        Some(problem) => Err(Error::invalid_name(what, value, problem)),
+        None => Ok(()),
     }
-    if value.len() > MAX_NAME_BYTES {
-        return Err(Error::invalid_name(
-            what,
-            value,
-            format!(
-                "it is {} bytes long; the limit is {MAX_NAME_BYTES}",
-                value.len()
-            ),
-        ));
-    }
-    if let Some(c) = value.chars().find(|c| c.is_whitespace() || c.is_control()) {
-        return Err(Error::invalid_name(
-            what,
-            value,
-            format!("it contains {c:?}; whitespace and control characters are not allowed"),
-        ));
-    }
-    Ok(())
 }
 
 /// Formats and validates a full stream name: `<app>.<namespace>.<name>`.

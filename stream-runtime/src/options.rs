@@ -32,6 +32,9 @@ pub struct ServiceConfig {
     pub max_age: Duration,
     /// Largest payload publish accepts, in bytes.
     pub max_payload_bytes: usize,
+    /// How long [`Service::connect`](crate::Service::connect) waits for a server (Postgres,
+    /// Redis) before it fails with "no answer within ..." (default 15 s).
+    pub connect_timeout: Duration,
 }
 
 impl Default for ServiceConfig {
@@ -42,6 +45,7 @@ impl Default for ServiceConfig {
             max_len: 0,
             max_age: Duration::ZERO,
             max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
+            connect_timeout: crate::backend::DEFAULT_CONNECT_TIMEOUT,
         }
     }
 }
@@ -74,6 +78,12 @@ impl ServiceConfig {
     /// Sets the payload size cap.
     pub fn max_payload_bytes(mut self, limit: usize) -> Self {
         self.max_payload_bytes = limit;
+        self
+    }
+
+    /// Sets how long connecting to a server may take.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
         self
     }
 }
@@ -240,23 +250,7 @@ impl fmt::Display for MaxRetries {
     }
 }
 
-/// How long a failed message waits before it comes back (S9).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum RetryDelay {
-    /// The visibility timeout (default, as the seed).
-    #[default]
-    VisibilityTimeout,
-    /// A fixed delay.
-    Fixed(Duration),
-    /// `base * 2^(attempt-1)`, capped at `max`, with jitter: the delay is drawn uniformly
-    /// from the upper half of that value.
-    Exponential {
-        /// Delay after the first failed attempt.
-        base: Duration,
-        /// Upper bound.
-        max: Duration,
-    },
-}
+pub use stream_rules::RetryDelay;
 
 /// Options of one subscription, with the seed's defaults.
 #[derive(Clone, Debug, PartialEq, Eq)]

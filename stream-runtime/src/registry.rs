@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use crate::engine::Handler;
 use crate::error::{Error, Result};
-use crate::options::MaxRetries;
+use crate::options::{MaxRetries, RetryDelay};
 
 /// One `#[consumer]` as the attribute declared it.
 #[derive(Debug)]
@@ -78,6 +78,8 @@ pub struct Attributes {
     pub poll_interval: Option<Duration>,
     /// `shutdown_timeout = "30s"`.
     pub shutdown_timeout: Option<Duration>,
+    /// `retry_delay = "5s"`, `"visibility_timeout"` or `retry_delay(base = "100ms", max = "5s")`.
+    pub retry_delay: Option<RetryDelay>,
     /// `start = "latest" | "earliest" | "<id>"`.
     pub start: Option<&'static str>,
     /// `dead_letter = "short-name"`.
@@ -96,6 +98,7 @@ impl Attributes {
         visibility_timeout: None,
         poll_interval: None,
         shutdown_timeout: None,
+        retry_delay: None,
         start: None,
         dead_letter: None,
         app: None,
@@ -164,13 +167,13 @@ pub fn validate(mut defs: Vec<&'static ConsumerDef>) -> Result<Vec<&'static Cons
 /// Shared application state handed to handlers that take a [`State<T>`] argument.
 #[derive(Clone, Default)]
 pub struct States {
-    by_type: HashMap<TypeId, Arc<dyn Any + Send + Sync>>,
+    by_type: HashMap<TypeId, (&'static str, Arc<dyn Any + Send + Sync>)>,
 }
 
 impl fmt::Debug for States {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("States")
-            .field("count", &self.by_type.len())
+            .field("types", &self.type_names())
             .finish()
     }
 }
@@ -183,16 +186,56 @@ impl States {
 
     /// Adds (or replaces) the state of type `T`.
     pub fn insert<T: Send + Sync + 'static>(&mut self, value: T) {
-        self.by_type.insert(TypeId::of::<T>(), Arc::new(value));
+        self.by_type.insert(
+            TypeId::of::<T>(),
+            (std::any::type_name::<T>(), Arc::new(value)),
+        );
     }
 
     /// The state of type `T`, if given.
     pub fn get<T: Send + Sync + 'static>(&self) -> Option<State<T>> {
         self.by_type
             .get(&TypeId::of::<T>())
-            .cloned()
-            .and_then(|any| any.downcast::<T>().ok())
+            .and_then(|(_, any)| any.clone().downcast::<T>().ok())
             .map(State)
+    }
+
+    /// The types of the states given, sorted.
+    pub fn type_names(&self) -> Vec<&'static str> {
+        let mut names: Vec<&'static str> = self.by_type.values().map(|(name, _)| *name).collect();
+        names.sort_unstable();
+        names
+    }
+
+    /// The error for a consumer taking `State<T>` when no `T` was given: it lists the
+    /// states that were, and spots an `Arc` too many or too few.
+    pub(crate) fn missing<T: 'static>(&self, consumer: &str) -> Error {
+        let wanted = std::any::type_name::<T>();
+        let given = self.type_names();
+        let listed = if given.is_empty() {
+            "no state was given at all".to_owned()
+        } else {
+            format!("states given: {}", given.join(", "))
+        };
+        let arc = |inner: &str| format!("alloc::sync::Arc<{inner}>");
+        let hint = if given.iter().any(|g| *g == arc(wanted)) {
+            format!(
+                "; an `Arc<{wanted}>` was given: give the value itself with `.state(value)` \
+                 (State<T> shares it in an `Arc` already), or take `State<Arc<{wanted}>>`"
+            )
+        } else if let Some(inner) = wanted
+            .strip_prefix("alloc::sync::Arc<")
+            .and_then(|w| w.strip_suffix('>'))
+            .filter(|inner| given.contains(inner))
+        {
+            format!("; a `{inner}` was given: take `State<{inner}>`, which is shared already")
+        } else {
+            String::new()
+        };
+        Error::Registry(format!(
+            "consumer {consumer:?} takes `State<{wanted}>`, but no state of that type was \
+             given ({listed}{hint}); add it to the runtime with `.state(value)` before starting"
+        ))
     }
 }
 

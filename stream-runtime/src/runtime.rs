@@ -39,13 +39,15 @@
 
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
-use crate::backend::redact_url;
-use crate::config::{format_duration, redact_text, Config};
+use crate::backend::{redact_in, redact_url};
+use crate::config::{format_duration, Config};
 use crate::error::{BoxError, Error, Result};
+use crate::middleware::{Chain, Middleware};
 use crate::naming;
-use crate::options::{RetryDelay, SubscribeOptions};
+use crate::options::SubscribeOptions;
+use crate::publisher::Publisher;
 use crate::registry::{self, ConsumerDef, States};
 use crate::service::{Consumer, Service, Subscriber};
 
@@ -61,6 +63,7 @@ pub struct Runtime {
     config: Option<Config>,
     config_file: Option<PathBuf>,
     states: States,
+    middleware: Chain,
 }
 
 /// A consumer the runtime started.
@@ -121,6 +124,13 @@ impl Runtime {
         self
     }
 
+    /// Adds middleware around the handler of every consumer (see
+    /// [`middleware`](crate::middleware)); the first added runs outermost.
+    pub fn middleware(mut self, middleware: impl Middleware) -> Self {
+        self.middleware.push(Arc::new(middleware));
+        self
+    }
+
     /// Loads the config, connects and starts every enabled consumer. Stop it with
     /// [`Started::shutdown`].
     pub async fn start(self) -> Result<Started> {
@@ -140,6 +150,9 @@ impl Runtime {
         }
 
         // Build every handler before connecting: a missing state is a fast, clear error.
+        // Each consumer's `Publisher` is bound to its app and namespace, and to the service
+        // once connected.
+        let connected = Arc::new(OnceLock::new());
         let mut plan = Vec::new();
         for def in &defs {
             let resolved = config.resolve(def.name, &def.attributes);
@@ -163,7 +176,13 @@ impl Runtime {
                 );
                 continue;
             }
-            let handler = (def.build)(&self.states).map_err(|e| {
+            let mut states = self.states.clone();
+            states.insert(Publisher::pending(
+                connected.clone(),
+                resolved.options.app.as_deref(),
+                resolved.options.namespace.as_deref(),
+            ));
+            let handler = (def.build)(&states).map_err(|e| {
                 Error::Runtime(format!(
                     "consumer {} ({}) could not be built: {e}",
                     def.name, def.location
@@ -184,7 +203,9 @@ impl Runtime {
             }
             None => None,
         };
-        match Self::connect_and_subscribe(&config, plan, http.as_ref()).await {
+        let connecting =
+            Self::connect_and_subscribe(&config, plan, &connected, &self.middleware, http.as_ref());
+        match connecting.await {
             Ok((service, consumers)) => Ok(Started {
                 service,
                 consumers,
@@ -206,6 +227,8 @@ impl Runtime {
             SubscribeOptions,
             crate::engine::Handler,
         )>,
+        connected: &OnceLock<Service>,
+        middleware: &Chain,
         http: Option<&Http>,
     ) -> Result<(Service, Vec<StartedConsumer>)> {
         let url = redact_url(&config.backend);
@@ -218,11 +241,16 @@ impl Runtime {
         let service = Service::connect(&config.backend, config.service_config())
             .await
             .map_err(|e| {
+                // The backend's error names the (redacted) URL already.
                 Error::Runtime(format!(
-                    "could not connect to the backend at {url}: {}",
-                    redact_text(&e.to_string())
+                    "could not connect to the backend: {}",
+                    redact_in(&e.to_string(), &config.backend)
                 ))
             })?;
+        let _ = connected.set(service.clone());
+        for middleware in middleware.iter() {
+            service.add_shared_middleware(middleware.clone());
+        }
 
         if let Some(http) = http {
             http.readiness.connected(service.clone());
@@ -251,7 +279,7 @@ impl Runtime {
                         def.location,
                         def.stream,
                         def.group,
-                        redact_text(&e.to_string())
+                        redact_in(&e.to_string(), &config.backend)
                     ));
                     if let Err(close) = service.close().await {
                         tracing::error!("closing the backend after a failed start: {close}");
@@ -404,17 +432,6 @@ fn log_started(
         }
         _ => naming::dead_letter_stream(consumer.stream()),
     };
-    let retry_delay = match options.retry_delay {
-        RetryDelay::VisibilityTimeout => "visibility_timeout".to_owned(),
-        RetryDelay::Fixed(d) => format_duration(d),
-        RetryDelay::Exponential { base, max } => {
-            format!(
-                "exponential {}..{}",
-                format_duration(base),
-                format_duration(max)
-            )
-        }
-    };
     tracing::info!(
         "consumer {} started: stream {}, group {}, payload {}, concurrency {}, max_retries {}, \
          visibility_timeout {}, poll_interval {}, shutdown_timeout {}, retry_delay {}, \
@@ -428,7 +445,7 @@ fn log_started(
         format_duration(options.visibility_timeout),
         format_duration(options.poll_interval),
         format_duration(options.shutdown_timeout),
-        retry_delay,
+        options.retry_delay,
         options.start,
         dead_letter,
         def.location,

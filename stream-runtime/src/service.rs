@@ -1,7 +1,7 @@
 //! The handle users hold: publish, subscribe, close.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 
 use serde::Serialize;
 use tokio::sync::RwLock;
@@ -11,8 +11,10 @@ use crate::backend::{Backend, BoxFuture, SharedBackend};
 use crate::engine::{self, CloseReport, Handler, Running, Subscription};
 use crate::error::{Error, HandlerError, Result};
 use crate::message::{Message, MessageId, NewMessage};
+use crate::middleware::{Chain, Middleware};
 use crate::naming::{self, format_stream};
 use crate::options::{PublishOptions, ServiceConfig, SubscribeOptions, Trim};
+use crate::publisher::Publisher;
 
 /// Publishes messages. [`Service`] implements it; implement it yourself to mock the
 /// producing side in tests.
@@ -71,12 +73,17 @@ pub struct Service {
 struct Inner {
     backend: SharedBackend,
     config: ServiceConfig,
+    /// Read once per subscription, never per message.
+    middleware: std::sync::RwLock<Chain>,
     /// Write-locked only by close, so publish and subscribe see `closed` settle once.
     state: RwLock<State>,
 }
 
 #[derive(Default)]
 struct State {
+    /// Set when close starts: no more subscriptions.
+    closing: bool,
+    /// Set once every consumer drained: no more publishes either.
     closed: bool,
     consumers: Vec<Consumer>,
 }
@@ -102,6 +109,7 @@ impl Service {
             inner: Arc::new(Inner {
                 backend,
                 config,
+                middleware: std::sync::RwLock::new(Chain::default()),
                 state: RwLock::new(State::default()),
             }),
         }
@@ -117,9 +125,11 @@ impl Service {
 
     /// Connects to the backend a URL names (`memory://`, `sqlite://streams.db`,
     /// `postgres://...`, `redis://...`) and creates its schema.
+    /// Servers that do not answer within `config.connect_timeout` are an error.
     pub async fn connect(url: &str, config: ServiceConfig) -> Result<Self> {
+        let options = crate::backend::ConnectOptions::new().connect_timeout(config.connect_timeout);
         Ok(Self::from_shared(
-            crate::backend::connect(url).await?,
+            crate::backend::connect_with(url, options).await?,
             config,
         ))
     }
@@ -228,6 +238,70 @@ impl Service {
         ids
     }
 
+    /// Adds middleware around every handler of the subscriptions made from now on (see
+    /// [`middleware`](crate::middleware)); the first added runs outermost.
+    pub fn add_middleware(&self, middleware: impl Middleware) {
+        self.add_shared_middleware(Arc::new(middleware));
+    }
+
+    pub(crate) fn add_shared_middleware(&self, middleware: Arc<dyn Middleware>) {
+        self.inner
+            .middleware
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(middleware);
+    }
+
+    /// A [`Publisher`] bound to this service's app and namespace.
+    pub fn publisher(&self) -> Publisher {
+        Publisher::new(self.clone(), None, None)
+    }
+
+    /// Like [`subscribe`](Self::subscribe), with a [`Publisher`] handed to the handler
+    /// with each message, bound to the subscription's app and namespace (consume, then
+    /// publish). Publishing works while the consumer drains at shutdown.
+    ///
+    /// ```
+    /// use stream_runtime::{Message, Publisher, PublishOptions, Service, SubscribeOptions};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), stream_runtime::Error> {
+    /// let service = Service::memory();
+    /// service
+    ///     .subscribe_with_publisher(
+    ///         "orders",
+    ///         "billing",
+    ///         |msg: Message, publisher: Publisher| async move {
+    ///             publisher.publish("invoices", msg.payload.to_vec(), PublishOptions::new()).await?;
+    ///             Ok(())
+    ///         },
+    ///         SubscribeOptions::new(),
+    ///     )
+    ///     .await?;
+    /// # service.close().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn subscribe_with_publisher<F, Fut>(
+        &self,
+        stream: &str,
+        group: &str,
+        handler: F,
+        options: SubscribeOptions,
+    ) -> Result<Consumer>
+    where
+        F: Fn(Message, Publisher) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+    {
+        let publisher = Publisher::new(
+            self.clone(),
+            options.app.as_deref(),
+            options.namespace.as_deref(),
+        );
+        let handler = engine::handler_fn(move |message| handler(message, publisher.clone()));
+        self.subscribe_handler_inner(stream, group, handler, options)
+            .await
+    }
+
     /// Runs `handler` for the messages of `stream` in consumer group `group`, creating the
     /// group on first use. Returns the consumer's handle; dropping it does not stop it, only
     /// [`Consumer::close`] or [`Service::close`] does.
@@ -303,13 +377,19 @@ impl Service {
             ));
         }
         let mut state = self.inner.state.write().await;
-        if state.closed {
+        if state.closing {
             return Err(Error::Closed);
         }
         self.inner
             .backend
             .ensure_group(&full, group, &options.start)
             .await?;
+        let handler = self
+            .inner
+            .middleware
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .wrap(handler, group);
         let running = engine::start(Subscription {
             backend: self.inner.backend.clone(),
             stream: full.clone(),
@@ -336,14 +416,16 @@ impl Service {
     }
 
     /// Closes every consumer (each drains within its shutdown timeout), then the backend.
-    /// Idempotent. Afterwards publish and subscribe return [`Error::Closed`].
+    /// Idempotent. Subscribing stops at once; publishing works until the consumers have
+    /// drained (so handlers finishing during the drain can still publish). Afterwards
+    /// publish and subscribe return [`Error::Closed`].
     pub async fn close(&self) -> Result<CloseReport> {
         let consumers = {
             let mut state = self.inner.state.write().await;
-            if state.closed {
+            if state.closing {
                 return Ok(CloseReport::default());
             }
-            state.closed = true;
+            state.closing = true;
             std::mem::take(&mut state.consumers)
         };
         let mut handles = Vec::with_capacity(consumers.len());
@@ -354,6 +436,8 @@ impl Service {
         for handle in handles {
             aborted += handle.await.map(|r| r.aborted).unwrap_or_default();
         }
+        // Waits for publishes in flight.
+        self.inner.state.write().await.closed = true;
         self.inner.backend.close().await?;
         Ok(CloseReport { aborted })
     }

@@ -1,6 +1,8 @@
 //! The orders example: typed orders billed and shipped by two consumer groups, a failure
-//! that succeeds on retry, and a poison message reaching the dead-letter stream, where a
-//! third consumer logs it. Then it shuts down cleanly on its own (or on Ctrl-C).
+//! that succeeds on retry, billing publishing an invoice for each order (consume, then
+//! publish) that a third consumer sends, and a poison message reaching the dead-letter
+//! stream, where a fourth consumer logs it. Then it shuts down cleanly on its own (or on
+//! Ctrl-C).
 //!
 //! ```sh
 //! cargo run -p stream-examples --bin orders                        # Streams.toml: SQLite
@@ -32,6 +34,14 @@ struct Order {
     total_cents: i64,
 }
 
+/// What billing publishes for each order it billed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Invoice {
+    order: u64,
+    customer: String,
+    total_cents: i64,
+}
+
 /// Orders in one run of the demo.
 const ORDERS: u64 = 5;
 /// The order whose first billing attempt fails.
@@ -46,6 +56,7 @@ struct Shop(Arc<ShopInner>);
 #[derive(Default)]
 struct ShopInner {
     billed: Mutex<BTreeSet<u64>>,
+    invoiced: Mutex<BTreeSet<u64>>,
     shipped: Mutex<BTreeSet<u64>>,
     dead_letters: Mutex<Vec<String>>,
     changed: Mutex<Option<watch::Sender<()>>>,
@@ -89,9 +100,20 @@ impl ShopInner {
 
 // ---- the consumers --------------------------------------------------------------------
 
-/// Billing. The flaky order's first attempt fails; the retry succeeds.
-#[consumer(stream = "orders", group = "billing", max_retries = 5)]
-async fn bill(order: Order, msg: &Message, shop: State<Shop>) -> Result<(), HandlerError> {
+/// Billing. The flaky order's first attempt fails; the retry succeeds. Each billed order's
+/// invoice is published to `invoices` (in the consumer's own app and namespace).
+#[consumer(
+    stream = "orders",
+    group = "billing",
+    max_retries = 5,
+    retry_delay(base = "100ms", max = "5s")
+)]
+async fn bill(
+    order: Order,
+    msg: &Message,
+    shop: State<Shop>,
+    publisher: Publisher,
+) -> Result<(), HandlerError> {
     if order.id % 1000 == FLAKY && msg.attempt == 1 {
         tracing::warn!(
             "billing order {}: payment gateway timed out (attempt {}), will retry",
@@ -108,7 +130,35 @@ async fn bill(order: Order, msg: &Message, shop: State<Shop>) -> Result<(), Hand
         order.total_cents % 100,
         msg.attempt
     );
+    let invoice = Invoice {
+        order: order.id,
+        customer: order.customer,
+        total_cents: order.total_cents,
+    };
+    // Forward the demo's run header, so the invoice belongs to the same run.
+    let options = match msg.header("run") {
+        Some(run) => PublishOptions::new().header("run", run),
+        None => PublishOptions::new(),
+    };
+    publisher
+        .publish_json("invoices", &invoice, options)
+        .await
+        .map_err(HandlerError::retry)?;
     shop.note(&shop.billed, order.id);
+    Ok(())
+}
+
+/// Sends the invoices billing published.
+#[consumer(stream = "invoices", group = "mailing")]
+async fn send_invoice(invoice: Invoice, shop: State<Shop>) -> Result<(), HandlerError> {
+    tracing::info!(
+        "sent the invoice for order {} to {} ({}.{:02} EUR)",
+        invoice.order,
+        invoice.customer,
+        invoice.total_cents / 100,
+        invoice.total_cents % 100
+    );
+    shop.note(&shop.invoiced, invoice.order);
     Ok(())
 }
 
@@ -201,8 +251,10 @@ async fn demo(
     // (the runtime has logged which ones).
     let (billing, shipping, auditing) =
         (enabled("bill")?, enabled("ship")?, enabled("dead_letters")?);
+    let mailing = billing && enabled("send_invoice")?;
     let done = || {
         (!billing || shop.has_all(&shop.billed, &ids))
+            && (!mailing || shop.has_all(&shop.invoiced, &ids))
             && (!shipping || shop.has_all(&shop.shipped, &ids))
             && (!auditing
                 || shop.dead_letters_of(&run) >= usize::from(billing) + usize::from(shipping))
@@ -216,10 +268,10 @@ async fn demo(
     .await
     .map_err(|_| format!("the demo did not finish within {DEMO_DEADLINE:?}"))?;
     let serve = std::env::args().skip(1).any(|a| a == "--serve");
-    if billing && shipping && auditing {
+    if billing && shipping && auditing && mailing {
         tracing::info!(
-            "demo complete: {ORDERS} orders billed and shipped, order {} billed on its retry, \
-             the poison message dead-lettered by both groups{}",
+            "demo complete: {ORDERS} orders billed, invoiced and shipped, order {} billed on \
+             its retry, the poison message dead-lettered by both groups{}",
             base + FLAKY,
             if serve { "" } else { "; shutting down" }
         );

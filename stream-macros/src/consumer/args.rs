@@ -1,7 +1,10 @@
 //! Phase 1: the attribute's arguments, through a builder with one setter per key that
 //! rejects duplicates and lists the valid keys for an unknown one (tokio-macros style).
 
+use std::time::Duration;
+
 use proc_macro2::Span;
+use stream_rules::RetryDelay;
 use syn::parse::Parser;
 use syn::punctuated::Punctuated;
 use syn::spanned::Spanned;
@@ -18,6 +21,7 @@ const KEYS: &[&str] = &[
     "visibility_timeout",
     "poll_interval",
     "shutdown_timeout",
+    "retry_delay",
     "start",
     "dead_letter",
     "app",
@@ -25,9 +29,6 @@ const KEYS: &[&str] = &[
     "name",
     "crate",
 ];
-
-/// The longest name accepted (the runtime's `MAX_NAME_BYTES`).
-const MAX_NAME_BYTES: usize = 200;
 
 /// `max_retries` as given.
 #[derive(Clone, Copy, Debug)]
@@ -45,10 +46,10 @@ pub struct Args {
     pub group: String,
     pub max_retries: Option<MaxRetries>,
     pub concurrency: Option<usize>,
-    /// Durations in milliseconds.
-    pub visibility_timeout: Option<u64>,
-    pub poll_interval: Option<u64>,
-    pub shutdown_timeout: Option<u64>,
+    pub visibility_timeout: Option<Duration>,
+    pub poll_interval: Option<Duration>,
+    pub shutdown_timeout: Option<Duration>,
+    pub retry_delay: Option<RetryDelay>,
     pub start: Option<String>,
     pub dead_letter: Option<String>,
     pub app: Option<String>,
@@ -67,9 +68,10 @@ struct Builder {
     group: Option<String>,
     max_retries: Option<MaxRetries>,
     concurrency: Option<usize>,
-    visibility_timeout: Option<u64>,
-    poll_interval: Option<u64>,
-    shutdown_timeout: Option<u64>,
+    visibility_timeout: Option<Duration>,
+    poll_interval: Option<Duration>,
+    shutdown_timeout: Option<Duration>,
+    retry_delay: Option<RetryDelay>,
     start: Option<String>,
     dead_letter: Option<String>,
     app: Option<String>,
@@ -129,6 +131,7 @@ pub fn parse(
         visibility_timeout: builder.visibility_timeout,
         poll_interval: builder.poll_interval,
         shutdown_timeout: builder.shutdown_timeout,
+        retry_delay: builder.retry_delay,
         start: builder.start,
         dead_letter: builder.dead_letter,
         app: builder.app,
@@ -145,6 +148,17 @@ impl Builder {
     fn set(&mut self, meta: Meta, errors: &mut Errors) {
         let nv = match meta {
             Meta::NameValue(nv) => nv,
+            // `retry_delay(base = "100ms", max = "5s")`, as `{ base = .., max = .. }` in
+            // Streams.toml.
+            Meta::List(list) if path_key(&list.path) == "retry_delay" => {
+                if self.seen.iter().any(|(k, _)| *k == "retry_delay") {
+                    errors.spanned(&list.path, "duplicate key `retry_delay`");
+                    return;
+                }
+                self.seen.push(("retry_delay", list.path.span()));
+                self.retry_delay = exponential(&list, errors);
+                return;
+            }
             other => {
                 let path = other.path();
                 let key = path_key(path);
@@ -192,9 +206,10 @@ impl Builder {
             "name" => self.name = name_value(key, value, errors),
             "max_retries" => self.max_retries = max_retries(value, errors),
             "concurrency" => self.concurrency = concurrency(value, errors),
-            "visibility_timeout" => self.visibility_timeout = duration(key, value, false, errors),
-            "poll_interval" => self.poll_interval = duration(key, value, false, errors),
-            "shutdown_timeout" => self.shutdown_timeout = duration(key, value, true, errors),
+            "visibility_timeout" => self.visibility_timeout = duration(key, value, errors),
+            "poll_interval" => self.poll_interval = duration(key, value, errors),
+            "shutdown_timeout" => self.shutdown_timeout = duration(key, value, errors),
+            "retry_delay" => self.retry_delay = retry_delay(value, errors),
             "start" => self.start = start(value, errors),
             "crate" => self.krate = krate(value, errors),
             _ => unreachable!("every key in KEYS has a setter"),
@@ -254,20 +269,7 @@ fn lit_str<'a>(key: &str, value: &'a Expr, errors: &mut Errors) -> Option<&'a sy
 fn name_value(key: &str, value: &Expr, errors: &mut Errors) -> Option<String> {
     let lit = lit_str(key, value, errors)?;
     let text = lit.value();
-    let problem = if text.is_empty() {
-        Some("it is empty".to_owned())
-    } else if text.len() > MAX_NAME_BYTES {
-        Some(format!(
-            "it is {} bytes long; the limit is {MAX_NAME_BYTES}",
-            text.len()
-        ))
-    } else {
-        text.chars()
-            .find(|c| c.is_whitespace() || c.is_control())
-            .map(|c| {
-                format!("it contains {c:?}; whitespace and control characters are not allowed")
-            })
-    };
+    let problem = stream_rules::name_problem(&text);
     match problem {
         Some(problem) => {
             errors.spanned(lit, format!("invalid `{key}` {text:?}: {problem}"));
@@ -278,15 +280,14 @@ fn name_value(key: &str, value: &Expr, errors: &mut Errors) -> Option<String> {
 }
 
 fn max_retries(value: &Expr, errors: &mut Errors) -> Option<MaxRetries> {
-    const HELP: &str =
-        "`max_retries` takes a whole number of retries (0 = one attempt) or \"unlimited\"";
+    let help = format!("`max_retries` takes {}", stream_rules::MAX_RETRIES_EXPECTED);
     match value {
         Expr::Lit(ExprLit {
             lit: Lit::Int(int), ..
         }) => match int.base10_parse::<u32>() {
             Ok(n) => Some(MaxRetries::Limited(n)),
             Err(e) => {
-                errors.spanned(int, format!("{HELP}: {e}"));
+                errors.spanned(int, format!("{help}: {e}"));
                 None
             }
         },
@@ -294,37 +295,39 @@ fn max_retries(value: &Expr, errors: &mut Errors) -> Option<MaxRetries> {
             lit: Lit::Str(s), ..
         }) if s.value() == "unlimited" => Some(MaxRetries::Unlimited),
         other => {
-            errors.spanned(other, HELP);
+            errors.spanned(other, help);
             None
         }
     }
 }
 
 fn concurrency(value: &Expr, errors: &mut Errors) -> Option<usize> {
-    const HELP: &str = "`concurrency` takes the number of workers, a whole number of at least 1";
+    let help = format!("`concurrency` takes {}", stream_rules::CONCURRENCY_EXPECTED);
     match value {
         Expr::Lit(ExprLit {
             lit: Lit::Int(int), ..
         }) => match int.base10_parse::<usize>() {
-            Ok(0) => {
-                errors.spanned(int, format!("{HELP}, not 0"));
-                None
-            }
-            Ok(n) => Some(n),
+            Ok(n) => match stream_rules::concurrency_problem(n as u64) {
+                Some(problem) => {
+                    errors.spanned(int, problem);
+                    None
+                }
+                None => Some(n),
+            },
             Err(e) => {
-                errors.spanned(int, format!("{HELP}: {e}"));
+                errors.spanned(int, format!("{help}: {e}"));
                 None
             }
         },
         other => {
-            errors.spanned(other, HELP);
+            errors.spanned(other, help);
             None
         }
     }
 }
 
-/// A duration literal, in milliseconds.
-fn duration(key: &str, value: &Expr, zero_ok: bool, errors: &mut Errors) -> Option<u64> {
+/// A duration literal: the runtime's grammar and rules.
+fn duration(key: &str, value: &Expr, errors: &mut Errors) -> Option<Duration> {
     if let Expr::Lit(ExprLit {
         lit: Lit::Int(int), ..
     }) = value
@@ -352,72 +355,82 @@ fn duration(key: &str, value: &Expr, zero_ok: bool, errors: &mut Errors) -> Opti
         );
         return None;
     };
-    let text = lit.value();
-    match parse_duration(&text) {
-        Ok(0) if !zero_ok => {
-            errors.spanned(lit, format!("`{key}` must be longer than zero"));
-            None
-        }
-        Ok(ms) => Some(ms),
+    let parsed = stream_rules::parse_duration(&lit.value())
+        .map_err(|e| format!("`{key}`: {e}"))
+        .and_then(|d| match stream_rules::duration_problem(key, d) {
+            Some(problem) => Err(problem),
+            None => Ok(d),
+        });
+    match parsed {
+        Ok(d) => Some(d),
         Err(problem) => {
-            errors.spanned(
-                lit,
-                format!(
-                    "invalid duration {text:?} for `{key}`: {problem}; write a whole number \
-                     and a unit (ms, s, m, h), e.g. \"30s\", \"250ms\" or \"1m30s\""
-                ),
-            );
+            errors.spanned(lit, problem);
             None
         }
     }
 }
 
-/// `"30s"`, `"250ms"`, `"1m30s"`, `"2h"` as milliseconds.
-pub(crate) fn parse_duration(text: &str) -> Result<u64, String> {
-    if text.is_empty() {
-        return Err("it is empty".to_owned());
-    }
-    let mut rest = text;
-    let mut total: u64 = 0;
-    while !rest.is_empty() {
-        let digits = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
-        if digits == 0 {
-            return Err(format!("expected a number at {rest:?}"));
+/// `retry_delay = "visibility_timeout"` or `"5s"`.
+fn retry_delay(value: &Expr, errors: &mut Errors) -> Option<RetryDelay> {
+    let lit = lit_str("retry_delay", value, errors)?;
+    match RetryDelay::parse(&lit.value()) {
+        Ok(delay) => Some(delay),
+        Err(problem) => {
+            errors.spanned(lit, problem);
+            None
         }
-        let number: u64 = rest[..digits]
-            .parse()
-            .map_err(|_| format!("{:?} is too large", &rest[..digits]))?;
-        rest = &rest[digits..];
-        let unit_len = rest.len()
-            - rest
-                .trim_start_matches(|c: char| c.is_ascii_alphabetic())
-                .len();
-        let unit = &rest[..unit_len];
-        let factor = match unit {
-            "ms" => 1,
-            "s" => 1_000,
-            "m" => 60_000,
-            "h" => 3_600_000,
-            "" => return Err(format!("{number} has no unit")),
-            other => return Err(format!("unknown unit {other:?}")),
-        };
-        rest = &rest[unit_len..];
-        total = number
-            .checked_mul(factor)
-            .and_then(|ms| total.checked_add(ms))
-            .ok_or_else(|| "it is too long".to_owned())?;
     }
-    Ok(total)
+}
+
+/// `retry_delay(base = "100ms", max = "5s")`.
+fn exponential(list: &syn::MetaList, errors: &mut Errors) -> Option<RetryDelay> {
+    const HELP: &str =
+        "exponential backoff is written retry_delay(base = \"100ms\", max = \"30s\")";
+    let metas = match list.parse_args_with(Punctuated::<Meta, Token![,]>::parse_terminated) {
+        Ok(metas) => metas,
+        Err(e) => {
+            errors.push(syn::Error::new(e.span(), format!("{e}; {HELP}")));
+            return None;
+        }
+    };
+    let (mut base, mut max) = (None, None);
+    for meta in &metas {
+        let key = path_key(meta.path());
+        let slot = match key.as_str() {
+            "base" => &mut base,
+            "max" => &mut max,
+            _ => {
+                errors.spanned(meta.path(), format!("unknown key `{key}`; {HELP}"));
+                return None;
+            }
+        };
+        let Meta::NameValue(nv) = meta else {
+            errors.spanned(meta, HELP);
+            return None;
+        };
+        *slot = Some(lit_str(&key, &nv.value, errors)?.value());
+    }
+    let (Some(base), Some(max)) = (base, max) else {
+        errors.spanned(
+            list,
+            format!("`retry_delay` needs both `base` and `max`; {HELP}"),
+        );
+        return None;
+    };
+    match RetryDelay::exponential(&base, &max) {
+        Ok(delay) => Some(delay),
+        Err(problem) => {
+            errors.spanned(list, format!("`retry_delay`: {problem}"));
+            None
+        }
+    }
 }
 
 fn start(value: &Expr, errors: &mut Errors) -> Option<String> {
     let lit = lit_str("start", value, errors)?;
     let text = lit.value();
-    if text.is_empty() || text.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        errors.spanned(
-            lit,
-            format!("invalid `start` {text:?}: write \"latest\", \"earliest\" or a message id"),
-        );
+    if let Some(problem) = stream_rules::start_problem(&text) {
+        errors.spanned(lit, problem);
         return None;
     }
     Some(text)
@@ -447,29 +460,6 @@ fn krate(value: &Expr, errors: &mut Errors) -> Option<syn::Path> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_duration;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("30s"), Ok(30_000));
-        assert_eq!(parse_duration("250ms"), Ok(250));
-        assert_eq!(parse_duration("1m30s"), Ok(90_000));
-        assert_eq!(parse_duration("2h"), Ok(7_200_000));
-        assert_eq!(parse_duration("0s"), Ok(0));
-        for bad in [
-            "",
-            "30",
-            "s",
-            "1.5s",
-            "30 s",
-            "10d",
-            "-1s",
-            "99999999999999999999ms",
-        ] {
-            assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
-        }
-    }
-
     #[test]
     fn suggestions() {
         assert_eq!(super::closest("strem"), Some("stream"));

@@ -5,8 +5,11 @@
 //! types' own spans (axum's `debug_handler` style): a payload that is not `Deserialize`
 //! underlines the payload type, a bad return type the return type.
 
+use std::time::Duration;
+
 use proc_macro2::{Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned, ToTokens};
+use stream_rules::RetryDelay;
 use syn::ItemFn;
 
 use super::args::{Args, MaxRetries};
@@ -97,7 +100,10 @@ pub fn generate(function: &ItemFn, args: &Args, sig: &Signature) -> TokenStream 
 /// `Attributes::NONE` with each given setting applied by a `const fn` setter.
 fn attributes(args: &Args) -> TokenStream {
     let mut out = quote!(__sr::Attributes::NONE);
-    let duration = |ms: u64| quote!(__sr::Duration::from_millis(#ms));
+    let duration = |d: Duration| {
+        let (secs, nanos) = (d.as_secs(), d.subsec_nanos());
+        quote!(__sr::Duration::new(#secs, #nanos))
+    };
     let text = |s: &String| quote!(#s);
     let mut set = |setter: &str, value: Option<TokenStream>| {
         if let Some(value) = value {
@@ -116,6 +122,20 @@ fn attributes(args: &Args) -> TokenStream {
     set("visibility_timeout", args.visibility_timeout.map(duration));
     set("poll_interval", args.poll_interval.map(duration));
     set("shutdown_timeout", args.shutdown_timeout.map(duration));
+    set(
+        "retry_delay",
+        args.retry_delay.map(|delay| match delay {
+            RetryDelay::VisibilityTimeout => quote!(__sr::RetryDelay::VisibilityTimeout),
+            RetryDelay::Fixed(d) => {
+                let d = duration(d);
+                quote!(__sr::RetryDelay::Fixed(#d))
+            }
+            RetryDelay::Exponential { base, max } => {
+                let (base, max) = (duration(base), duration(max));
+                quote!(__sr::RetryDelay::Exponential { base: #base, max: #max })
+            }
+        }),
+    );
     set("start", args.start.as_ref().map(text));
     set("dead_letter", args.dead_letter.as_ref().map(text));
     set("app", args.app.as_ref().map(text));

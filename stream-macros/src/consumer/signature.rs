@@ -1,5 +1,6 @@
 //! Phase 2: the handler's signature (D2). The first argument is the payload; after it come
-//! an optional `&Message` and any number of `State<T>` arguments, in any order. What the
+//! an optional `&Message`, a `Publisher` and any number of `State<T>` arguments, in any
+//! order. What the
 //! syntax alone can tell is checked here; trait requirements (`Deserialize`, `State<T>`,
 //! `Result<(), E: Display>`) are checked by rustc on assertions spanned at the user's
 //! types (see `codegen`).
@@ -23,7 +24,7 @@ pub struct Signature {
 pub enum Extra {
     /// `&Message` (the type as written, for spans).
     Message(Type),
-    /// Anything else: must be `State<T>` (checked by trait).
+    /// Anything else: must be `State<T>` or `Publisher` (checked by trait).
     State(Type),
 }
 
@@ -186,20 +187,37 @@ fn check_payload(ty: &Type, errors: &mut Errors) -> Option<Type> {
             );
             None
         }
+        ty if is_publisher(ty) => {
+            errors.spanned(
+                ty,
+                format!("missing payload argument before `Publisher`: {PAYLOAD_HELP}"),
+            );
+            None
+        }
         ty => Some(ty.clone()),
     }
 }
 
 /// `Message` or a path ending in `::Message`, without generic arguments.
 fn is_message(ty: &Type) -> bool {
+    is_plain(ty, "Message")
+}
+
+/// `Publisher` (or a path ending in `::Publisher`): the handle to publish with.
+fn is_publisher(ty: &Type) -> bool {
+    is_plain(ty, "Publisher")
+}
+
+/// A path ending in `name`, without generic arguments.
+fn is_plain(ty: &Type, name: &str) -> bool {
     match ty {
         Type::Path(path) if path.qself.is_none() => path
             .path
             .segments
             .last()
-            .is_some_and(|s| s.ident == "Message" && s.arguments.is_none()),
-        Type::Paren(inner) => is_message(&inner.elem),
-        Type::Group(inner) => is_message(&inner.elem),
+            .is_some_and(|s| s.ident == name && s.arguments.is_none()),
+        Type::Paren(inner) => is_plain(&inner.elem, name),
+        Type::Group(inner) => is_plain(&inner.elem, name),
         _ => false,
     }
 }

@@ -17,9 +17,16 @@ use crate::error::Result;
 use crate::message::{Message, MessageId, NewMessage};
 use crate::options::{StartPosition, Trim};
 
+pub(crate) use connecting::{hint_refused, no_answer};
+pub use connecting::{ConnectOptions, DEFAULT_CONNECT_TIMEOUT};
+pub use redact::redact_url;
+pub(crate) use redact::{redact_in, redact_text};
+
+mod connecting;
 pub mod memory;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+mod redact;
 #[cfg(feature = "redis")]
 pub mod redis;
 #[cfg(feature = "sqlite")]
@@ -242,15 +249,24 @@ pub fn integer_start_id(backend: &str, id: &str) -> Result<i64> {
 /// `memory://`, `sqlite:` / `sqlite://`, `postgres://` / `postgresql://`, `redis://` /
 /// `rediss://`. Errors show the URL with its password redacted.
 pub async fn connect(url: &str) -> Result<SharedBackend> {
+    connect_with(url, ConnectOptions::default()).await
+}
+
+/// [`connect`] with options (the connect timeout).
+pub async fn connect_with(url: &str, options: ConnectOptions) -> Result<SharedBackend> {
     let scheme = url.split(':').next().unwrap_or_default();
     match scheme {
         "memory" => Ok(Arc::new(memory::MemoryBackend::new())),
         #[cfg(feature = "redis")]
-        "redis" | "rediss" => Ok(Arc::new(self::redis::RedisBackend::connect(url).await?)),
+        "redis" | "rediss" => Ok(Arc::new(
+            self::redis::RedisBackend::connect_with(url, options).await?,
+        )),
         #[cfg(feature = "sqlite")]
         "sqlite" => Ok(Arc::new(sqlite::SqliteBackend::connect(url).await?)),
         #[cfg(feature = "postgres")]
-        "postgres" | "postgresql" => Ok(Arc::new(postgres::PostgresBackend::connect(url).await?)),
+        "postgres" | "postgresql" => Ok(Arc::new(
+            postgres::PostgresBackend::connect_with(url, options).await?,
+        )),
         // Reached only for the schemes whose backend features are off.
         #[allow(unreachable_patterns)]
         "sqlite" | "postgres" | "postgresql" | "redis" | "rediss" => Err(crate::Error::Config(format!(
@@ -262,82 +278,16 @@ pub async fn connect(url: &str) -> Result<SharedBackend> {
                 other => other,
             }
         ))),
+        // A libpq-style `host=... user=...` string: say what to write instead.
+        _ if !url.contains("://") && url.contains('=') => Err(crate::Error::Config(format!(
+            "backend {} is a key=value connection string; write it as a URL instead, e.g. \
+             postgres://user@host:5432/db, with the password after the user name, \
+             percent-encoded (user:password@host)",
+            redact_url(url)
+        ))),
         _ => Err(crate::Error::Config(format!(
             "backend URL {} has an unknown scheme; use memory://, sqlite://PATH, postgres://... or redis://...",
             redact_url(url)
         ))),
-    }
-}
-
-/// The URL with any password replaced by `***`, safe to log: the userinfo's password, even
-/// one holding `/`, `?` or `#` unencoded, and `password=` / `pass=` query parameters.
-///
-/// ```
-/// use stream_runtime::backend::redact_url;
-/// assert_eq!(redact_url("postgres://app:s3cret@db:5432/x"), "postgres://app:***@db:5432/x");
-/// assert_eq!(redact_url("redis://:pw@localhost"), "redis://:***@localhost");
-/// assert_eq!(redact_url("sqlite://streams.db"), "sqlite://streams.db");
-/// assert_eq!(redact_url("postgres://app:p#ss@db/x"), "postgres://app:***@db/x");
-/// assert_eq!(redact_url("postgres://app@db/x?password=s3cret"), "postgres://app@db/x?password=***");
-/// ```
-pub fn redact_url(url: &str) -> String {
-    let (head, query) = match url.find("://") {
-        Some(scheme_end) => {
-            let rest_start = scheme_end + 3;
-            let rest = &url[rest_start..];
-            let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-            // The userinfo ends at the authority's last '@'. Without one there, a password
-            // holding an unencoded '/', '?' or '#' may have cut the authority short: then a
-            // later '@' after a ':' ends it (hiding too much beats showing a password).
-            let at = rest[..authority_end].rfind('@').or_else(|| {
-                rest[..authority_end].find(':')?;
-                rest[authority_end..].find('@').map(|i| authority_end + i)
-            });
-            match at {
-                Some(at) => {
-                    let userinfo = &rest[..at];
-                    let redacted = match userinfo.find(':') {
-                        Some(colon) => format!("{}:***", &userinfo[..colon]),
-                        None => userinfo.to_owned(),
-                    };
-                    let after = &rest[at..];
-                    let (path, query) = split_query(after);
-                    (format!("{}{redacted}{path}", &url[..rest_start]), query)
-                }
-                None => {
-                    let (path, query) = split_query(url);
-                    (path.to_owned(), query)
-                }
-            }
-        }
-        None => {
-            let (path, query) = split_query(url);
-            (path.to_owned(), query)
-        }
-    };
-    let Some(query) = query else {
-        return head;
-    };
-    let params: Vec<String> = query
-        .split('&')
-        .map(|pair| match pair.split_once('=') {
-            Some((key, _))
-                if ["password", "pass", "passwd"]
-                    .iter()
-                    .any(|secret| key.eq_ignore_ascii_case(secret)) =>
-            {
-                format!("{key}=***")
-            }
-            _ => pair.to_owned(),
-        })
-        .collect();
-    format!("{head}?{}", params.join("&"))
-}
-
-/// `(before '?', after '?')`.
-fn split_query(s: &str) -> (&str, Option<&str>) {
-    match s.split_once('?') {
-        Some((path, query)) => (path, Some(query)),
-        None => (s, None),
     }
 }

@@ -26,7 +26,8 @@ use sqlx::{Connection, Executor, Row};
 use tokio::task::JoinHandle;
 
 use super::{
-    redact_url, Backend, BoxFuture, Claim, ClaimToken, Claimed, GroupRef, Wakeup, WakeupHub,
+    hint_refused, no_answer, redact_url, Backend, BoxFuture, Claim, ClaimToken, Claimed,
+    ConnectOptions, GroupRef, Wakeup, WakeupHub,
 };
 use crate::error::{Error, Result};
 use crate::message::{Headers, Message, MessageId, NewMessage};
@@ -48,9 +49,6 @@ pub const MIGRATIONS: &[&str] = &[
     include_str!("postgres_schema_2.sql"),
     include_str!("postgres_schema_3.sql"),
 ];
-
-/// How long connecting may take before it fails with a clear error.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Streams, groups and pending claims in Postgres tables.
 pub struct PostgresBackend {
@@ -183,18 +181,39 @@ impl PostgresBackend {
     /// Connects, creates or migrates the schema named by the URL's `schema` parameter
     /// (default `streams`) and starts the `LISTEN` task. Errors show the URL redacted.
     pub async fn connect(url: &str) -> Result<Self> {
+        Self::connect_with(url, ConnectOptions::default()).await
+    }
+
+    /// Like [`connect`](Self::connect), with options (the connect timeout).
+    pub async fn connect_with(url: &str, options: ConnectOptions) -> Result<Self> {
         let (sqlx_url, schema, max_connections) = split_params(url)?;
         let schema = schema.unwrap_or_else(|| DEFAULT_SCHEMA.to_owned());
-        Self::open(url, &sqlx_url, &schema, max_connections.unwrap_or(10)).await
+        let max_connections = max_connections.unwrap_or(10);
+        Self::open(url, &sqlx_url, &schema, max_connections, options).await
     }
 
     /// Like [`connect`](Self::connect), with the schema given here (it wins over the URL's).
     pub async fn connect_with_schema(url: &str, schema: &str) -> Result<Self> {
         let (sqlx_url, _, max_connections) = split_params(url)?;
-        Self::open(url, &sqlx_url, schema, max_connections.unwrap_or(10)).await
+        let max_connections = max_connections.unwrap_or(10);
+        Self::open(
+            url,
+            &sqlx_url,
+            schema,
+            max_connections,
+            ConnectOptions::default(),
+        )
+        .await
     }
 
-    async fn open(url: &str, sqlx_url: &str, schema: &str, max_connections: u32) -> Result<Self> {
+    async fn open(
+        url: &str,
+        sqlx_url: &str,
+        schema: &str,
+        max_connections: u32,
+        connect: ConnectOptions,
+    ) -> Result<Self> {
+        let timeout = connect.connect_timeout;
         check_schema(schema)?;
         let redacted = redact_url(url);
         let options: PgConnectOptions = sqlx_url.parse().map_err(|e| {
@@ -205,25 +224,23 @@ impl PostgresBackend {
 
         // One direct connection first: a clear error at once when the server is unreachable
         // or refuses us (a pool would retry until its acquire timeout), and the migration.
-        let timed_out = |what: &str| {
-            Error::backend(
-                NAME,
-                format!("{what} {redacted}"),
-                format!("no answer within {CONNECT_TIMEOUT:?}"),
-            )
-        };
+        let timed_out =
+            |what: &str| Error::backend(NAME, format!("{what} {redacted}"), no_answer(timeout));
         let mut conn = tokio::time::timeout(
-            CONNECT_TIMEOUT,
+            timeout,
             sqlx::postgres::PgConnection::connect_with(&options),
         )
         .await
         .map_err(|_| timed_out("connecting to"))?
-        .map_err(|e| Error::backend(NAME, format!("connecting to {redacted}"), e))?;
+        .map_err(|e| {
+            let refused = matches!(&e, sqlx::Error::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused);
+            Error::backend(NAME, format!("connecting to {redacted}"), hint_refused(e, refused))
+        })?;
         let migrating = async {
             migrate(&mut conn, schema).await?;
             conn.close().await
         };
-        tokio::time::timeout(CONNECT_TIMEOUT, migrating)
+        tokio::time::timeout(timeout, migrating)
             .await
             .map_err(|_| timed_out("migrating the schema at"))?
             .map_err(|e| {

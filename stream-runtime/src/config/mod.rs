@@ -82,6 +82,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "max_len",
     "max_age",
     "max_payload_bytes",
+    "connect_timeout",
     "defaults",
     "consumers",
     "http",
@@ -99,12 +100,17 @@ pub struct Config {
     /// Namespace of stream names.
     pub namespace: String,
     /// Default `max_len` trim of publishes (0 = none).
+    #[serde(deserialize_with = "de_max_len")]
     pub max_len: u64,
     /// Default `max_age` trim of publishes (zero = none).
     #[serde(deserialize_with = "de_duration")]
     pub max_age: Duration,
     /// Largest payload accepted by publish.
+    #[serde(deserialize_with = "de_max_payload_bytes")]
     pub max_payload_bytes: usize,
+    /// How long connecting to a server (Postgres, Redis) may take.
+    #[serde(deserialize_with = "de_connect_timeout")]
+    pub connect_timeout: Duration,
     /// Settings for every consumer.
     pub defaults: ConsumerSettings,
     /// Per-consumer overrides, by consumer name.
@@ -125,6 +131,7 @@ impl fmt::Debug for Config {
             .field("max_len", &self.max_len)
             .field("max_age", &self.max_age)
             .field("max_payload_bytes", &self.max_payload_bytes)
+            .field("connect_timeout", &self.connect_timeout)
             .field("defaults", &self.defaults)
             .field("consumers", &self.consumers)
             .field("http", &self.http)
@@ -143,6 +150,7 @@ impl Default for Config {
             max_len: service.max_len,
             max_age: service.max_age,
             max_payload_bytes: service.max_payload_bytes,
+            connect_timeout: service.connect_timeout,
             defaults: ConsumerSettings::default(),
             consumers: BTreeMap::new(),
             http: None,
@@ -171,13 +179,14 @@ pub struct ConsumerSettings {
     /// Retries after the first attempt: a number or `"unlimited"`.
     #[serde(default, deserialize_with = "de_max_retries")]
     pub max_retries: Option<MaxRetries>,
-    /// Workers.
+    /// Workers (at least 1).
+    #[serde(default, deserialize_with = "de_concurrency")]
     pub concurrency: Option<usize>,
-    /// How long a claim hides a message.
-    #[serde(default, deserialize_with = "de_opt_duration")]
+    /// How long a claim hides a message (longer than zero).
+    #[serde(default, deserialize_with = "de_visibility_timeout")]
     pub visibility_timeout: Option<Duration>,
-    /// Fallback poll cadence.
-    #[serde(default, deserialize_with = "de_opt_duration")]
+    /// Fallback poll cadence (longer than zero).
+    #[serde(default, deserialize_with = "de_poll_interval")]
     pub poll_interval: Option<Duration>,
     /// Drain budget at shutdown.
     #[serde(default, deserialize_with = "de_opt_duration")]
@@ -186,12 +195,16 @@ pub struct ConsumerSettings {
     #[serde(default, deserialize_with = "de_retry_delay")]
     pub retry_delay: Option<RetryDelay>,
     /// `"latest"`, `"earliest"` or a message id; used when the group is created.
+    #[serde(default, deserialize_with = "de_start")]
     pub start: Option<String>,
     /// Dead-letter stream short name.
+    #[serde(default, deserialize_with = "de_name")]
     pub dead_letter: Option<String>,
     /// App override (only in `[consumers.<name>]`).
+    #[serde(default, deserialize_with = "de_name")]
     pub app: Option<String>,
     /// Namespace override (only in `[consumers.<name>]`).
+    #[serde(default, deserialize_with = "de_name")]
     pub namespace: Option<String>,
 }
 
@@ -230,6 +243,7 @@ impl Config {
             .max_len(self.max_len)
             .max_age(self.max_age)
             .max_payload_bytes(self.max_payload_bytes)
+            .connect_timeout(self.connect_timeout)
     }
 
     /// Where the settings came from, for logs: the file, or "no config file".
@@ -267,11 +281,7 @@ impl Config {
             // `[defaults]` has no app / namespace (the top-level keys are the default).
             app: pick!(app),
             namespace: pick!(namespace),
-            // The attribute has no retry delay.
-            retry_delay: file
-                .and_then(|f| f.retry_delay)
-                .or(defaults.retry_delay)
-                .unwrap_or(builtin.retry_delay),
+            retry_delay: pick!(retry_delay).unwrap_or(builtin.retry_delay),
             name: Some(name.to_owned()),
         };
         let enabled = file
@@ -478,28 +488,9 @@ fn describe(errors: figment::Error) -> String {
             kind if key.is_empty() => format!("{place} is not valid TOML: {kind}"),
             kind => format!("bad value for `{key}` in {place}: {kind}"),
         };
-        lines.push(redact_text(&what));
+        lines.push(crate::backend::redact_text(&what));
     }
     lines.join("; ")
-}
-
-/// Redacts the password of every URL in a text.
-pub(crate) fn redact_text(text: &str) -> String {
-    text.split(' ')
-        .map(|word| {
-            if word.contains("://") {
-                let start = word.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(0);
-                format!(
-                    "{}{}",
-                    &word[..start],
-                    crate::backend::redact_url(&word[start..])
-                )
-            } else {
-                word.to_owned()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 const ENV_METADATA_NAME: &str = "environment";
@@ -581,60 +572,7 @@ fn insert(dict: &mut Dict, parts: &[&str], value: Value) {
     }
 }
 
-/// Parses `"30s"`, `"250ms"`, `"2m"`, `"1h"`, `"7d"`, `"1m30s"`, `"0s"`.
-pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
-    let bad = || {
-        format!("bad duration {text:?}: write a number and a unit (ms, s, m, h, d), e.g. \"30s\", \"250ms\", \"2m\"")
-    };
-    let s = text.trim();
-    if s.is_empty() {
-        return Err(bad());
-    }
-    let mut total = Duration::ZERO;
-    let mut rest = s;
-    while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
-        if digits == 0 {
-            return Err(bad());
-        }
-        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
-        rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let part = match &rest[..unit_len] {
-            "ms" => Duration::from_millis(n),
-            "s" => Duration::from_secs(n),
-            "m" => Duration::from_secs(n.saturating_mul(60)),
-            "h" => Duration::from_secs(n.saturating_mul(3600)),
-            "d" => Duration::from_secs(n.saturating_mul(86_400)),
-            _ => return Err(bad()),
-        };
-        total = total.saturating_add(part);
-        rest = &rest[unit_len..];
-    }
-    Ok(total)
-}
-
-/// Formats a duration the way the config writes it: `"30s"`, `"250ms"`, `"2m"`.
-pub fn format_duration(d: Duration) -> String {
-    let ms = d.as_millis();
-    if ms == 0 {
-        if d.is_zero() {
-            "0s".to_owned()
-        } else {
-            format!("{}us", d.as_micros())
-        }
-    } else if ms % 3_600_000 == 0 {
-        format!("{}h", ms / 3_600_000)
-    } else if ms % 60_000 == 0 {
-        format!("{}m", ms / 60_000)
-    } else if ms % 1000 == 0 {
-        format!("{}s", ms / 1000)
-    } else {
-        format!("{ms}ms")
-    }
-}
+pub use stream_rules::{format_duration, parse_duration, DurationError};
 
 struct DurationVisitor;
 
@@ -652,10 +590,116 @@ fn de_duration<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Duration,
     d.deserialize_str(DurationVisitor)
 }
 
+/// A duration that must be longer than zero, as the attribute requires.
+fn de_nonzero_duration<'de, D: Deserializer<'de>>(
+    key: &'static str,
+    d: D,
+) -> std::result::Result<Option<Duration>, D::Error> {
+    let duration = d.deserialize_str(DurationVisitor)?;
+    match stream_rules::duration_problem(key, duration) {
+        Some(problem) => Err(de::Error::custom(problem)),
+        None => Ok(Some(duration)),
+    }
+}
+
+fn de_connect_timeout<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Duration, D::Error> {
+    let duration = d.deserialize_str(DurationVisitor)?;
+    match stream_rules::duration_problem("connect_timeout", duration) {
+        Some(problem) => Err(de::Error::custom(problem)),
+        None => Ok(duration),
+    }
+}
+
+fn de_visibility_timeout<'de, D: Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<Duration>, D::Error> {
+    de_nonzero_duration("visibility_timeout", d)
+}
+
+fn de_poll_interval<'de, D: Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<Duration>, D::Error> {
+    de_nonzero_duration("poll_interval", d)
+}
+
 fn de_opt_duration<'de, D: Deserializer<'de>>(
     d: D,
 ) -> std::result::Result<Option<Duration>, D::Error> {
     d.deserialize_str(DurationVisitor).map(Some)
+}
+
+/// A whole number of at least `min`, described in words rather than as a Rust type.
+struct WholeNumber {
+    min: u64,
+    expected: &'static str,
+}
+
+impl Visitor<'_> for WholeNumber {
+    type Value = u64;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.expected)
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> std::result::Result<u64, E> {
+        if v < self.min {
+            return Err(E::invalid_value(de::Unexpected::Unsigned(v), &self));
+        }
+        Ok(v)
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> std::result::Result<u64, E> {
+        u64::try_from(v)
+            .map_err(|_| E::invalid_value(de::Unexpected::Signed(v), &self))
+            .and_then(|v| self.visit_u64(v))
+    }
+}
+
+fn whole_usize<'de, D: Deserializer<'de>>(
+    d: D,
+    number: WholeNumber,
+) -> std::result::Result<usize, D::Error> {
+    let v = d.deserialize_any(number)?;
+    usize::try_from(v).map_err(|_| de::Error::custom(format!("{v} is too large")))
+}
+
+fn de_concurrency<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<usize>, D::Error> {
+    let expected = stream_rules::CONCURRENCY_EXPECTED;
+    whole_usize(d, WholeNumber { min: 1, expected }).map(Some)
+}
+
+fn de_max_len<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<u64, D::Error> {
+    d.deserialize_any(WholeNumber {
+        min: 0,
+        expected: "a whole number of messages, 0 or more (0 = keep all)",
+    })
+}
+
+fn de_max_payload_bytes<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<usize, D::Error> {
+    whole_usize(
+        d,
+        WholeNumber {
+            min: 1,
+            expected: "a whole number of bytes, at least 1",
+        },
+    )
+}
+
+fn de_start<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<String>, D::Error> {
+    let text = String::deserialize(d)?;
+    match stream_rules::start_problem(&text) {
+        Some(problem) => Err(de::Error::custom(problem)),
+        None => Ok(Some(text)),
+    }
+}
+
+/// A dead-letter stream, app or namespace: the naming rules (S1). Empty is allowed: an
+/// empty override is ignored, as everywhere.
+fn de_name<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<String>, D::Error> {
+    let text = String::deserialize(d)?;
+    match stream_rules::name_problem(&text).filter(|_| !text.is_empty()) {
+        Some(problem) => Err(de::Error::custom(format!(
+            "invalid name {text:?}: {problem}"
+        ))),
+        None => Ok(Some(text)),
+    }
 }
 
 fn de_max_retries<'de, D: Deserializer<'de>>(
@@ -665,7 +709,7 @@ fn de_max_retries<'de, D: Deserializer<'de>>(
     impl Visitor<'_> for V {
         type Value = MaxRetries;
         fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("a number of retries (0 or more) or \"unlimited\"")
+            f.write_str(stream_rules::MAX_RETRIES_EXPECTED)
         }
         fn visit_u64<E: de::Error>(self, v: u64) -> std::result::Result<MaxRetries, E> {
             u32::try_from(v)
@@ -699,10 +743,7 @@ fn de_retry_delay<'de, D: Deserializer<'de>>(
             )
         }
         fn visit_str<E: de::Error>(self, v: &str) -> std::result::Result<RetryDelay, E> {
-            if v == "visibility_timeout" {
-                return Ok(RetryDelay::VisibilityTimeout);
-            }
-            parse_duration(v).map(RetryDelay::Fixed).map_err(E::custom)
+            RetryDelay::parse(v).map_err(E::custom)
         }
         fn visit_map<A: de::MapAccess<'de>>(
             self,
@@ -715,12 +756,11 @@ fn de_retry_delay<'de, D: Deserializer<'de>>(
                     "max" => &mut max,
                     other => return Err(de::Error::unknown_field(other, &["base", "max"])),
                 };
-                let value: String = map.next_value()?;
-                *slot = Some(parse_duration(&value).map_err(de::Error::custom)?);
+                *slot = Some(map.next_value::<String>()?);
             }
             let base = base.ok_or_else(|| de::Error::missing_field("base"))?;
             let max = max.ok_or_else(|| de::Error::missing_field("max"))?;
-            Ok(RetryDelay::Exponential { base, max })
+            RetryDelay::exponential(&base, &max).map_err(de::Error::custom)
         }
     }
     d.deserialize_any(V).map(Some)
@@ -729,20 +769,6 @@ fn de_retry_delay<'de, D: Deserializer<'de>>(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
-        assert!(parse_duration("30").is_err());
-        assert!(parse_duration("s").is_err());
-        assert!(parse_duration("3 s").is_err());
-        assert_eq!(format_duration(Duration::from_secs(90)), "90s");
-        assert_eq!(format_duration(Duration::from_millis(250)), "250ms");
-        assert_eq!(format_duration(Duration::from_secs(120)), "2m");
-    }
 
     #[test]
     fn reference_parses() {

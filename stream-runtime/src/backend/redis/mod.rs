@@ -45,7 +45,8 @@ use ::redis::aio::ConnectionManager;
 use ::redis::{ErrorKind, RedisError, ServerErrorKind, Value};
 
 use super::{
-    redact_url, Backend, BoxFuture, Claim, ClaimToken, Claimed, GroupRef, Wakeup, WakeupHub,
+    hint_refused, no_answer, redact_url, Backend, BoxFuture, Claim, ClaimToken, Claimed,
+    ConnectOptions, GroupRef, Wakeup, WakeupHub,
 };
 use crate::error::{Error, Result};
 use crate::message::{Headers, Message, MessageId, NewMessage};
@@ -261,28 +262,67 @@ fn parse_claimed(stream: &str, value: Value) -> Result<Claimed> {
     })
 }
 
+/// A URL the redis crate refused, said in words (its own text ends in a Debug-printed
+/// error kind).
+fn invalid_url(shown: &str, e: &RedisError) -> Error {
+    let text = e.to_string();
+    let what = text.split(" - ").next().unwrap_or(&text).to_lowercase();
+    let what = match e.detail() {
+        Some(detail) => format!("{what}: {detail}"),
+        None => what,
+    };
+    Error::Config(format!(
+        "backend URL {shown} is not a valid Redis URL ({what}); write \
+         redis://host[:port][/db], where db is a number such as 0"
+    ))
+}
+
 impl RedisBackend {
     /// Connects to `redis://[:password@]host[:port][/db]` and checks the server is Redis 7.0
     /// or newer. The connection reconnects by itself after a drop or a server restart.
     pub async fn connect(url: &str) -> Result<Self> {
+        Self::connect_with(url, ConnectOptions::default()).await
+    }
+
+    /// Like [`connect`](Self::connect), with options: connecting and the version check
+    /// give up after `connect_timeout` with "no answer within ...".
+    pub async fn connect_with(url: &str, options: ConnectOptions) -> Result<Self> {
         let shown = redact_url(url);
-        let client = ::redis::Client::open(url)
-            .map_err(|e| Error::Config(format!("backend URL {shown}: {e}")))?;
+        let client = ::redis::Client::open(url).map_err(|e| invalid_url(&shown, &e))?;
+        let timeout = options.connect_timeout;
+        let failed = |what: &str, e: RedisError| {
+            let refused = e.is_connection_refusal();
+            Error::backend(NAME, format!("{what} {shown}"), hint_refused(e, refused))
+        };
+        let timed_out =
+            || Error::backend(NAME, format!("connecting to {shown}"), no_answer(timeout));
+        // One direct connection first, for a clear error at once: the connection manager
+        // retries a refused or silent server for a while before it gives up.
+        let info: String = tokio::time::timeout(timeout, async {
+            let mut direct = client
+                .get_multiplexed_async_connection()
+                .await
+                .map_err(|e| failed("connecting to", e))?;
+            ::redis::cmd("INFO")
+                .arg("server")
+                .query_async(&mut direct)
+                .await
+                .map_err(|e| failed("reading the server version of", e))
+        })
+        .await
+        .map_err(|_| timed_out())??;
         let config = ::redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(5)))
+            .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(Duration::from_secs(10)))
             .set_number_of_retries(4)
             .set_max_delay(Duration::from_secs(2));
-        let mut conn = ConnectionManager::new_with_config(client.clone(), config)
-            .await
-            .map_err(|e| Error::backend(NAME, format!("connecting to {shown}"), e))?;
-        let info: String = ::redis::cmd("INFO")
-            .arg("server")
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| {
-                Error::backend(NAME, format!("reading the server version of {shown}"), e)
-            })?;
+        let conn = tokio::time::timeout(
+            timeout,
+            ConnectionManager::new_with_config(client.clone(), config),
+        )
+        .await
+        .map_err(|_| timed_out())?
+        .map_err(|e| failed("connecting to", e))?;
         check_version(&info, &shown)?;
         Ok(RedisBackend {
             client,
