@@ -1,1 +1,218 @@
-//! Integration tests live in tests/.
+//! What the test files share: scratch directories, the URLs of the test servers and the
+//! skip-or-require rule for them, log capture, the Postgres helpers, and a backend wrapper
+//! that tells when a consumer went idle.
+//!
+//! The servers come from `STREAMS_TEST_POSTGRES_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/test`) and `STREAMS_TEST_REDIS_URL` (default
+//! `redis://127.0.0.1:6379`). A test whose server does not answer is skipped loudly, or fails
+//! when `STREAMS_TEST_REQUIRE_SERVICES=1` ([`skip_or_fail`]).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use stream_runtime::backend::redis::RedisBackend;
+use stream_runtime::backend::{Backend, BoxFuture, Claimed, GroupRef, SharedBackend};
+use stream_runtime::conformance::intercept::{intercept, Intercept};
+use stream_runtime::conformance::{unique_name, wait_for};
+use stream_runtime::{Service, ServiceConfig};
+
+pub use stream_runtime::conformance::skip_or_fail;
+
+/// A new, empty directory of its own under the system's temp directory.
+pub fn temp_dir(prefix: &str) -> PathBuf {
+    let dir = std::env::temp_dir()
+        .join(format!("stream-tests-{}", std::process::id()))
+        .join(unique_name(prefix));
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        panic!("creating {}: {e}", dir.display());
+    }
+    dir
+}
+
+/// A `sqlite://` URL naming a new database file.
+pub fn sqlite_url() -> String {
+    format!(
+        "sqlite://{}",
+        temp_dir("sqlite").join("streams.db").display()
+    )
+}
+
+/// The test Postgres server's URL.
+pub fn postgres_url() -> String {
+    std::env::var("STREAMS_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+/// The test Redis server's URL.
+pub fn redis_url() -> String {
+    std::env::var("STREAMS_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// A backend on the shared Redis server, or `None` (a loud skip) when it is unreachable.
+pub async fn redis_backend() -> Option<RedisBackend> {
+    match RedisBackend::connect(&redis_url()).await {
+        Ok(backend) => Some(backend),
+        Err(e) => skip_or_fail("redis", &e.to_string()),
+    }
+}
+
+/// [`redis_backend`], shared.
+pub async fn shared_redis() -> Option<SharedBackend> {
+    Some(Arc::new(redis_backend().await?))
+}
+
+/// The URL of a backend of this `kind` (`memory`, `sqlite`, `postgres`, `redis`) for one
+/// test, or `None` (loudly) when it is not in the build or its server does not answer.
+pub async fn backend_url(kind: &str) -> Option<String> {
+    let url = match kind {
+        "memory" => "memory://".to_owned(),
+        "sqlite" => sqlite_url(),
+        "postgres" => postgres_url(),
+        "redis" => redis_url(),
+        other => panic!("unknown backend kind {other}"),
+    };
+    match Service::connect(&url, ServiceConfig::default()).await {
+        Ok(service) => {
+            let _ = service.close().await;
+            Some(url)
+        }
+        // A backend not merged into this build yet is not a missing service.
+        Err(stream_runtime::Error::Config(reason)) if reason.contains("this build lacks") => {
+            eprintln!("!!!! SKIPPING {kind} test: {reason}");
+            None
+        }
+        Err(e) => skip_or_fail(kind, &e.to_string()),
+    }
+}
+
+/// The Postgres tests' schema and connections.
+pub mod pg {
+    use std::sync::Arc;
+
+    use stream_runtime::backend::postgres::PostgresBackend;
+    use stream_runtime::backend::SharedBackend;
+
+    pub use super::postgres_url as url;
+
+    /// The schema the Postgres tests share; every case uses its own random app name.
+    /// Named after the latest migration: a build refuses a schema newer than it knows, so
+    /// branches still at an older version keep their own schema on the shared test server.
+    pub const SCHEMA: &str = "stream_tests_v2";
+
+    /// The URL with an `application_name`, so a fault test kills only its own connections.
+    pub fn url_with_app_name(app_name: &str) -> String {
+        let url = url();
+        let sep = if url.contains('?') { '&' } else { '?' };
+        format!("{url}{sep}application_name={app_name}")
+    }
+
+    /// A backend on the shared test schema, or `None` (a loud skip) when the server is down.
+    pub async fn backend_at(url: &str) -> Option<PostgresBackend> {
+        match PostgresBackend::connect_with_schema(url, SCHEMA).await {
+            Ok(backend) => Some(backend),
+            Err(e) => super::skip_or_fail("postgres", &e.to_string()),
+        }
+    }
+
+    /// [`backend_at`] the test server, shared.
+    pub async fn shared_backend() -> Option<SharedBackend> {
+        Some(Arc::new(backend_at(&url()).await?) as SharedBackend)
+    }
+}
+
+/// Formatted log lines, captured by [`Logs::capture`].
+#[derive(Clone, Debug, Default)]
+pub struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl Logs {
+    /// Installs a `tracing` subscriber writing into the returned `Logs` for this thread,
+    /// until the guard is dropped.
+    pub fn capture() -> (Logs, tracing::subscriber::DefaultGuard) {
+        let logs = Logs::default();
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        (logs, tracing::subscriber::set_default(subscriber))
+    }
+
+    /// Everything logged so far.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap_or_else(PoisonError::into_inner)).into_owned()
+    }
+}
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Counts the claims that came back empty, per stream. A consumer whose claim came back
+/// empty waits for a wake-up or its poll interval: it is idle, so what it handles next was
+/// pushed to it (or polled), not found by its first claim.
+#[derive(Debug, Default)]
+pub struct IdleWatch {
+    empty_claims: Mutex<HashMap<String, usize>>,
+}
+
+impl IdleWatch {
+    /// `inner`, watched.
+    pub fn wrap(inner: SharedBackend) -> (SharedBackend, Arc<IdleWatch>) {
+        let watch = Arc::new(IdleWatch::default());
+        (intercept(inner, watch.clone()), watch)
+    }
+
+    /// How many claims on the stream whose full name ends with `stream` came back empty.
+    pub fn empty_claims(&self, stream: &str) -> usize {
+        self.empty_claims
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter(|(name, _)| name.ends_with(stream))
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    /// Waits until a consumer of the stream whose full name ends with `stream` went idle.
+    pub async fn wait_idle(&self, stream: &str) {
+        wait_for(&format!("a consumer of {stream} to go idle"), || {
+            self.empty_claims(stream) > 0
+        })
+        .await;
+    }
+}
+
+impl Intercept for IdleWatch {
+    fn claim<'a>(
+        &'a self,
+        inner: &'a dyn Backend,
+        group: GroupRef<'a>,
+        max: usize,
+        visibility: Duration,
+    ) -> BoxFuture<'a, stream_runtime::Result<Vec<Claimed>>> {
+        Box::pin(async move {
+            let claimed = inner.claim(group, max, visibility).await;
+            if claimed.as_ref().is_ok_and(Vec::is_empty) {
+                *self
+                    .empty_claims
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .entry(group.stream.to_owned())
+                    .or_default() += 1;
+            }
+            claimed
+        })
+    }
+}

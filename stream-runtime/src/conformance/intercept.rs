@@ -1,0 +1,207 @@
+//! A pass-through [`Backend`] that hands every call to hooks first: to count calls, to see
+//! when a consumer went idle, or to make a backend hang or answer late, as a slow or lost
+//! server would.
+//!
+//! ```
+//! use std::sync::atomic::{AtomicU64, Ordering};
+//! use std::sync::Arc;
+//!
+//! use stream_runtime::backend::memory::MemoryBackend;
+//! use stream_runtime::backend::{Backend, BoxFuture, Claim, GroupRef};
+//! use stream_runtime::conformance::intercept::{intercept, Intercept};
+//!
+//! /// Counts acks; every other call passes straight through.
+//! #[derive(Default)]
+//! struct Acks(AtomicU64);
+//!
+//! impl Intercept for Acks {
+//!     fn ack<'a>(
+//!         &'a self,
+//!         inner: &'a dyn Backend,
+//!         group: GroupRef<'a>,
+//!         claims: &'a [Claim],
+//!     ) -> BoxFuture<'a, stream_runtime::Result<()>> {
+//!         self.0.fetch_add(1, Ordering::Relaxed);
+//!         inner.ack(group, claims)
+//!     }
+//! }
+//!
+//! let acks = Arc::new(Acks::default());
+//! let backend = intercept(Arc::new(MemoryBackend::new()), acks.clone());
+//! # drop(backend);
+//! ```
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::backend::{Backend, BoxFuture, Claim, Claimed, GroupRef, SharedBackend, Wakeup};
+use crate::error::Result;
+use crate::message::{MessageId, NewMessage};
+use crate::options::{StartPosition, Trim};
+
+/// Hooks around each [`Backend`] call. Every method gets the wrapped backend as `inner` and
+/// by default passes the call on unchanged, so an implementation overrides only the calls
+/// it watches.
+#[allow(missing_docs)]
+pub trait Intercept: Send + Sync + 'static {
+    fn append<'a>(
+        &'a self,
+        inner: &'a dyn Backend,
+        stream: &'a str,
+        messages: Vec<NewMessage>,
+        trim: Trim,
+    ) -> BoxFuture<'a, Result<Vec<MessageId>>> {
+        inner.append(stream, messages, trim)
+    }
+
+    fn ensure_group<'a>(
+        &'a self,
+        inner: &'a dyn Backend,
+        stream: &'a str,
+        group: &'a str,
+        start: &'a StartPosition,
+    ) -> BoxFuture<'a, Result<()>> {
+        inner.ensure_group(stream, group, start)
+    }
+
+    fn claim<'a>(
+        &'a self,
+        inner: &'a dyn Backend,
+        group: GroupRef<'a>,
+        max: usize,
+        visibility: Duration,
+    ) -> BoxFuture<'a, Result<Vec<Claimed>>> {
+        inner.claim(group, max, visibility)
+    }
+
+    fn ack<'a>(
+        &'a self,
+        inner: &'a dyn Backend,
+        group: GroupRef<'a>,
+        claims: &'a [Claim],
+    ) -> BoxFuture<'a, Result<()>> {
+        inner.ack(group, claims)
+    }
+
+    fn retry<'a>(
+        &'a self,
+        inner: &'a dyn Backend,
+        group: GroupRef<'a>,
+        claim: &'a Claim,
+        delay: Duration,
+    ) -> BoxFuture<'a, Result<bool>> {
+        inner.retry(group, claim, delay)
+    }
+
+    fn dead_letter<'a>(
+        &'a self,
+        inner: &'a dyn Backend,
+        group: GroupRef<'a>,
+        claim: &'a Claim,
+        to: &'a str,
+        message: NewMessage,
+    ) -> BoxFuture<'a, Result<bool>> {
+        inner.dead_letter(group, claim, to, message)
+    }
+
+    fn release<'a>(
+        &'a self,
+        inner: &'a dyn Backend,
+        group: GroupRef<'a>,
+        claims: &'a [Claim],
+    ) -> BoxFuture<'a, Result<()>> {
+        inner.release(group, claims)
+    }
+
+    fn wakeup(&self, inner: &dyn Backend, stream: &str) -> Wakeup {
+        inner.wakeup(stream)
+    }
+
+    fn close<'a>(&'a self, inner: &'a dyn Backend) -> BoxFuture<'a, Result<()>> {
+        inner.close()
+    }
+}
+
+/// `inner` with every call going through `hooks` (which the caller keeps a handle on).
+pub fn intercept<I: Intercept>(inner: SharedBackend, hooks: Arc<I>) -> SharedBackend {
+    Arc::new(Intercepted { inner, hooks })
+}
+
+/// The wrapper [`intercept`] returns.
+struct Intercepted<I> {
+    inner: SharedBackend,
+    hooks: Arc<I>,
+}
+
+impl<I: Intercept> Backend for Intercepted<I> {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    fn append<'a>(
+        &'a self,
+        stream: &'a str,
+        messages: Vec<NewMessage>,
+        trim: Trim,
+    ) -> BoxFuture<'a, Result<Vec<MessageId>>> {
+        self.hooks.append(&*self.inner, stream, messages, trim)
+    }
+
+    fn ensure_group<'a>(
+        &'a self,
+        stream: &'a str,
+        group: &'a str,
+        start: &'a StartPosition,
+    ) -> BoxFuture<'a, Result<()>> {
+        self.hooks.ensure_group(&*self.inner, stream, group, start)
+    }
+
+    fn claim<'a>(
+        &'a self,
+        group: GroupRef<'a>,
+        max: usize,
+        visibility: Duration,
+    ) -> BoxFuture<'a, Result<Vec<Claimed>>> {
+        self.hooks.claim(&*self.inner, group, max, visibility)
+    }
+
+    fn ack<'a>(&'a self, group: GroupRef<'a>, claims: &'a [Claim]) -> BoxFuture<'a, Result<()>> {
+        self.hooks.ack(&*self.inner, group, claims)
+    }
+
+    fn retry<'a>(
+        &'a self,
+        group: GroupRef<'a>,
+        claim: &'a Claim,
+        delay: Duration,
+    ) -> BoxFuture<'a, Result<bool>> {
+        self.hooks.retry(&*self.inner, group, claim, delay)
+    }
+
+    fn dead_letter<'a>(
+        &'a self,
+        group: GroupRef<'a>,
+        claim: &'a Claim,
+        to: &'a str,
+        message: NewMessage,
+    ) -> BoxFuture<'a, Result<bool>> {
+        self.hooks
+            .dead_letter(&*self.inner, group, claim, to, message)
+    }
+
+    fn release<'a>(
+        &'a self,
+        group: GroupRef<'a>,
+        claims: &'a [Claim],
+    ) -> BoxFuture<'a, Result<()>> {
+        self.hooks.release(&*self.inner, group, claims)
+    }
+
+    fn wakeup(&self, stream: &str) -> Wakeup {
+        self.hooks.wakeup(&*self.inner, stream)
+    }
+
+    fn close(&self) -> BoxFuture<'_, Result<()>> {
+        self.hooks.close(&*self.inner)
+    }
+}

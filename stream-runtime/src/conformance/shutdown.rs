@@ -1,0 +1,118 @@
+//! Shutdown: closing drains or aborts in-flight handlers, a closed service refuses work, a
+//! dropped handle does not stop its subscription.
+
+use super::support::*;
+
+/// S15: close waits for in-flight handlers, which still ack.
+pub async fn close_drains_in_flight(h: &Harness) {
+    let g = group();
+    let started = Arc::new(AtomicBool::new(false));
+    let finished = Arc::new(AtomicBool::new(false));
+    let handler = {
+        let (started, finished) = (started.clone(), finished.clone());
+        move |_m: Message| {
+            let (started, finished) = (started.clone(), finished.clone());
+            async move {
+                started.store(true, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                finished.store(true, Ordering::SeqCst);
+                Ok(())
+            }
+        }
+    };
+    let consumer = h
+        .service
+        .subscribe("drain", &g, handler, h.options())
+        .await
+        .expect("subscribe");
+    publish(h, "drain", "slow").await;
+    wait_for("the handler to start", || started.load(Ordering::SeqCst)).await;
+    let report = consumer.close().await;
+    assert!(
+        finished.load(Ordering::SeqCst),
+        "close returned before the handler"
+    );
+    assert_eq!(report.aborted, 0);
+    assert_eq!(consumer.close().await, report, "close is idempotent");
+    // The message was acked: the group does not see it again.
+    let rec = Recorder::new();
+    h.service
+        .subscribe("drain", &g, rec.handler(), h.options())
+        .await
+        .expect("subscribe again");
+    flush(h, "drain", &rec).await;
+    assert_eq!(rec.len(), 1, "saw {:?}", rec.payloads());
+}
+
+/// S15: handlers still running at the shutdown deadline are aborted, counted, and their
+/// messages released for redelivery at once.
+pub async fn close_aborts_past_shutdown_timeout(h: &Harness) {
+    let g = group();
+    let started = Arc::new(AtomicBool::new(false));
+    let handler = {
+        let started = started.clone();
+        move |_m: Message| {
+            started.store(true, Ordering::SeqCst);
+            std::future::pending::<Result<(), HandlerError>>()
+        }
+    };
+    let consumer = h
+        .service
+        .subscribe(
+            "abort",
+            &g,
+            handler,
+            h.options()
+                .shutdown_timeout(Duration::from_millis(100))
+                .visibility_timeout(Duration::from_secs(60)),
+        )
+        .await
+        .expect("subscribe");
+    publish(h, "abort", "stuck").await;
+    wait_for("the handler to start", || started.load(Ordering::SeqCst)).await;
+    let report = consumer.close().await;
+    assert_eq!(report.aborted, 1);
+    let rec = Recorder::new();
+    let again = Instant::now();
+    h.service
+        .subscribe("abort", &g, rec.handler(), h.options())
+        .await
+        .expect("subscribe again");
+    rec.wait_payload("stuck").await;
+    assert!(
+        again.elapsed() < Duration::from_secs(30),
+        "not released at once"
+    );
+    assert_eq!(rec.messages()[0].attempt, 2);
+}
+
+/// S15: after close, publish and subscribe fail with `Closed`; close is idempotent.
+pub async fn closed_service_rejects(h: &Harness) {
+    let service = h.service_with(|c| c);
+    let other = h.service.clone();
+    other.close().await.expect("close");
+    other.close().await.expect("second close");
+    let published = other.publish("x", "m", PublishOptions::new()).await;
+    assert!(matches!(published, Err(Error::Closed)), "got {published:?}");
+    let subscribed = other
+        .subscribe("x", "g", Recorder::new().handler(), h.options())
+        .await;
+    assert!(
+        matches!(subscribed, Err(Error::Closed)),
+        "got {subscribed:?}"
+    );
+    drop(service);
+}
+
+/// S15: dropping the consumer handle does not stop the subscription.
+pub async fn dropped_handle_keeps_running(h: &Harness) {
+    let rec = Recorder::new();
+    let consumer = h
+        .service
+        .subscribe("dropped", &group(), rec.handler(), h.options())
+        .await
+        .expect("subscribe");
+    drop(consumer);
+    publish(h, "dropped", "still here").await;
+    rec.wait_payload("still here").await;
+}
