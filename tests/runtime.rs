@@ -5,20 +5,19 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use stream_runtime::config::Config;
+use stream_runtime::conformance::{eventually, WAIT};
 use stream_runtime::engine::Handler;
 use stream_runtime::registry::{Attributes, ConsumerDef, Location, States};
 use stream_runtime::runtime::{Runtime, Started};
 use stream_runtime::{
-    dead_letter_headers, handler_fn, HandlerError, MaxRetries, Message, PublishOptions, Service,
-    ServiceConfig,
+    dead_letter_headers, handler_fn, HandlerError, MaxRetries, Message, PublishOptions,
 };
+use stream_tests::{temp_dir, Logs};
 use tokio::sync::watch;
 
 // ---------------------------------------------------------------------------------------
@@ -66,16 +65,13 @@ impl Probe {
             .count()
     }
 
-    /// Waits until `done` holds, or panics with the events after `timeout`.
+    /// Waits until `done` holds, or panics with the events after [`WAIT`].
     async fn wait_for(&self, what: &str, done: impl Fn(&Probe) -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !done(self) {
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}; events: {:?}",
+        if !eventually(WAIT, || std::future::ready(done(self))).await {
+            panic!(
+                "timed out after {WAIT:?} waiting for {what}; events: {:?}",
                 self.events()
             );
-            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 }
@@ -259,38 +255,6 @@ fn unique(test: &str) -> String {
             .map(|d| d.subsec_nanos())
             .unwrap_or_default()
     )
-}
-
-fn temp_dir(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("streams-runtime-{}", unique(test)));
-    std::fs::create_dir_all(&dir).expect("create temp dir");
-    dir
-}
-
-/// The backend URL for a test, or `None` (loudly) when it is not in the build or its server
-/// does not answer.
-async fn backend_url(kind: &str, test: &str) -> Option<String> {
-    let url = match kind {
-        "memory" => "memory://".to_owned(),
-        "sqlite" => format!("sqlite://{}", temp_dir(test).join("streams.db").display()),
-        "postgres" => std::env::var("STREAMS_TEST_POSTGRES_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned()),
-        "redis" => std::env::var("STREAMS_TEST_REDIS_URL")
-            .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned()),
-        other => panic!("unknown backend kind {other}"),
-    };
-    match Service::connect(&url, ServiceConfig::default()).await {
-        Ok(service) => {
-            let _ = service.close().await;
-            Some(url)
-        }
-        // A backend not merged into this build yet is not a missing service.
-        Err(stream_runtime::Error::Config(reason)) if reason.contains("this build lacks") => {
-            eprintln!("!!!! SKIPPING {kind} test: {reason}");
-            None
-        }
-        Err(e) => stream_runtime::conformance::skip_or_fail(kind, &e.to_string()),
-    }
 }
 
 /// A config for one test: its own app name, fast timings, plus `extra` TOML.
@@ -512,7 +476,7 @@ macro_rules! backend_cases {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $case() {
-                    if let Some(url) = super::backend_url(stringify!($kind), stringify!($case)).await {
+                    if let Some(url) = stream_tests::backend_url(stringify!($kind)).await {
                         super::$case(url).await;
                     }
                 }
@@ -707,38 +671,9 @@ async fn run_until_returns_when_the_app_future_ends_and_reports_its_error() {
 // ---------------------------------------------------------------------------------------
 // Secrets.
 
-/// Collects formatted log lines.
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Logs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Logs {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
-    }
-}
-
 #[tokio::test(flavor = "current_thread")]
 async fn password_is_never_logged_or_shown_in_errors() {
-    let logs = Logs::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (logs, _guard) = Logs::capture();
 
     // The memory backend ignores the rest of the URL: a password there must still be hidden.
     let probe = Probe::default();
@@ -827,13 +762,7 @@ async fn service_settings_come_from_the_config() {
 /// from the connection error as well.
 #[tokio::test(flavor = "current_thread")]
 async fn password_in_the_url_query_is_never_logged_or_shown() {
-    let logs = Logs::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (logs, _guard) = Logs::capture();
     let config = config(
         "memory://",
         "query-secret",
