@@ -102,20 +102,16 @@ async fn retry_due_during_a_slow_claim_is_not_left_to_the_poll() {
     hooks.slow.store(true, Ordering::SeqCst);
     let service = Service::from_shared(backend, ServiceConfig::default());
     let rec = Recorder::new();
-    let handler = {
-        let rec = rec.clone();
-        move |m: Message| {
-            rec.record(&m);
-            let first = m.attempt == 1;
-            async move {
-                if first {
-                    Err(stream_runtime::HandlerError::retry("once"))
-                } else {
-                    Ok(())
-                }
+    let handler = rec.then(move |m: Message| {
+        let first = m.attempt == 1;
+        async move {
+            if first {
+                Err(stream_runtime::HandlerError::retry("once"))
+            } else {
+                Ok(())
             }
         }
-    };
+    });
     let options = fast()
         .poll_interval(Duration::from_secs(3600))
         .retry_delay(RetryDelay::Fixed(Duration::from_millis(30)));
@@ -191,16 +187,12 @@ async fn close_survives_a_cancelled_close() {
 async fn panic_before_the_future_counts_as_an_error() {
     let service = Service::memory();
     let rec = Recorder::new();
-    let handler = {
-        let rec = rec.clone();
-        move |m: Message| {
-            rec.record(&m);
-            if m.attempt == 1 {
-                panic!("boom before the future");
-            }
-            std::future::ready(Ok(()))
+    let handler = rec.then(move |m: Message| {
+        if m.attempt == 1 {
+            panic!("boom before the future");
         }
-    };
+        std::future::ready(Ok(()))
+    });
     let consumer = service
         .subscribe("s", "g", handler, fast())
         .await

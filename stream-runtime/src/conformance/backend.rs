@@ -14,7 +14,7 @@ pub async fn claim_deadline_is_the_claimers(h: &Harness) {
     b.ensure_group(&s, "grp", &StartPosition::Earliest)
         .await
         .expect("group");
-    append(&b, &s, &["long", "short"], Trim::NONE).await;
+    append(b, &s, &["long", "short"], Trim::NONE).await;
     let long = b
         .claim(at(&s, "grp", "A"), 1, Duration::from_secs(60))
         .await
@@ -53,20 +53,16 @@ pub async fn claim_deadline_is_the_claimers(h: &Harness) {
 pub async fn never_durations(h: &Harness) {
     let service = &h.service;
     let rec = Recorder::new();
-    let handler = {
-        let rec = rec.clone();
-        move |m: Message| {
-            rec.record(&m);
-            let fail = m.payload[..] == b"fail"[..];
-            async move {
-                if fail {
-                    Err(HandlerError::retry("again, some day"))
-                } else {
-                    Ok(())
-                }
+    let handler = rec.then(move |m: Message| {
+        let fail = m.payload[..] == b"fail"[..];
+        async move {
+            if fail {
+                Err(HandlerError::retry("again, some day"))
+            } else {
+                Ok(())
             }
         }
-    };
+    });
     let options = SubscribeOptions::new()
         .poll_interval(Duration::MAX)
         .visibility_timeout(Duration::MAX)

@@ -8,12 +8,10 @@ pub async fn stale_ack_ignored(h: &Harness) {
     let rec = Recorder::new();
     let stale_done = Arc::new(AtomicBool::new(false));
     let second_started = Arc::new(AtomicBool::new(false));
-    let handler = {
-        let rec = rec.clone();
+    let handler = rec.then({
         let stale_done = stale_done.clone();
         let second_started = second_started.clone();
         move |m: Message| {
-            rec.record(&m);
             let stale_done = stale_done.clone();
             let second_started = second_started.clone();
             async move {
@@ -34,7 +32,7 @@ pub async fn stale_ack_ignored(h: &Harness) {
                 }
             }
         }
-    };
+    });
     h.service
         .subscribe(
             "fence",
@@ -57,12 +55,10 @@ pub async fn stale_dead_letter_ignored(h: &Harness) {
     let rec = Recorder::new();
     let stale_done = Arc::new(AtomicBool::new(false));
     let second_started = Arc::new(AtomicBool::new(false));
-    let handler = {
-        let rec = rec.clone();
+    let handler = rec.then({
         let stale_done = stale_done.clone();
         let second_started = second_started.clone();
         move |m: Message| {
-            rec.record(&m);
             let stale_done = stale_done.clone();
             let second_started = second_started.clone();
             async move {
@@ -84,7 +80,7 @@ pub async fn stale_dead_letter_ignored(h: &Harness) {
                 }
             }
         }
-    };
+    });
     h.service
         .subscribe(
             "fence-dl",
@@ -112,7 +108,7 @@ pub async fn mixed_stale_and_fresh_ack_batch(h: &Harness) {
     b.ensure_group(&s, "grp", &StartPosition::Earliest)
         .await
         .expect("group");
-    append(&b, &s, &["m1", "m2", "m3"], Trim::NONE).await;
+    append(b, &s, &["m1", "m2", "m3"], Trim::NONE).await;
     // Consumer A claims all three; they expire. (Redis measures expiry by the reclaimer's
     // visibility timeout, so every claim here uses the same one.)
     let first = b.claim(at(&s, "grp", "A"), 3, VIS).await.expect("claim");
@@ -164,7 +160,7 @@ pub async fn dead_letter_racing_reclaim(h: &Harness) {
     b.ensure_group(&dead, "dl", &StartPosition::Earliest)
         .await
         .expect("dead-letter group");
-    append(&b, &s, &["m"], Trim::NONE).await;
+    append(b, &s, &["m"], Trim::NONE).await;
     let old = b.claim(at(&s, "grp", "A"), 1, VIS).await.expect("claim");
     tokio::time::sleep(VIS + Duration::from_millis(50)).await;
     let new = b
@@ -200,6 +196,6 @@ pub async fn dead_letter_racing_reclaim(h: &Harness) {
         )
         .await
         .expect("second move"));
-    assert_eq!(drain_payloads(&b, &dead, "dl").await, ["fresh"]);
-    assert!(drain_payloads(&b, &s, "grp").await.is_empty());
+    assert_eq!(drain_payloads(b, &dead, "dl").await, ["fresh"]);
+    assert!(drain_payloads(b, &s, "grp").await.is_empty());
 }

@@ -187,9 +187,9 @@ pub async fn invalid_start_id_errors(h: &Harness) {
 pub async fn start_positions_at_the_edges(h: &Harness) {
     let b = &h.backend;
     let s = backend_stream();
-    append(&b, &s, &["a", "b", "c", "d"], Trim::NONE).await;
+    append(b, &s, &["a", "b", "c", "d"], Trim::NONE).await;
     append(
-        &b,
+        b,
         &s,
         &["e"],
         Trim {
@@ -201,30 +201,30 @@ pub async fn start_positions_at_the_edges(h: &Harness) {
     b.ensure_group(&s, "early", &StartPosition::Earliest)
         .await
         .expect("earliest");
-    assert_eq!(drain_payloads(&b, &s, "early").await, ["d", "e"]);
+    assert_eq!(drain_payloads(b, &s, "early").await, ["d", "e"]);
 
     let empty = backend_stream();
     b.ensure_group(&empty, "late", &StartPosition::Latest)
         .await
         .expect("latest on a missing stream");
-    append(&b, &empty, &["first"], Trim::NONE).await;
-    assert_eq!(drain_payloads(&b, &empty, "late").await, ["first"]);
+    append(b, &empty, &["first"], Trim::NONE).await;
+    assert_eq!(drain_payloads(b, &empty, "late").await, ["first"]);
 
     let s2 = backend_stream();
-    let ids = append(&b, &s2, &["x", "y"], Trim::NONE).await;
+    let ids = append(b, &s2, &["x", "y"], Trim::NONE).await;
     b.ensure_group(&s2, "from", &StartPosition::FromId(ids[1].clone()))
         .await
         .expect("from the last id");
-    assert!(drain_payloads(&b, &s2, "from").await.is_empty());
-    append(&b, &s2, &["z"], Trim::NONE).await;
-    assert_eq!(drain_payloads(&b, &s2, "from").await, ["z"]);
+    assert!(drain_payloads(b, &s2, "from").await.is_empty());
+    append(b, &s2, &["z"], Trim::NONE).await;
+    assert_eq!(drain_payloads(b, &s2, "from").await, ["z"]);
 }
 
 /// S4, S5: many concurrent creators of one group: no error, one group, one cursor.
 pub async fn concurrent_group_creation(h: &Harness) {
     let b = &h.backend;
     let s = backend_stream();
-    append(&b, &s, &["old"], Trim::NONE).await;
+    append(b, &s, &["old"], Trim::NONE).await;
     let mut tasks = Vec::new();
     for i in 0..8 {
         let b = b.clone();
@@ -241,11 +241,11 @@ pub async fn concurrent_group_creation(h: &Harness) {
     for t in tasks {
         t.await.expect("task").expect("ensure_group");
     }
-    append(&b, &s, &["new"], Trim::NONE).await;
-    let first = drain_payloads(&b, &s, "racing").await;
+    append(b, &s, &["new"], Trim::NONE).await;
+    let first = drain_payloads(b, &s, "racing").await;
     assert!(
         first == ["old", "new"] || first == ["new"],
         "one cursor: {first:?}"
     );
-    assert!(drain_payloads(&b, &s, "racing").await.is_empty());
+    assert!(drain_payloads(b, &s, "racing").await.is_empty());
 }

@@ -229,10 +229,19 @@ impl Recorder {
         &self,
     ) -> impl Fn(Message) -> std::future::Ready<Result<(), HandlerError>> + Send + Sync + 'static
     {
+        self.then(|_| std::future::ready(Ok(())))
+    }
+
+    /// A handler that records every message, then hands it to `handler`.
+    pub fn then<F, Fut>(&self, handler: F) -> impl Fn(Message) -> Fut + Send + Sync + 'static
+    where
+        F: Fn(Message) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+    {
         let recorder = self.clone();
         move |m| {
             recorder.record(&m);
-            std::future::ready(Ok(()))
+            handler(m)
         }
     }
 }

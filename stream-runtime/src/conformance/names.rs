@@ -125,7 +125,7 @@ pub async fn odd_names(h: &Harness) {
         b.ensure_group(name, &group, &StartPosition::Earliest)
             .await
             .unwrap_or_else(|e| panic!("group on {name:?}: {e}"));
-        append(&b, name, &[&format!("p{i}")], Trim::NONE).await;
+        append(b, name, &[&format!("p{i}")], Trim::NONE).await;
     }
     for (i, name) in names.iter().enumerate() {
         let group = format!("Gr'{i}{{}}%\"é");

@@ -7,11 +7,9 @@ use super::support::*;
 pub async fn reclaim_after_visibility_timeout(h: &Harness) {
     let rec = Recorder::new();
     let release = Arc::new(Notify::new());
-    let handler = {
-        let rec = rec.clone();
+    let handler = rec.then({
         let release = release.clone();
         move |m: Message| {
-            rec.record(&m);
             let release = release.clone();
             async move {
                 if m.attempt == 1 {
@@ -20,7 +18,7 @@ pub async fn reclaim_after_visibility_timeout(h: &Harness) {
                 Ok(())
             }
         }
-    };
+    });
     let started = Instant::now();
     h.service
         .subscribe(
@@ -45,19 +43,13 @@ pub async fn reclaim_after_visibility_timeout(h: &Harness) {
 /// after success the message does not come back.
 pub async fn attempts_are_exact(h: &Harness) {
     let rec = Recorder::new();
-    let handler = {
-        let rec = rec.clone();
-        move |m: Message| {
-            rec.record(&m);
-            async move {
-                if text(&m) == "flaky" && m.attempt < 3 {
-                    Err(HandlerError::retry(format!("fail {}", m.attempt)))
-                } else {
-                    Ok(())
-                }
-            }
+    let handler = rec.then(move |m: Message| async move {
+        if text(&m) == "flaky" && m.attempt < 3 {
+            Err(HandlerError::retry(format!("fail {}", m.attempt)))
+        } else {
+            Ok(())
         }
-    };
+    });
     h.service
         .subscribe(
             "attempts",
@@ -84,19 +76,13 @@ pub async fn attempts_are_exact(h: &Harness) {
 /// S9, S14: a retried message comes back after its retry delay, not at the next poll.
 pub async fn retry_does_not_wait_for_poll(h: &Harness) {
     let rec = Recorder::new();
-    let handler = {
-        let rec = rec.clone();
-        move |m: Message| {
-            rec.record(&m);
-            async move {
-                if m.attempt == 1 {
-                    Err(HandlerError::retry("once"))
-                } else {
-                    Ok(())
-                }
-            }
+    let handler = rec.then(move |m: Message| async move {
+        if m.attempt == 1 {
+            Err(HandlerError::retry("once"))
+        } else {
+            Ok(())
         }
-    };
+    });
     h.service
         .subscribe(
             "retrytimer",
@@ -120,13 +106,9 @@ pub async fn retry_does_not_wait_for_poll(h: &Harness) {
 pub async fn retry_then_dead_letter(h: &Harness) {
     let g = group();
     let rec = Recorder::new();
-    let handler = {
-        let rec = rec.clone();
-        move |m: Message| {
-            rec.record(&m);
-            async move { Err(HandlerError::retry(format!("boom {}", m.attempt))) }
-        }
-    };
+    let handler = rec.then(move |m: Message| async move {
+        Err(HandlerError::retry(format!("boom {}", m.attempt)))
+    });
     h.service
         .subscribe("doomed", &g, handler, h.options().max_retries(2))
         .await
@@ -160,13 +142,8 @@ pub async fn retry_then_dead_letter(h: &Harness) {
 /// S10: a permanent error dead-letters on attempt 1; S12: reasons are capped at 1 KiB.
 pub async fn permanent_error_dead_letters_at_once(h: &Harness) {
     let rec = Recorder::new();
-    let handler = {
-        let rec = rec.clone();
-        move |m: Message| {
-            rec.record(&m);
-            async move { Err(HandlerError::permanent("é".repeat(1000))) }
-        }
-    };
+    let handler =
+        rec.then(|_m: Message| async move { Err(HandlerError::permanent("é".repeat(1000))) });
     h.service
         .subscribe("perm", &group(), handler, h.options().max_retries(5))
         .await
@@ -189,13 +166,7 @@ pub async fn permanent_error_dead_letters_at_once(h: &Harness) {
 /// S9: `max_retries = 0` means one attempt.
 pub async fn max_retries_zero(h: &Harness) {
     let rec = Recorder::new();
-    let handler = {
-        let rec = rec.clone();
-        move |m: Message| {
-            rec.record(&m);
-            async move { Err(HandlerError::retry("nope")) }
-        }
-    };
+    let handler = rec.then(|_m: Message| async move { Err(HandlerError::retry("nope")) });
     h.service
         .subscribe("once", &group(), handler, h.options().max_retries(0))
         .await
@@ -211,19 +182,13 @@ pub async fn max_retries_zero(h: &Harness) {
 /// S9: unlimited retries never dead-letter a retryable error.
 pub async fn unlimited_retries(h: &Harness) {
     let rec = Recorder::new();
-    let handler = {
-        let rec = rec.clone();
-        move |m: Message| {
-            rec.record(&m);
-            async move {
-                if m.attempt <= 6 {
-                    Err(HandlerError::retry("not yet"))
-                } else {
-                    Ok(())
-                }
-            }
+    let handler = rec.then(move |m: Message| async move {
+        if m.attempt <= 6 {
+            Err(HandlerError::retry("not yet"))
+        } else {
+            Ok(())
         }
-    };
+    });
     h.service
         .subscribe(
             "forever",
@@ -245,13 +210,7 @@ pub async fn unlimited_retries(h: &Harness) {
 /// an expired claim that used its attempts is dead-lettered on reclaim.
 pub async fn hanging_handler_dead_letters(h: &Harness) {
     let rec = Recorder::new();
-    let handler = {
-        let rec = rec.clone();
-        move |m: Message| {
-            rec.record(&m);
-            std::future::pending::<Result<(), HandlerError>>()
-        }
-    };
+    let handler = rec.then(|_m: Message| std::future::pending::<Result<(), HandlerError>>());
     h.service
         .subscribe(
             "hang",
@@ -278,18 +237,12 @@ pub async fn hanging_handler_dead_letters(h: &Harness) {
 /// S11: a panic counts as an error carrying the panic message; the worker lives on.
 pub async fn panic_counts_as_error(h: &Harness) {
     let rec = Recorder::new();
-    let handler = {
-        let rec = rec.clone();
-        move |m: Message| {
-            rec.record(&m);
-            async move {
-                if text(&m) == "explode" {
-                    panic!("kaboom {}", m.attempt);
-                }
-                Ok(())
-            }
+    let handler = rec.then(move |m: Message| async move {
+        if text(&m) == "explode" {
+            panic!("kaboom {}", m.attempt);
         }
-    };
+        Ok(())
+    });
     h.service
         .subscribe("panics", &group(), handler, h.options().max_retries(1))
         .await

@@ -59,19 +59,13 @@ pub async fn service_default_trim(h: &Harness) {
 /// S3: a message trimmed while pending is dropped cleanly; the group does not stall.
 pub async fn trimmed_pending_does_not_stall(h: &Harness) {
     let rec = Recorder::new();
-    let handler = {
-        let rec = rec.clone();
-        move |m: Message| {
-            rec.record(&m);
-            async move {
-                if text(&m) == "victim" {
-                    Err(HandlerError::retry("keep it pending"))
-                } else {
-                    Ok(())
-                }
-            }
+    let handler = rec.then(move |m: Message| async move {
+        if text(&m) == "victim" {
+            Err(HandlerError::retry("keep it pending"))
+        } else {
+            Ok(())
         }
-    };
+    });
     h.service
         .subscribe(
             "trimpending",
@@ -116,14 +110,14 @@ pub async fn trim_between_claim_and_settle(h: &Harness) {
     b.ensure_group(&dead, "dl", &StartPosition::Earliest)
         .await
         .expect("dead-letter group");
-    append(&b, &s, &["m1", "m2", "m3"], Trim::NONE).await;
+    append(b, &s, &["m1", "m2", "m3"], Trim::NONE).await;
     let claimed = b
         .claim(at(&s, "grp", "A"), 3, Duration::from_secs(60))
         .await
         .expect("claim");
     assert_eq!(claimed.len(), 3);
     append(
-        &b,
+        b,
         &s,
         &["m4"],
         Trim {
@@ -151,5 +145,5 @@ pub async fn trim_between_claim_and_settle(h: &Harness) {
     // Whatever the backend answered, the trimmed messages never come back.
     let _ = (retried, moved);
     tokio::time::sleep(Duration::from_millis(20)).await;
-    assert_eq!(drain_payloads(&b, &s, "grp").await, ["m4"]);
+    assert_eq!(drain_payloads(b, &s, "grp").await, ["m4"]);
 }
