@@ -257,6 +257,17 @@ fn unique(test: &str) -> String {
     )
 }
 
+/// The error of a runtime on memory that fails to start.
+async fn startup_error(test: &str, extra: &str, env: &[(&str, &str)], why: &str) -> String {
+    Runtime::new()
+        .config(config("memory://", test, extra, env))
+        .state(Probe::default())
+        .start()
+        .await
+        .expect_err(why)
+        .to_string()
+}
+
 /// A config for one test: its own app name, fast timings, plus `extra` TOML.
 fn config(url: &str, test: &str, extra: &str, env: &[(&str, &str)]) -> Config {
     let dir = temp_dir(test);
@@ -505,20 +516,13 @@ all_backends!(memory, sqlite, postgres, redis);
 
 #[tokio::test]
 async fn consumer_that_cannot_start_is_an_error_naming_it() {
-    let probe = Probe::default();
-    let config = config(
-        "memory://",
+    let err = startup_error(
         "badstart",
         "[consumers.typed]\nstart = \"not-an-id\"\n",
         &[],
-    );
-    let err = Runtime::new()
-        .config(config)
-        .state(probe)
-        .start()
-        .await
-        .expect_err("an unparsable start id stops startup")
-        .to_string();
+        "an unparsable start id stops startup",
+    )
+    .await;
     assert!(err.contains("typed") && err.contains("not-an-id"), "{err}");
     assert!(err.contains(file!()), "names the registration: {err}");
 }
@@ -527,19 +531,13 @@ async fn consumer_that_cannot_start_is_an_error_naming_it() {
 /// an error naming the consumer, not a hot loop.
 #[tokio::test]
 async fn dead_letter_into_the_consumers_own_stream_is_an_error() {
-    let config = config(
-        "memory://",
+    let err = startup_error(
         "selfdead",
         "[consumers.typed]\ndead_letter = \"orders\"\n",
         &[],
-    );
-    let err = Runtime::new()
-        .config(config)
-        .state(Probe::default())
-        .start()
-        .await
-        .expect_err("dead letters into the consumer's own stream")
-        .to_string();
+        "dead letters into the consumer's own stream",
+    )
+    .await;
     assert!(
         err.contains("typed") && err.contains("dead_letter") && err.contains("own stream"),
         "{err}"
@@ -549,19 +547,13 @@ async fn dead_letter_into_the_consumers_own_stream_is_an_error() {
 /// An invalid `dead_letter` name is reported as the dead-letter option, not as the stream.
 #[tokio::test]
 async fn invalid_dead_letter_name_is_named_as_such() {
-    let config = config(
-        "memory://",
+    let err = startup_error(
         "baddead",
         "[consumers.typed]\ndead_letter = \"bad name\"\n",
         &[],
-    );
-    let err = Runtime::new()
-        .config(config)
-        .state(Probe::default())
-        .start()
-        .await
-        .expect_err("a space in the dead-letter name")
-        .to_string();
+        "a space in the dead-letter name",
+    )
+    .await;
     assert!(
         err.contains("typed") && err.contains("invalid dead_letter \"bad name\""),
         "{err}"
@@ -582,19 +574,7 @@ async fn missing_state_is_an_error_naming_the_consumer() {
 
 #[tokio::test]
 async fn unknown_consumer_table_is_an_error() {
-    let config = config(
-        "memory://",
-        "typo",
-        "[consumers.typd]\nconcurrency = 2\n",
-        &[],
-    );
-    let err = Runtime::new()
-        .config(config)
-        .state(Probe::default())
-        .start()
-        .await
-        .expect_err("typo")
-        .to_string();
+    let err = startup_error("typo", "[consumers.typd]\nconcurrency = 2\n", &[], "typo").await;
     assert!(
         err.contains("[consumers.typd]") && err.contains("typed"),
         "{err}"
@@ -699,19 +679,13 @@ async fn password_is_never_logged_or_shown_in_errors() {
         "STREAMS_BACKEND",
         "postgres://app:hunter2@127.0.0.1:1/nothing",
     );
-    let config = config(
-        "memory://",
+    let err = startup_error(
         "unreachable",
         "",
         &vars.into_iter().collect::<Vec<_>>(),
-    );
-    let err = Runtime::new()
-        .config(config)
-        .state(Probe::default())
-        .start()
-        .await
-        .expect_err("nothing listens on port 1")
-        .to_string();
+        "nothing listens on port 1",
+    )
+    .await;
     assert!(
         err.contains("postgres://app:***@127.0.0.1:1/nothing"),
         "{err}"
@@ -763,22 +737,16 @@ async fn service_settings_come_from_the_config() {
 #[tokio::test(flavor = "current_thread")]
 async fn password_in_the_url_query_is_never_logged_or_shown() {
     let (logs, _guard) = Logs::capture();
-    let config = config(
-        "memory://",
+    let err = startup_error(
         "query-secret",
         "",
         &[(
             "STREAMS_BACKEND",
             "postgres://app@127.0.0.1:1/nothing?password=hunter2",
         )],
-    );
-    let err = Runtime::new()
-        .config(config)
-        .state(Probe::default())
-        .start()
-        .await
-        .expect_err("nothing listens on port 1")
-        .to_string();
+        "nothing listens on port 1",
+    )
+    .await;
     assert!(
         err.contains("postgres://app@127.0.0.1:1/nothing?password=***"),
         "{err}"
