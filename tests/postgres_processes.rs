@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use stream_runtime::conformance::{unique_name, wait_for, Recorder};
 use stream_runtime::{Message, PublishOptions, Service, ServiceConfig, SubscribeOptions};
-use stream_tests::{pg, IdleWatch};
+use stream_tests::{pg, CallWatch};
 
 const CHILD_ENV: &str = "STREAMS_PG_CHILD_APP";
 /// `share` (default) or `crash`: which part the child plays.
@@ -34,7 +34,7 @@ async fn child_process() {
     let backend = pg::shared_backend()
         .await
         .expect("child: postgres unavailable");
-    let (backend, idle) = IdleWatch::wrap(backend);
+    let (backend, idle) = CallWatch::wrap(backend);
     let service = Service::from_shared(backend, ServiceConfig::default().app(app));
     if std::env::var(MODE_ENV).is_ok_and(|m| m == "crash") {
         return crash_child(service).await;
@@ -190,7 +190,7 @@ async fn two_processes_share_work_and_wake_each_other() {
         return;
     };
     let app = unique_name("pgproc");
-    let (backend, idle) = IdleWatch::wrap(backend);
+    let (backend, idle) = CallWatch::wrap(backend);
     let service = Service::from_shared(backend, ServiceConfig::default().app(app.clone()));
     let shared = Recorder::new();
     let handler = {

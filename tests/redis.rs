@@ -24,7 +24,7 @@ mod redis_specific {
         StartPosition, SubscribeOptions, Trim,
     };
 
-    use stream_tests::{redis_backend, redis_url, shared_redis, IdleWatch};
+    use stream_tests::{redis_backend, redis_url, shared_redis, CallWatch};
 
     fn service(backend: SharedBackend) -> Service {
         Service::from_shared(backend, ServiceConfig::default().app(unique_name("rt")))
@@ -288,7 +288,7 @@ mod redis_specific {
         let Some(consumer_backend) = shared_redis().await else {
             return;
         };
-        let (consumer_backend, idle) = IdleWatch::wrap(consumer_backend);
+        let (consumer_backend, idle) = CallWatch::wrap(consumer_backend);
         let Some(producer_backend) = shared_redis().await else {
             return;
         };

@@ -1,23 +1,20 @@
 //! What the test files share: scratch directories, the URLs of the test servers and the
-//! skip-or-require rule for them, log capture, the Postgres helpers, and a backend wrapper
-//! that tells when a consumer went idle.
+//! skip-or-require rule for them, log capture and the Postgres helpers.
 //!
 //! The servers come from `STREAMS_TEST_POSTGRES_URL` (default
 //! `postgres://postgres@127.0.0.1:5432/test`) and `STREAMS_TEST_REDIS_URL` (default
 //! `redis://127.0.0.1:6379`). A test whose server does not answer is skipped loudly, or fails
 //! when `STREAMS_TEST_REQUIRE_SERVICES=1` ([`skip_or_fail`]).
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
 
 use stream_runtime::backend::redis::RedisBackend;
-use stream_runtime::backend::{Backend, BoxFuture, Claimed, GroupRef, SharedBackend};
-use stream_runtime::conformance::intercept::{intercept, Intercept};
-use stream_runtime::conformance::{unique_name, wait_for};
+use stream_runtime::backend::SharedBackend;
+use stream_runtime::conformance::unique_name;
 use stream_runtime::{Service, ServiceConfig};
 
+pub use stream_runtime::conformance::intercept::CallWatch;
 pub use stream_runtime::conformance::skip_or_fail;
 
 /// A new, empty directory of its own under the system's temp directory.
@@ -156,63 +153,5 @@ impl std::io::Write for Logs {
 
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
-    }
-}
-
-/// Counts the claims that came back empty, per stream. A consumer whose claim came back
-/// empty waits for a wake-up or its poll interval: it is idle, so what it handles next was
-/// pushed to it (or polled), not found by its first claim.
-#[derive(Debug, Default)]
-pub struct IdleWatch {
-    empty_claims: Mutex<HashMap<String, usize>>,
-}
-
-impl IdleWatch {
-    /// `inner`, watched.
-    pub fn wrap(inner: SharedBackend) -> (SharedBackend, Arc<IdleWatch>) {
-        let watch = Arc::new(IdleWatch::default());
-        (intercept(inner, watch.clone()), watch)
-    }
-
-    /// How many claims on the stream whose full name ends with `stream` came back empty.
-    pub fn empty_claims(&self, stream: &str) -> usize {
-        self.empty_claims
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .filter(|(name, _)| name.ends_with(stream))
-            .map(|(_, n)| n)
-            .sum()
-    }
-
-    /// Waits until a consumer of the stream whose full name ends with `stream` went idle.
-    pub async fn wait_idle(&self, stream: &str) {
-        wait_for(&format!("a consumer of {stream} to go idle"), || {
-            self.empty_claims(stream) > 0
-        })
-        .await;
-    }
-}
-
-impl Intercept for IdleWatch {
-    fn claim<'a>(
-        &'a self,
-        inner: &'a dyn Backend,
-        group: GroupRef<'a>,
-        max: usize,
-        visibility: Duration,
-    ) -> BoxFuture<'a, stream_runtime::Result<Vec<Claimed>>> {
-        Box::pin(async move {
-            let claimed = inner.claim(group, max, visibility).await;
-            if claimed.as_ref().is_ok_and(Vec::is_empty) {
-                *self
-                    .empty_claims
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .entry(group.stream.to_owned())
-                    .or_default() += 1;
-            }
-            claimed
-        })
     }
 }

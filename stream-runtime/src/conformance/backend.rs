@@ -24,6 +24,7 @@ pub async fn claim_deadline_is_the_claimers(h: &Harness) {
         .await
         .expect("claim short");
     assert_eq!((long.len(), short.len()), (1, 1));
+    // Time is the subject: the 100 ms claim passes its deadline, the 60 s one does not.
     tokio::time::sleep(Duration::from_millis(250)).await;
     // A worker with a 10 ms visibility: only "short" has passed its deadline.
     let stolen = b
@@ -35,7 +36,7 @@ pub async fn claim_deadline_is_the_claimers(h: &Harness) {
         ["short"],
         "the 60 s claim was taken after 250 ms"
     );
-    // A worker with a 60 s visibility takes an expired 100 ms claim.
+    // A worker with a 60 s visibility takes an expired 100 ms claim (time is the subject).
     tokio::time::sleep(Duration::from_millis(50)).await;
     let taken = b
         .claim(at(&s, "grp", "C"), 10, Duration::from_secs(60))

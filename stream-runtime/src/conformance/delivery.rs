@@ -106,8 +106,9 @@ pub async fn push_wakeup(h: &Harness) {
         )
         .await
         .expect("subscribe");
-    tokio::time::sleep(Duration::from_millis(100)).await; // let the consumer go idle
+    h.wait_idle("push").await;
     for i in 0..3 {
+        let idle_before = h.calls(Call::ShortClaim, "push");
         let started = Instant::now();
         publish(h, "push", &format!("m{i}")).await;
         rec.wait_len(i + 1, "the pushed message").await;
@@ -116,7 +117,10 @@ pub async fn push_wakeup(h: &Harness) {
             "took {:?}",
             started.elapsed()
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        wait_for("the consumer to go idle again", || {
+            h.calls(Call::ShortClaim, "push") > idle_before
+        })
+        .await;
     }
 }
 
@@ -132,6 +136,7 @@ pub async fn concurrency_limit(h: &Harness) {
             async move {
                 let now = running.fetch_add(1, Ordering::SeqCst) + 1;
                 peak.fetch_max(now, Ordering::SeqCst);
+                // Time is the subject: handlers long enough to overlap.
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 running.fetch_sub(1, Ordering::SeqCst);
                 done.fetch_add(1, Ordering::SeqCst);

@@ -6,26 +6,25 @@ use super::support::*;
 /// claim survives, so its retry brings the message back.
 pub async fn stale_ack_ignored(h: &Harness) {
     let rec = Recorder::new();
-    let stale_done = Arc::new(AtomicBool::new(false));
     let second_started = Arc::new(AtomicBool::new(false));
+    let (calls, full) = (h.call_watch(), h.full_name("fence"));
     let handler = rec.then({
-        let stale_done = stale_done.clone();
         let second_started = second_started.clone();
         move |m: Message| {
-            let stale_done = stale_done.clone();
             let second_started = second_started.clone();
+            let (calls, full) = (calls.clone(), full.clone());
             async move {
                 match m.attempt {
                     1 => {
                         wait_for("the reclaim", || second_started.load(Ordering::SeqCst)).await;
-                        stale_done.store(true, Ordering::SeqCst);
                         Ok(()) // stale ack
                     }
                     2 => {
                         second_started.store(true, Ordering::SeqCst);
-                        wait_for("the stale ack", || stale_done.load(Ordering::SeqCst)).await;
-                        // Give the stale ack time to reach the backend.
-                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        wait_for("the stale ack to reach the backend", || {
+                            calls.count(Call::Ack, &full) > 0
+                        })
+                        .await;
                         Err(HandlerError::retry("retry after the stale ack"))
                     }
                     _ => Ok(()),
@@ -53,14 +52,13 @@ pub async fn stale_ack_ignored(h: &Harness) {
 /// S7: a dead-letter move from a stale worker has no effect.
 pub async fn stale_dead_letter_ignored(h: &Harness) {
     let rec = Recorder::new();
-    let stale_done = Arc::new(AtomicBool::new(false));
     let second_started = Arc::new(AtomicBool::new(false));
+    let (calls, full) = (h.call_watch(), h.full_name("fence-dl"));
     let handler = rec.then({
-        let stale_done = stale_done.clone();
         let second_started = second_started.clone();
         move |m: Message| {
-            let stale_done = stale_done.clone();
             let second_started = second_started.clone();
+            let (calls, full) = (calls.clone(), full.clone());
             async move {
                 if text(&m) != "m" {
                     return Ok(());
@@ -68,13 +66,14 @@ pub async fn stale_dead_letter_ignored(h: &Harness) {
                 match m.attempt {
                     1 => {
                         wait_for("the reclaim", || second_started.load(Ordering::SeqCst)).await;
-                        stale_done.store(true, Ordering::SeqCst);
                         Err(HandlerError::permanent("stale worker gives up"))
                     }
                     _ => {
                         second_started.store(true, Ordering::SeqCst);
-                        wait_for("the stale move", || stale_done.load(Ordering::SeqCst)).await;
-                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        wait_for("the stale move to reach the backend", || {
+                            calls.count(Call::DeadLetter, &full) > 0
+                        })
+                        .await;
                         Ok(())
                     }
                 }
@@ -113,6 +112,7 @@ pub async fn mixed_stale_and_fresh_ack_batch(h: &Harness) {
     // visibility timeout, so every claim here uses the same one.)
     let first = b.claim(at(&s, "grp", "A"), 3, VIS).await.expect("claim");
     assert_eq!(first.len(), 3);
+    // Time is the subject: the claims expire.
     tokio::time::sleep(VIS + Duration::from_millis(50)).await;
     // Consumer B takes m1 over, then A takes m2 and m3 again (fresh tokens).
     let taken = b
@@ -162,6 +162,7 @@ pub async fn dead_letter_racing_reclaim(h: &Harness) {
         .expect("dead-letter group");
     append(b, &s, &["m"], Trim::NONE).await;
     let old = b.claim(at(&s, "grp", "A"), 1, VIS).await.expect("claim");
+    // Time is the subject: the claims expire.
     tokio::time::sleep(VIS + Duration::from_millis(50)).await;
     let new = b
         .claim(at(&s, "grp", "A"), 1, VIS)

@@ -20,6 +20,7 @@ pub async fn work_shared_within_group(h: &Harness) {
                     let seen = seen.clone();
                     let by_worker = by_worker.clone();
                     async move {
+                        // Handling takes a moment, so the workers share the load.
                         tokio::time::sleep(Duration::from_millis(1)).await;
                         *seen
                             .lock()
@@ -58,7 +59,7 @@ pub async fn work_shared_within_group(h: &Harness) {
         seen.lock().unwrap_or_else(PoisonError::into_inner).len() >= 200
     })
     .await;
-    // Give any double delivery a chance to show up before counting.
+    // Time is the subject: a double delivery would show up within this window.
     tokio::time::sleep(Duration::from_millis(100)).await;
     let seen = seen.lock().unwrap_or_else(PoisonError::into_inner).clone();
     assert_eq!(seen.len(), 200);

@@ -1,5 +1,5 @@
 //! A pass-through [`Backend`] that hands every call to hooks first: to count calls, to see
-//! when a consumer went idle, or to make a backend hang or answer late, as a slow or lost
+//! when a consumer went idle ([`CallWatch`]), or to make a backend hang or answer late, as a slow or lost
 //! server would.
 //!
 //! ```
@@ -31,9 +31,11 @@
 //! # drop(backend);
 //! ```
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use super::wait_for;
 use crate::backend::{Backend, BoxFuture, Claim, Claimed, GroupRef, SharedBackend, Wakeup};
 use crate::error::Result;
 use crate::message::{MessageId, NewMessage};
@@ -203,5 +205,108 @@ impl<I: Intercept> Backend for Intercepted<I> {
 
     fn close(&self) -> BoxFuture<'_, Result<()>> {
         self.hooks.close(&*self.inner)
+    }
+}
+
+/// Counts, per stream, the calls a case waits on: short claims (claims that returned fewer
+/// messages than they asked for; after one the engine waits for a wake-up, a retry or its
+/// poll interval, so the consumer is idle and what it handles next was pushed to it or
+/// polled), and finished ack and dead-letter calls (so a case knows a settling call reached
+/// the backend).
+#[derive(Debug, Default)]
+pub struct CallWatch {
+    counts: Mutex<HashMap<(Call, String), usize>>,
+}
+
+/// A kind of call [`CallWatch`] counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Call {
+    /// A claim that returned fewer messages than it asked for.
+    ShortClaim,
+    /// A finished `ack`.
+    Ack,
+    /// A finished `dead_letter`.
+    DeadLetter,
+}
+
+impl CallWatch {
+    /// `inner`, watched.
+    pub fn wrap(inner: SharedBackend) -> (SharedBackend, Arc<CallWatch>) {
+        let watch = Arc::new(CallWatch::default());
+        (intercept(inner, watch.clone()), watch)
+    }
+
+    /// How many `call`s on the stream whose full name ends with `stream` there were.
+    pub fn count(&self, call: Call, stream: &str) -> usize {
+        self.counts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter(|((c, name), _)| *c == call && name.ends_with(stream))
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    /// Waits until a consumer of the stream whose full name ends with `stream` went idle.
+    pub async fn wait_idle(&self, stream: &str) {
+        wait_for(&format!("a consumer of {stream} to go idle"), || {
+            self.count(Call::ShortClaim, stream) > 0
+        })
+        .await;
+    }
+
+    fn add(&self, call: Call, stream: &str) {
+        *self
+            .counts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry((call, stream.to_owned()))
+            .or_default() += 1;
+    }
+}
+
+impl Intercept for CallWatch {
+    fn claim<'a>(
+        &'a self,
+        inner: &'a dyn Backend,
+        group: GroupRef<'a>,
+        max: usize,
+        visibility: Duration,
+    ) -> BoxFuture<'a, Result<Vec<Claimed>>> {
+        Box::pin(async move {
+            let claimed = inner.claim(group, max, visibility).await;
+            if claimed.as_ref().is_ok_and(|c| c.len() < max) {
+                self.add(Call::ShortClaim, group.stream);
+            }
+            claimed
+        })
+    }
+
+    fn ack<'a>(
+        &'a self,
+        inner: &'a dyn Backend,
+        group: GroupRef<'a>,
+        claims: &'a [Claim],
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let acked = inner.ack(group, claims).await;
+            self.add(Call::Ack, group.stream);
+            acked
+        })
+    }
+
+    fn dead_letter<'a>(
+        &'a self,
+        inner: &'a dyn Backend,
+        group: GroupRef<'a>,
+        claim: &'a Claim,
+        to: &'a str,
+        message: NewMessage,
+    ) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            let moved = inner.dead_letter(group, claim, to, message).await;
+            self.add(Call::DeadLetter, group.stream);
+            moved
+        })
     }
 }

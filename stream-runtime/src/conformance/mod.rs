@@ -32,6 +32,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use self::intercept::{Call, CallWatch};
 use crate::backend::SharedBackend;
 use crate::error::HandlerError;
 use crate::message::Message;
@@ -123,21 +124,50 @@ pub struct Harness {
     pub backend: SharedBackend,
     /// A service on it, app = a random name.
     pub service: Service,
+    /// The backend the services use: `backend` behind a [`CallWatch`].
+    watched: SharedBackend,
+    calls: Arc<CallWatch>,
 }
 
 impl Harness {
     /// A harness with a fresh random app name.
     pub fn new(backend: SharedBackend) -> Self {
         let config = ServiceConfig::default().app(unique_name("conf"));
+        let (watched, calls) = CallWatch::wrap(backend.clone());
         Harness {
-            service: Service::from_shared(backend.clone(), config.clone()),
+            service: Service::from_shared(watched.clone(), config),
             backend,
+            watched,
+            calls,
         }
     }
 
     /// Another service on the same backend and app, with other settings.
     pub fn service_with(&self, f: impl FnOnce(ServiceConfig) -> ServiceConfig) -> Service {
-        Service::from_shared(self.backend.clone(), f(self.service.config().clone()))
+        Service::from_shared(self.watched.clone(), f(self.service.config().clone()))
+    }
+
+    /// Waits until a consumer of the stream `short` (of this harness's app) went idle, so
+    /// that what it handles next must be pushed to it or polled.
+    pub async fn wait_idle(&self, short: &str) {
+        self.calls.wait_idle(&self.full_name(short)).await;
+    }
+
+    /// How many `call`s the services made on the stream `short` of this harness's app.
+    pub fn calls(&self, call: Call, short: &str) -> usize {
+        self.calls.count(call, &self.full_name(short))
+    }
+
+    /// The watch on the services' calls, for handlers that wait on it.
+    pub fn call_watch(&self) -> Arc<CallWatch> {
+        self.calls.clone()
+    }
+
+    /// The full name of the stream `short` of this harness's app.
+    pub fn full_name(&self, short: &str) -> String {
+        self.service
+            .stream_name(short)
+            .expect("a valid stream name")
     }
 
     /// Subscribe options with small timings so the suite is fast.

@@ -79,7 +79,7 @@ pub async fn upper_case_names(h: &Harness) {
         )
         .await
         .expect("subscribe");
-    tokio::time::sleep(Duration::from_millis(50)).await; // let the consumer go idle
+    h.wait_idle("Orders.EU-West").await;
     publish(h, "Orders.EU-West", "Hello").await;
     rec.wait_payload("Hello").await;
     assert!(rec.messages()[0].stream.ends_with(".Orders.EU-West"));

@@ -94,7 +94,7 @@ pub async fn retry_does_not_wait_for_poll(h: &Harness) {
         )
         .await
         .expect("subscribe");
-    tokio::time::sleep(Duration::from_millis(50)).await; // let the consumer go idle
+    h.wait_idle("retrytimer").await;
     publish(h, "retrytimer", "m").await;
     rec.wait_len(2, "the retry").await;
     let seen = rec.messages();

@@ -14,6 +14,7 @@ pub async fn close_drains_in_flight(h: &Harness) {
             let (started, finished) = (started.clone(), finished.clone());
             async move {
                 started.store(true, Ordering::SeqCst);
+                // Time is the subject: a handler still running when close is called.
                 tokio::time::sleep(Duration::from_millis(300)).await;
                 finished.store(true, Ordering::SeqCst);
                 Ok(())

@@ -144,6 +144,5 @@ pub async fn trim_between_claim_and_settle(h: &Harness) {
         .expect("dead-letter of a trimmed message");
     // Whatever the backend answered, the trimmed messages never come back.
     let _ = (retried, moved);
-    tokio::time::sleep(Duration::from_millis(20)).await;
     assert_eq!(drain_payloads(b, &s, "grp").await, ["m4"]);
 }
