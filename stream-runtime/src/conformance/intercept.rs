@@ -255,6 +255,20 @@ impl CallWatch {
         .await;
     }
 
+    /// `call`, counted once it finished.
+    fn counted<'a, T: Send + 'a>(
+        &'a self,
+        call: Call,
+        stream: &'a str,
+        call_future: BoxFuture<'a, T>,
+    ) -> BoxFuture<'a, T> {
+        Box::pin(async move {
+            let result = call_future.await;
+            self.add(call, stream);
+            result
+        })
+    }
+
     fn add(&self, call: Call, stream: &str) {
         *self
             .counts
@@ -288,11 +302,7 @@ impl Intercept for CallWatch {
         group: GroupRef<'a>,
         claims: &'a [Claim],
     ) -> BoxFuture<'a, Result<()>> {
-        Box::pin(async move {
-            let acked = inner.ack(group, claims).await;
-            self.add(Call::Ack, group.stream);
-            acked
-        })
+        self.counted(Call::Ack, group.stream, inner.ack(group, claims))
     }
 
     fn dead_letter<'a>(
@@ -303,10 +313,7 @@ impl Intercept for CallWatch {
         to: &'a str,
         message: NewMessage,
     ) -> BoxFuture<'a, Result<bool>> {
-        Box::pin(async move {
-            let moved = inner.dead_letter(group, claim, to, message).await;
-            self.add(Call::DeadLetter, group.stream);
-            moved
-        })
+        let moved = inner.dead_letter(group, claim, to, message);
+        self.counted(Call::DeadLetter, group.stream, moved)
     }
 }
