@@ -61,12 +61,13 @@ pub async fn shared_redis() -> Option<SharedBackend> {
 }
 
 /// The URL of a backend of this `kind` (`memory`, `sqlite`, `postgres`, `redis`) for one
-/// test, or `None` (loudly) when it is not in the build or its server does not answer.
+/// test (Postgres on the tests' schema, [`pg::SCHEMA`]), or `None` (loudly) when it is not in
+/// the build or its server does not answer.
 pub async fn backend_url(kind: &str) -> Option<String> {
     let url = match kind {
         "memory" => "memory://".to_owned(),
         "sqlite" => sqlite_url(),
-        "postgres" => postgres_url(),
+        "postgres" => pg::url_with("schema", pg::SCHEMA),
         "redis" => redis_url(),
         other => panic!("unknown backend kind {other}"),
     };
@@ -100,9 +101,14 @@ pub mod pg {
 
     /// The URL with an `application_name`, so a fault test kills only its own connections.
     pub fn url_with_app_name(app_name: &str) -> String {
+        url_with("application_name", app_name)
+    }
+
+    /// The test server's URL with one more query parameter.
+    pub fn url_with(key: &str, value: &str) -> String {
         let url = url();
         let sep = if url.contains('?') { '&' } else { '?' };
-        format!("{url}{sep}application_name={app_name}")
+        format!("{url}{sep}{key}={value}")
     }
 
     /// A backend on the shared test schema, or `None` (a loud skip) when the server is down.
