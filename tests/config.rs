@@ -6,20 +6,7 @@ use std::time::Duration;
 use stream_runtime::config::{Config, ConsumerSettings, DEFAULT_BACKEND, REFERENCE};
 use stream_runtime::registry::Attributes;
 use stream_runtime::{MaxRetries, RetryDelay, StartPosition};
-
-/// A fresh directory under the system temp dir.
-fn temp_dir(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "streams-config-{test}-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default()
-    ));
-    std::fs::create_dir_all(&dir).expect("create temp dir");
-    dir
-}
+use stream_tests::{temp_dir, Logs};
 
 fn write_config(test: &str, text: &str) -> PathBuf {
     let path = temp_dir(test).join("Streams.toml");
@@ -446,34 +433,11 @@ fn empty_app_and_namespace_mean_the_defaults() {
     assert_eq!(config.namespace, stream_runtime::DEFAULT_NAMESPACE);
 }
 
-/// Collects formatted log lines.
-#[derive(Clone, Default)]
-struct Logs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Logs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// A misspelt `STREAMS_` variable cannot be an error (other tools share the prefix), but it
 /// must not vanish silently: the program would run on the default backend.
 #[test]
 fn a_misspelt_environment_variable_is_warned_about() {
-    let logs = Logs::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (logs, _guard) = Logs::capture();
     let path = write_config("typo-env", "");
     let config = load(
         &path,
@@ -487,8 +451,7 @@ fn a_misspelt_environment_variable_is_warned_about() {
     .expect("a typo is not an error");
     assert_eq!(config.backend, DEFAULT_BACKEND);
     assert_eq!(config.app, "shop");
-    let text =
-        String::from_utf8_lossy(&logs.0.lock().unwrap_or_else(|e| e.into_inner())).into_owned();
+    let text = logs.text();
     assert!(
         text.contains("ignoring environment variable STREAMS_BAKEND") && text.contains("backend"),
         "{text}"

@@ -4,9 +4,10 @@
 #![allow(clippy::unwrap_used)]
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
+use stream_runtime::conformance::wait_for;
 use stream_runtime::dead_letter_headers::{ATTEMPTS, REASON};
 use stream_runtime::prelude::*;
 use stream_runtime::registry::{self, Attributes, ConsumerDef, Location, States};
@@ -98,14 +99,6 @@ fn def(name: &str) -> &'static ConsumerDef {
         .into_iter()
         .find(|d| d.name == name)
         .unwrap_or_else(|| panic!("consumer {name} is not registered"))
-}
-
-async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 fn fast_options() -> SubscribeOptions {
@@ -253,7 +246,7 @@ async fn typed_handler_runs_retries_and_dead_letters() {
         .await
         .unwrap();
 
-    wait_until("two dead letters and four handler calls", || {
+    wait_for("two dead letters and four handler calls", || {
         dead.lock().unwrap().len() == 2 && seen.calls().len() == 4
     })
     .await;
@@ -313,7 +306,7 @@ async fn raw_handler_with_a_string_error_is_retried() {
         .publish("macro-raw", b"\xff\xfe".to_vec(), PublishOptions::new())
         .await
         .unwrap();
-    wait_until("three handler calls", || seen.calls().len() == 3).await;
+    wait_for("three handler calls", || seen.calls().len() == 3).await;
     let mut calls = seen.calls();
     calls.sort();
     assert_eq!(calls, vec![(2, 1, None), (9, 1, None), (9, 2, None)]);

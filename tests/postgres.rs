@@ -2,9 +2,7 @@
 //! (late commits under concurrent publishers, concurrent migrations, orphan pending rows,
 //! connection errors).
 
-mod pg;
-
-stream_runtime::conformance_tests!(postgres, crate::pg::shared_backend());
+stream_runtime::conformance_tests!(postgres, stream_tests::pg::shared_backend());
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -12,11 +10,12 @@ use std::time::{Duration, Instant};
 
 use stream_runtime::backend::postgres::{PostgresBackend, MIGRATIONS};
 use stream_runtime::backend::{Backend, GroupRef};
-use stream_runtime::conformance::{unique_name, wait_for, Recorder};
+use stream_runtime::conformance::{unique_name, wait_for, wait_for_async, Recorder};
 use stream_runtime::{
     Error, NewMessage, PublishOptions, Service, ServiceConfig, StartPosition, SubscribeOptions,
     Trim,
 };
+use stream_tests::{pg, Logs};
 
 fn group_ref<'a>(stream: &'a str, group: &'a str) -> GroupRef<'a> {
     GroupRef {
@@ -28,19 +27,15 @@ fn group_ref<'a>(stream: &'a str, group: &'a str) -> GroupRef<'a> {
 
 /// Waits until `sql` (one bigint column, binding `$1 = app_name`) is at least `n`.
 async fn wait_count(pool: &sqlx::PgPool, sql: &str, app_name: &str, n: i64, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
+    wait_for_async(what, || async {
         let count: i64 = sqlx::query_scalar(sql)
             .bind(app_name)
             .fetch_one(pool)
             .await
             .expect("counting");
-        if count >= n {
-            return;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+        count >= n
+    })
+    .await;
 }
 
 /// Kills every server connection opened with `application_name = app_name`.
@@ -216,7 +211,7 @@ async fn concurrent_publishers_and_workers_lose_nothing() {
 
     let handled = || seen.lock().unwrap_or_else(PoisonError::into_inner).len();
     wait_for("every message handled", || handled() >= total).await;
-    // Give a stray second delivery the chance to show up before counting.
+    // Time is the subject: a stray second delivery would show up within this window.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let seen = seen.lock().unwrap_or_else(PoisonError::into_inner).clone();
     assert_eq!(seen.len(), total, "lost messages");
@@ -413,16 +408,13 @@ async fn killed_connections_lose_nothing() {
     let consumer = Service::new(consumer_backend, ServiceConfig::default().app(app.clone()));
     let publisher = Service::from_shared(publisher_backend, ServiceConfig::default().app(app));
     let rec = Recorder::new();
-    let handler = {
-        let rec = rec.clone();
-        move |m: stream_runtime::Message| {
-            rec.record(&m);
-            async {
-                tokio::time::sleep(Duration::from_millis(2)).await;
-                Ok(())
-            }
+    let handler = rec.then(|_m: stream_runtime::Message| {
+        async {
+            // Handling takes a moment, so kills land while messages are in flight.
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            Ok(())
         }
-    };
+    });
     consumer
         .subscribe(
             "fault",
@@ -446,6 +438,7 @@ async fn killed_connections_lose_nothing() {
                 )
                 .await
                 .expect("publish");
+            // Paced, so the publishing spans the kills below.
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         publisher
@@ -453,6 +446,7 @@ async fn killed_connections_lose_nothing() {
     let pool = admin_pool().await;
     let mut killed = 0;
     for _ in 0..5 {
+        // Time is the subject: kills spread over the run.
         tokio::time::sleep(Duration::from_millis(100)).await;
         killed += kill_connections(&pool, &app_name).await;
     }
@@ -732,34 +726,11 @@ async fn version_1_schema_is_upgraded() {
     admin.close().await.expect("close");
 }
 
-/// Collects formatted log lines.
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Logs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// Connecting to a schema that already exists logs nothing from the server: no
 /// `NOTICE: schema "..." already exists, skipping` on every start of every application.
 #[tokio::test(flavor = "current_thread")]
 async fn reconnecting_to_an_existing_schema_is_quiet() {
-    let logs = Logs::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (logs, _guard) = Logs::capture();
     let schema = unique_name("quiet").replace(['.', '-'], "_");
     for _ in 0..2 {
         let backend = match PostgresBackend::connect_with_schema(&pg::url(), &schema).await {
@@ -772,8 +743,7 @@ async fn reconnecting_to_an_existing_schema_is_quiet() {
         };
         backend.close().await.expect("close");
     }
-    let text = String::from_utf8_lossy(&logs.0.lock().unwrap_or_else(PoisonError::into_inner))
-        .into_owned();
+    let text = logs.text();
     assert!(!text.contains("already exists"), "{text}");
     // Clean up the schema of this test.
     let pool = sqlx::PgPool::connect(&pg::url()).await.expect("admin pool");

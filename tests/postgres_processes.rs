@@ -4,8 +4,6 @@
 //! The child is this test binary run again with `STREAMS_PG_CHILD_APP` set: the
 //! `child_process` test then acts as the second process, driven through stdin/stdout.
 
-mod pg;
-
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -14,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use stream_runtime::conformance::{unique_name, wait_for, Recorder};
 use stream_runtime::{Message, PublishOptions, Service, ServiceConfig, SubscribeOptions};
+use stream_tests::{pg, CallWatch};
 
 const CHILD_ENV: &str = "STREAMS_PG_CHILD_APP";
 /// `share` (default) or `crash`: which part the child plays.
@@ -35,6 +34,7 @@ async fn child_process() {
     let backend = pg::shared_backend()
         .await
         .expect("child: postgres unavailable");
+    let (backend, idle) = CallWatch::wrap(backend);
     let service = Service::from_shared(backend, ServiceConfig::default().app(app));
     if std::env::var(MODE_ENV).is_ok_and(|m| m == "crash") {
         return crash_child(service).await;
@@ -43,6 +43,7 @@ async fn child_process() {
         move |m: Message| {
             println!("CHILD {what} {}", String::from_utf8_lossy(&m.payload));
             async {
+                // Handling takes a moment, so both processes get a share of the work.
                 tokio::time::sleep(Duration::from_millis(5)).await;
                 Ok(())
             }
@@ -56,6 +57,8 @@ async fn child_process() {
         .subscribe("ping", "child-only", printer("ping"), options())
         .await
         .expect("child: subscribe ping");
+    // Idle: the ping that comes next must wake it.
+    idle.wait_idle(".ping").await;
     println!("CHILD ready");
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     std::thread::spawn(move || {
@@ -187,6 +190,7 @@ async fn two_processes_share_work_and_wake_each_other() {
         return;
     };
     let app = unique_name("pgproc");
+    let (backend, idle) = CallWatch::wrap(backend);
     let service = Service::from_shared(backend, ServiceConfig::default().app(app.clone()));
     let shared = Recorder::new();
     let handler = {
@@ -194,6 +198,7 @@ async fn two_processes_share_work_and_wake_each_other() {
         move |m: Message| {
             shared.record(&m);
             async {
+                // Handling takes a moment, so both processes get a share of the work.
                 tokio::time::sleep(Duration::from_millis(5)).await;
                 Ok(())
             }
@@ -210,8 +215,9 @@ async fn two_processes_share_work_and_wake_each_other() {
         .expect("subscribe pong");
 
     let mut child = ChildGuard::spawn(&app, "share");
+    // Both idle: what either handles next was pushed to it.
     wait_for("the child to subscribe", || child.has_line("ready")).await;
-    tokio::time::sleep(Duration::from_millis(200)).await; // let both go idle
+    idle.wait_idle(".pong").await;
 
     // This process publishes; the other one is woken.
     for round in 0..3 {
@@ -263,7 +269,8 @@ async fn two_processes_share_work_and_wake_each_other() {
         shared.len() + child_shared(&child).len() >= SHARED
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await; // room for a stray double delivery
+    // Time is the subject: a stray double delivery would show up within this window.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let mut counts: HashMap<String, usize> = HashMap::new();
     let in_parent = shared.payloads();
     let in_child = child_shared(&child);
@@ -282,15 +289,16 @@ async fn two_processes_share_work_and_wake_each_other() {
 
     child.send("stop");
     wait_for("the child to stop", || child.has_line("stopped")).await;
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let status = loop {
-        if let Some(status) = child.child.try_wait().expect("child status") {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "the child did not exit");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    assert!(status.success(), "child failed: {status}");
+    let mut status = None;
+    wait_for("the child to exit", || {
+        status = child.child.try_wait().expect("child status");
+        status.is_some()
+    })
+    .await;
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "child failed: {status:?}"
+    );
     service.close().await.expect("close");
 }
 

@@ -3,7 +3,7 @@
 //! `Error::OutcomeUnknown` although the server stored the message; a publish that never
 //! reached the server fails with an ordinary error and stores nothing.
 
-mod pg;
+use stream_tests::pg;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -193,14 +193,14 @@ mod postgres {
     use super::*;
 
     async fn backends(proxy: &CutProxy) -> Option<(SharedBackend, SharedBackend)> {
-        let direct = super::pg::shared_backend().await?;
-        let proxied = super::pg::backend_at(&via(&super::pg::url(), proxy.addr)).await?;
+        let direct = pg::shared_backend().await?;
+        let proxied = pg::backend_at(&via(&pg::url(), proxy.addr)).await?;
         Some((Arc::new(proxied), direct))
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn publish_answer_lost_is_outcome_unknown() {
-        let proxy = CutProxy::start(host_port(&super::pg::url(), 5432)).await;
+        let proxy = CutProxy::start(host_port(&pg::url(), 5432)).await;
         let Some((proxied, direct)) = backends(&proxy).await else {
             return;
         };
@@ -209,7 +209,7 @@ mod postgres {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn publish_refused_is_not_stored() {
-        let proxy = CutProxy::start(host_port(&super::pg::url(), 5432)).await;
+        let proxy = CutProxy::start(host_port(&pg::url(), 5432)).await;
         let Some((proxied, direct)) = backends(&proxy).await else {
             return;
         };
@@ -222,10 +222,7 @@ mod redis {
 
     use super::*;
 
-    fn url() -> String {
-        std::env::var("STREAMS_TEST_REDIS_URL")
-            .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
-    }
+    use stream_tests::redis_url as url;
 
     async fn backends(proxy: &CutProxy) -> Option<(SharedBackend, SharedBackend)> {
         let connect = |url: String| async move {

@@ -3,26 +3,7 @@
 //! entries readable by other clients, reconnects after `CLIENT KILL` and a server restart
 //! (on a throwaway server of its own).
 
-use stream_runtime::backend::redis::RedisBackend;
-use stream_runtime::backend::SharedBackend;
-
-fn redis_url() -> String {
-    std::env::var("STREAMS_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
-}
-
-/// A backend on the shared server, or `None` (a loud skip) when it is unreachable.
-async fn redis_backend() -> Option<RedisBackend> {
-    match RedisBackend::connect(&redis_url()).await {
-        Ok(backend) => Some(backend),
-        Err(e) => stream_runtime::conformance::skip_or_fail("redis", &e.to_string()),
-    }
-}
-
-async fn shared_backend() -> Option<SharedBackend> {
-    Some(std::sync::Arc::new(redis_backend().await?))
-}
-
-stream_runtime::conformance_tests!(redis, shared_backend());
+stream_runtime::conformance_tests!(redis, stream_tests::shared_redis());
 
 /// Cases only the Redis backend has: its key and field layout, its retry parking, consumer
 /// cleanup, push wake-ups across connections, and reconnects on a throwaway server.
@@ -35,13 +16,15 @@ mod redis_specific {
     use redis::AsyncCommands;
     use stream_runtime::backend::redis::{stream_key, RedisBackend};
     use stream_runtime::backend::{GroupRef, SharedBackend};
-    use stream_runtime::conformance::{unique_name, wait_for, Recorder};
+    use stream_runtime::conformance::{
+        eventually, unique_name, wait_for, wait_for_async, Recorder,
+    };
     use stream_runtime::{
         HandlerError, Message, NewMessage, PublishOptions, RetryDelay, Service, ServiceConfig,
         StartPosition, SubscribeOptions, Trim,
     };
 
-    use super::{redis_backend, redis_url, shared_backend};
+    use stream_tests::{redis_backend, redis_url, shared_redis, CallWatch};
 
     fn service(backend: SharedBackend) -> Service {
         Service::from_shared(backend, ServiceConfig::default().app(unique_name("rt")))
@@ -66,7 +49,7 @@ mod redis_specific {
     /// Other clients see a message as plain fields: `payload` and `h:<name>`.
     #[tokio::test]
     async fn entries_are_plain_fields() {
-        let Some(backend) = shared_backend().await else {
+        let Some(backend) = shared_redis().await else {
             return;
         };
         let svc = service(backend);
@@ -106,7 +89,7 @@ mod redis_specific {
     /// redelivered early by a reclaim, and its attempt count stays exact.
     #[tokio::test]
     async fn retry_delay_longer_than_visibility() {
-        let Some(backend) = shared_backend().await else {
+        let Some(backend) = shared_redis().await else {
             return;
         };
         let svc = service(backend);
@@ -143,6 +126,7 @@ mod redis_specific {
             seen.lock().unwrap_or_else(PoisonError::into_inner).len() >= 3
         })
         .await;
+        // Time is the subject: an early fourth delivery would show up within this window.
         tokio::time::sleep(Duration::from_millis(300)).await;
         let seen = seen.lock().unwrap_or_else(PoisonError::into_inner).clone();
         let attempts: Vec<u32> = seen.iter().map(|(a, _)| *a).collect();
@@ -161,7 +145,7 @@ mod redis_specific {
     /// entries), and the claim that found it goes on to the live messages.
     #[tokio::test]
     async fn trimmed_pending_leaves_the_pel() {
-        let Some(backend) = shared_backend().await else {
+        let Some(backend) = shared_redis().await else {
             return;
         };
         let stream = format!("{}.default.trim", unique_name("rt"));
@@ -192,6 +176,7 @@ mod redis_specific {
             .append(&stream, vec![NewMessage::new("new")], trim)
             .await
             .expect("append");
+        // Time is the subject: the 50 ms claim expires.
         tokio::time::sleep(Duration::from_millis(80)).await;
         let claimed = backend
             .claim(g, 10, Duration::from_millis(50))
@@ -214,7 +199,7 @@ mod redis_specific {
     /// Closing removes the consumers this process created once they hold nothing.
     #[tokio::test]
     async fn idle_consumers_removed_on_close() {
-        let Some(backend) = shared_backend().await else {
+        let Some(backend) = shared_redis().await else {
             return;
         };
         let svc = service(backend);
@@ -287,14 +272,11 @@ mod redis_specific {
             };
         assert_eq!(consumers(conn.clone(), key.clone(), group.clone()).await, 1);
         stopping.close().await;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while consumers(conn.clone(), key.clone(), group.clone()).await > 0 {
-            assert!(
-                Instant::now() < deadline,
-                "the stopped consumer was never removed"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_for_async("the stopped consumer to be removed", || {
+            let (conn, key, group) = (conn.clone(), key.clone(), group.clone());
+            async move { consumers(conn, key, group).await == 0 }
+        })
+        .await;
         svc.close().await.expect("close");
         let _: () = conn.del(&key).await.expect("DEL");
     }
@@ -303,10 +285,11 @@ mod redis_specific {
     /// long before its poll interval.
     #[tokio::test]
     async fn push_wakeup_across_connections() {
-        let Some(consumer_backend) = shared_backend().await else {
+        let Some(consumer_backend) = shared_redis().await else {
             return;
         };
-        let Some(producer_backend) = shared_backend().await else {
+        let (consumer_backend, idle) = CallWatch::wrap(consumer_backend);
+        let Some(producer_backend) = shared_redis().await else {
             return;
         };
         let app = unique_name("rt");
@@ -324,7 +307,7 @@ mod redis_specific {
             )
             .await
             .expect("subscribe");
-        tokio::time::sleep(Duration::from_millis(200)).await; // let it go idle
+        idle.wait_idle(".xpush").await;
         for i in 0..3 {
             let started = Instant::now();
             producer_svc
@@ -346,10 +329,10 @@ mod redis_specific {
     /// every message is handled once, and both get some.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn group_shared_across_connections() {
-        let Some(a) = shared_backend().await else {
+        let Some(a) = shared_redis().await else {
             return;
         };
-        let Some(b) = shared_backend().await else {
+        let Some(b) = shared_redis().await else {
             return;
         };
         let app = unique_name("rt");
@@ -362,6 +345,7 @@ mod redis_specific {
             let slow = move |m: Message| {
                 rec.record(&m);
                 async {
+                    // Handling takes a moment, so both connections get a share.
                     tokio::time::sleep(Duration::from_millis(2)).await;
                     Ok(())
                 }
@@ -378,6 +362,7 @@ mod redis_specific {
         .await
         .expect("publish");
         wait_for("every message", || rec_a.len() + rec_b.len() >= 200).await;
+        // Time is the subject: a stray double delivery would show up within this window.
         tokio::time::sleep(Duration::from_millis(100)).await;
         let mut all = rec_a.payloads();
         all.extend(rec_b.payloads());
@@ -395,10 +380,10 @@ mod redis_specific {
     /// another process after the visibility timeout, with attempt 2.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn dead_process_claims_are_reclaimed() {
-        let Some(crashed) = shared_backend().await else {
+        let Some(crashed) = shared_redis().await else {
             return;
         };
-        let Some(survivor) = shared_backend().await else {
+        let Some(survivor) = shared_redis().await else {
             return;
         };
         let svc = service(survivor);
@@ -469,10 +454,7 @@ mod redis_specific {
             if port == 0 {
                 return stream_runtime::conformance::skip_or_fail("redis-server", "no free port");
             }
-            let dir = std::env::temp_dir().join(format!("streams-redis-{port}-{:x}", rand()));
-            if let Err(e) = std::fs::create_dir_all(&dir) {
-                return stream_runtime::conformance::skip_or_fail("redis-server", &e.to_string());
-            }
+            let dir = stream_tests::temp_dir("redis-server");
             let mut server = Throwaway {
                 child: None,
                 port,
@@ -506,21 +488,23 @@ mod redis_specific {
                 .spawn()
                 .map_err(|e| format!("cannot start redis-server: {e}"))?;
             self.child = Some(child);
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                if let Ok(client) = redis::Client::open(self.url()) {
-                    if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
-                        let pong: redis::RedisResult<String> =
-                            redis::cmd("PING").query_async(&mut conn).await;
-                        if pong.is_ok() {
-                            return Ok(());
-                        }
-                    }
-                }
-                if Instant::now() > deadline {
-                    return Err("redis-server did not answer within 10 s".to_owned());
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
+            let url = self.url();
+            let answers = eventually(Duration::from_secs(10), || async {
+                let Ok(client) = redis::Client::open(url.as_str()) else {
+                    return false;
+                };
+                let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+                    return false;
+                };
+                let pong: redis::RedisResult<String> =
+                    redis::cmd("PING").query_async(&mut conn).await;
+                pong.is_ok()
+            })
+            .await;
+            if answers {
+                Ok(())
+            } else {
+                Err("redis-server did not answer within 10 s".to_owned())
             }
         }
 
@@ -538,6 +522,7 @@ mod redis_specific {
             if let Some(mut child) = self.child.take() {
                 let _ = child.wait();
             }
+            // Time is the subject: the server stays down this long.
             tokio::time::sleep(down_for).await;
             self.spawn().await.expect("restart redis-server");
         }
@@ -571,21 +556,28 @@ mod redis_specific {
         let mut acked = HashSet::new();
         for i in 0..n {
             let payload = format!("m{i}");
-            let deadline = Instant::now() + Duration::from_secs(30);
-            loop {
+            let last_error = Mutex::new(None);
+            let published = eventually(Duration::from_secs(30), || async {
                 match svc
                     .publish(stream, payload.clone(), PublishOptions::new())
                     .await
                 {
-                    Ok(_) => break,
-                    Err(e) if Instant::now() < deadline => {
-                        eprintln!("publish {payload} failed, retrying: {e}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    Ok(_) => true,
+                    Err(e) => {
+                        *last_error.lock().unwrap_or_else(PoisonError::into_inner) = Some(e);
+                        false
                     }
-                    Err(e) => panic!("publish {payload} kept failing: {e}"),
                 }
+            })
+            .await;
+            if !published {
+                let e = last_error
+                    .into_inner()
+                    .unwrap_or_else(PoisonError::into_inner);
+                panic!("publish {payload} kept failing: {e:?}");
             }
             acked.insert(payload);
+            // Paced, so the fault lands in the middle of the publishing.
             tokio::time::sleep(Duration::from_millis(3)).await;
         }
         acked
@@ -631,26 +623,25 @@ mod redis_specific {
         wait_for("the first hundred messages", || count() >= 100).await;
         fault(&mut server).await;
         let acked = publisher.await.expect("publisher");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let missing: Vec<String> = {
-                let handled = handled.lock().unwrap_or_else(PoisonError::into_inner);
-                acked
-                    .iter()
-                    .filter(|p| !handled.contains(*p))
-                    .cloned()
-                    .collect()
-            };
-            if missing.is_empty() {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
+        let missing = || -> Vec<String> {
+            let handled = handled.lock().unwrap_or_else(PoisonError::into_inner);
+            acked
+                .iter()
+                .filter(|p| !handled.contains(*p))
+                .cloned()
+                .collect()
+        };
+        if !eventually(Duration::from_secs(30), || {
+            std::future::ready(missing().is_empty())
+        })
+        .await
+        {
+            let missing = missing();
+            panic!(
                 "{} acknowledged messages never handled, e.g. {:?}",
                 missing.len(),
                 &missing[..missing.len().min(5)]
             );
-            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         svc.close().await.expect("close");
     }
@@ -670,6 +661,7 @@ mod redis_specific {
                     .await
                     .expect("CLIENT KILL");
                 assert!(killed > 0, "no client was killed");
+                // Time is the subject: the kills spread over the run.
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         })
@@ -694,5 +686,40 @@ mod redis_specific {
             server.restart(true, Duration::from_millis(300)).await;
         })
         .await;
+    }
+
+    /// Data lost under a running consumer (a restart without persistence, an old snapshot,
+    /// a deleted key) does not stall the consumer silently forever: it recreates its group.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn consumer_goes_on_after_its_group_is_lost() {
+        let Some(backend) = shared_redis().await else {
+            return;
+        };
+        let service = service(backend);
+        let rec = Recorder::new();
+        let consumer = service
+            .subscribe("lost", "g", rec.handler(), fast())
+            .await
+            .expect("subscribe");
+        service
+            .publish("lost", "before", PublishOptions::new())
+            .await
+            .expect("publish");
+        rec.wait_payload("before").await;
+        // The server loses the stream with its group.
+        let full = service.stream_name("lost").expect("name");
+        let mut raw = raw(&redis_url()).await;
+        let _: i64 = redis::cmd("DEL")
+            .arg(stream_key(&full))
+            .query_async(&mut raw)
+            .await
+            .expect("DEL");
+        service
+            .publish("lost", "after", PublishOptions::new())
+            .await
+            .expect("publish after the loss");
+        rec.wait_payload("after").await;
+        consumer.close().await;
+        service.close().await.expect("close");
     }
 }

@@ -5,13 +5,13 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use stream_runtime::config::Config;
+use stream_runtime::conformance::{eventually, WAIT};
 use stream_runtime::engine::Handler;
 use stream_runtime::registry::{Attributes, ConsumerDef, Location, States};
 use stream_runtime::runtime::{Runtime, Started};
@@ -19,6 +19,7 @@ use stream_runtime::{
     dead_letter_headers, handler_fn, HandlerError, MaxRetries, Message, PublishOptions, Publisher,
     Service, ServiceConfig, StartPosition, State, SubscribeOptions,
 };
+use stream_tests::{temp_dir, Logs};
 use tokio::sync::watch;
 
 // ---------------------------------------------------------------------------------------
@@ -66,16 +67,13 @@ impl Probe {
             .count()
     }
 
-    /// Waits until `done` holds, or panics with the events after `timeout`.
+    /// Waits until `done` holds, or panics with the events after [`WAIT`].
     async fn wait_for(&self, what: &str, done: impl Fn(&Probe) -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !done(self) {
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}; events: {:?}",
+        if !eventually(WAIT, || std::future::ready(done(self))).await {
+            panic!(
+                "timed out after {WAIT:?} waiting for {what}; events: {:?}",
                 self.events()
             );
-            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 }
@@ -287,42 +285,15 @@ fn unique(test: &str) -> String {
     )
 }
 
-fn temp_dir(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("streams-runtime-{}", unique(test)));
-    std::fs::create_dir_all(&dir).expect("create temp dir");
-    dir
-}
-
-/// The backend URL for a test, or `None` (loudly) when it is not in the build or its server
-/// does not answer.
-async fn backend_url(kind: &str, test: &str) -> Option<String> {
-    let url = match kind {
-        "memory" => "memory://".to_owned(),
-        "sqlite" => format!("sqlite://{}", temp_dir(test).join("streams.db").display()),
-        // The Postgres suites' shared schema, named after the latest migration (see
-        // tests/pg): a build refuses a schema migrated further than it knows.
-        "postgres" => {
-            let url = std::env::var("STREAMS_TEST_POSTGRES_URL")
-                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
-            let sep = if url.contains('?') { '&' } else { '?' };
-            format!("{url}{sep}schema=stream_tests_v3")
-        }
-        "redis" => std::env::var("STREAMS_TEST_REDIS_URL")
-            .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned()),
-        other => panic!("unknown backend kind {other}"),
-    };
-    match Service::connect(&url, ServiceConfig::default()).await {
-        Ok(service) => {
-            let _ = service.close().await;
-            Some(url)
-        }
-        // A backend not merged into this build yet is not a missing service.
-        Err(stream_runtime::Error::Config(reason)) if reason.contains("this build lacks") => {
-            eprintln!("!!!! SKIPPING {kind} test: {reason}");
-            None
-        }
-        Err(e) => stream_runtime::conformance::skip_or_fail(kind, &e.to_string()),
-    }
+/// The error of a runtime on memory that fails to start.
+async fn startup_error(test: &str, extra: &str, env: &[(&str, &str)], why: &str) -> String {
+    Runtime::new()
+        .config(config("memory://", test, extra, env))
+        .state(Probe::default())
+        .start()
+        .await
+        .expect_err(why)
+        .to_string()
 }
 
 /// A config for one test: its own app name, fast timings, plus `extra` TOML.
@@ -754,7 +725,7 @@ macro_rules! backend_cases {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $case() {
-                    if let Some(url) = super::backend_url(stringify!($kind), stringify!($case)).await {
+                    if let Some(url) = stream_tests::backend_url(stringify!($kind)).await {
                         super::$case(url).await;
                     }
                 }
@@ -786,20 +757,13 @@ all_backends!(memory, sqlite, postgres, redis);
 
 #[tokio::test]
 async fn consumer_that_cannot_start_is_an_error_naming_it() {
-    let probe = Probe::default();
-    let config = config(
-        "memory://",
+    let err = startup_error(
         "badstart",
         "[consumers.typed]\nstart = \"not-an-id\"\n",
         &[],
-    );
-    let err = Runtime::new()
-        .config(config)
-        .state(probe)
-        .start()
-        .await
-        .expect_err("an unparsable start id stops startup")
-        .to_string();
+        "an unparsable start id stops startup",
+    )
+    .await;
     assert!(err.contains("typed") && err.contains("not-an-id"), "{err}");
     assert!(err.contains(file!()), "names the registration: {err}");
 }
@@ -808,19 +772,13 @@ async fn consumer_that_cannot_start_is_an_error_naming_it() {
 /// an error naming the consumer, not a hot loop.
 #[tokio::test]
 async fn dead_letter_into_the_consumers_own_stream_is_an_error() {
-    let config = config(
-        "memory://",
+    let err = startup_error(
         "selfdead",
         "[consumers.typed]\ndead_letter = \"orders\"\n",
         &[],
-    );
-    let err = Runtime::new()
-        .config(config)
-        .state(Probe::default())
-        .start()
-        .await
-        .expect_err("dead letters into the consumer's own stream")
-        .to_string();
+        "dead letters into the consumer's own stream",
+    )
+    .await;
     assert!(
         err.contains("typed") && err.contains("dead_letter") && err.contains("own stream"),
         "{err}"
@@ -865,19 +823,7 @@ async fn missing_state_is_an_error_naming_the_consumer() {
 
 #[tokio::test]
 async fn unknown_consumer_table_is_an_error() {
-    let config = config(
-        "memory://",
-        "typo",
-        "[consumers.typd]\nconcurrency = 2\n",
-        &[],
-    );
-    let err = Runtime::new()
-        .config(config)
-        .state(Probe::default())
-        .start()
-        .await
-        .expect_err("typo")
-        .to_string();
+    let err = startup_error("typo", "[consumers.typd]\nconcurrency = 2\n", &[], "typo").await;
     assert!(
         err.contains("[consumers.typd]") && err.contains("typed"),
         "{err}"
@@ -954,40 +900,6 @@ async fn run_until_returns_when_the_app_future_ends_and_reports_its_error() {
 // ---------------------------------------------------------------------------------------
 // Secrets.
 
-/// Collects formatted log lines.
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Logs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Logs {
-    /// Captures this thread's log lines (without colour) until the guard drops.
-    fn capture() -> (Logs, tracing::subscriber::DefaultGuard) {
-        let logs = Logs::default();
-        let writer = logs.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(move || writer.clone())
-            .with_ansi(false)
-            .finish();
-        (logs, tracing::subscriber::set_default(subscriber))
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
-    }
-}
-
 #[tokio::test(flavor = "current_thread")]
 async fn password_is_never_logged_or_shown_in_errors() {
     let (logs, _guard) = Logs::capture();
@@ -1016,19 +928,13 @@ async fn password_is_never_logged_or_shown_in_errors() {
         "STREAMS_BACKEND",
         "postgres://app:hunter2@127.0.0.1:1/nothing",
     );
-    let config = config(
-        "memory://",
+    let err = startup_error(
         "unreachable",
         "",
         &vars.into_iter().collect::<Vec<_>>(),
-    );
-    let err = Runtime::new()
-        .config(config)
-        .state(Probe::default())
-        .start()
-        .await
-        .expect_err("nothing listens on port 1")
-        .to_string();
+        "nothing listens on port 1",
+    )
+    .await;
     assert!(
         err.contains("postgres://app:***@127.0.0.1:1/nothing"),
         "{err}"

@@ -9,10 +9,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sqlx::Row;
-use stream_runtime::conformance::{unique_name, wait_for, Recorder};
+use stream_runtime::conformance::{wait_for, Recorder};
 use stream_runtime::{
     HandlerError, Message, PublishOptions, Service, ServiceConfig, StartPosition, SubscribeOptions,
 };
@@ -117,6 +117,7 @@ async fn crash_child() {
         .expect("child: subscribe");
     for i in BACKLOG.. {
         publish(i).await;
+        // Paced, so publishes are still streaming in when the parent kills this process.
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
@@ -126,8 +127,7 @@ async fn killed_process_loses_nothing() {
     if std::env::var_os(CHILD_ENV).is_some() {
         return;
     }
-    let dir = std::env::temp_dir().join(unique_name("stream-tests-sqlite-crash-"));
-    std::fs::create_dir_all(&dir).expect("creating a scratch directory");
+    let dir = stream_tests::temp_dir("sqlite-crash");
     let mut child = Command::new(std::env::current_exe().expect("the test binary"))
         .args(["crash_child", "--exact", "--nocapture", "--test-threads=1"])
         .env(CHILD_ENV, &dir)
@@ -136,17 +136,13 @@ async fn killed_process_loses_nothing() {
         .expect("starting the child process");
 
     // Kill it while the stuck handler runs and publishes are still streaming in.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while read_log(&dir.join("stuck")).is_empty() || read_log(&dir.join("published")).len() < 40 {
+    wait_for("the child to reach the stuck handler", || {
         if let Some(status) = child.try_wait().expect("polling the child") {
             panic!("the child exited early with {status}");
         }
-        assert!(
-            Instant::now() < deadline,
-            "the child never reached the stuck handler"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+        !read_log(&dir.join("stuck")).is_empty() && read_log(&dir.join("published")).len() >= 40
+    })
+    .await;
     child.kill().expect("SIGKILL"); // std sends SIGKILL on Unix
     child.wait().expect("reaping the child");
 

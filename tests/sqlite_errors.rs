@@ -5,14 +5,11 @@ use std::path::PathBuf;
 
 use stream_runtime::backend::sqlite::SqliteBackend;
 use stream_runtime::backend::Backend;
-use stream_runtime::conformance::unique_name;
 use stream_runtime::{Error, StartPosition};
 
 /// A fresh directory in the system's temp directory.
 fn scratch_dir() -> PathBuf {
-    let dir = std::env::temp_dir().join(unique_name("stream-tests-sqlite-errors-"));
-    std::fs::create_dir_all(&dir).expect("creating a scratch directory");
-    dir
+    stream_tests::temp_dir("sqlite-errors")
 }
 
 async fn connect_error(url: &str) -> String {

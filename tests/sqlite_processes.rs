@@ -10,11 +10,11 @@ use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use stream_runtime::backend::sqlite::SqliteBackend;
 use stream_runtime::backend::{Backend, GroupRef};
-use stream_runtime::conformance::unique_name;
+use stream_runtime::conformance::eventually;
 use stream_runtime::{NewMessage, StartPosition, Trim};
 
 /// Set (to the scratch directory) only in a child process; [`NAME_ENV`] names the child.
@@ -59,6 +59,7 @@ async fn claimer_child() {
             if done {
                 break;
             }
+            // The parent is still publishing: poll again shortly, as a consumer would.
             tokio::time::sleep(Duration::from_millis(2)).await;
             continue;
         }
@@ -86,8 +87,7 @@ async fn processes_share_one_file() {
     if std::env::var_os(CHILD_ENV).is_some() {
         return;
     }
-    let dir = std::env::temp_dir().join(unique_name("stream-tests-sqlite-procs-"));
-    std::fs::create_dir_all(&dir).expect("creating a scratch directory");
+    let dir = stream_tests::temp_dir("sqlite-procs");
     let exe = std::env::current_exe().expect("the test binary");
     let mut children: Vec<Child> = (0..CHILDREN)
         .map(|i| {
@@ -142,21 +142,20 @@ async fn processes_share_one_file() {
     }
     std::fs::write(dir.join("done"), b"").expect("writing the done marker");
 
-    let deadline = Instant::now() + Duration::from_secs(60);
     for i in 0..children.len() {
-        loop {
-            if let Some(status) = children[i].try_wait().expect("polling a child") {
-                if !status.success() {
-                    kill_all(&mut children);
-                    panic!("claimer c{i} failed with {status}; see its output above");
-                }
-                break;
-            }
-            if Instant::now() > deadline {
-                kill_all(&mut children);
-                panic!("claimer c{i} did not finish");
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        let mut status = None;
+        let exited = eventually(Duration::from_secs(60), || {
+            status = children[i].try_wait().expect("polling a child");
+            std::future::ready(status.is_some())
+        })
+        .await;
+        if !exited {
+            kill_all(&mut children);
+            panic!("claimer c{i} did not finish");
+        }
+        if let Some(status) = status.filter(|s| !s.success()) {
+            kill_all(&mut children);
+            panic!("claimer c{i} failed with {status}; see its output above");
         }
     }
 

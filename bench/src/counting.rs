@@ -1,14 +1,15 @@
-//! A pass-through backend that counts the engine's calls (`--count-calls`): how many claims
+//! Counts the engine's calls (`--count-calls`), by intercepting the backend: how many claims
 //! and acks a workload took, and how many messages each carried on average. Diagnostic only;
-//! it adds one boxed future per call.
+//! it adds one boxed future per claim.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use stream_runtime::backend::{BoxFuture, Claim, Claimed, GroupRef, SharedBackend, Wakeup};
-use stream_runtime::{Backend, MessageId, NewMessage, Result, StartPosition};
+use stream_runtime::backend::{BoxFuture, Claim, Claimed, GroupRef, SharedBackend};
+use stream_runtime::conformance::intercept::{intercept, Intercept};
+use stream_runtime::{Backend, MessageId, NewMessage, Result, Trim};
 
 #[derive(Debug, Default)]
 pub struct Counters {
@@ -62,110 +63,53 @@ impl Snapshot {
     }
 }
 
-/// Wraps a backend, counting calls into shared counters.
-pub struct Counting {
-    inner: SharedBackend,
-    counters: Arc<Counters>,
-}
-
-impl Counting {
+impl Counters {
+    /// `inner`, with its calls counted into the returned counters.
     pub fn wrap(inner: SharedBackend) -> (SharedBackend, Arc<Counters>) {
         let counters = Arc::new(Counters::default());
-        (
-            Arc::new(Counting {
-                inner,
-                counters: counters.clone(),
-            }),
-            counters,
-        )
+        (intercept(inner, counters.clone()), counters)
     }
 }
 
-impl Backend for Counting {
-    fn name(&self) -> &'static str {
-        self.inner.name()
-    }
-
+impl Intercept for Counters {
     fn append<'a>(
         &'a self,
+        inner: &'a dyn Backend,
         stream: &'a str,
         messages: Vec<NewMessage>,
-        trim: stream_runtime::Trim,
+        trim: Trim,
     ) -> BoxFuture<'a, Result<Vec<MessageId>>> {
-        self.counters.appends.fetch_add(1, Ordering::Relaxed);
-        self.inner.append(stream, messages, trim)
-    }
-
-    fn ensure_group<'a>(
-        &'a self,
-        stream: &'a str,
-        group: &'a str,
-        start: &'a StartPosition,
-    ) -> BoxFuture<'a, Result<()>> {
-        self.inner.ensure_group(stream, group, start)
+        self.appends.fetch_add(1, Ordering::Relaxed);
+        inner.append(stream, messages, trim)
     }
 
     fn claim<'a>(
         &'a self,
+        inner: &'a dyn Backend,
         group: GroupRef<'a>,
         max: usize,
         visibility: Duration,
     ) -> BoxFuture<'a, Result<Vec<Claimed>>> {
         Box::pin(async move {
-            let claimed = self.inner.claim(group, max, visibility).await?;
-            let c = &self.counters;
-            c.claims.fetch_add(1, Ordering::Relaxed);
-            c.claimed.fetch_add(claimed.len() as u64, Ordering::Relaxed);
+            let claimed = inner.claim(group, max, visibility).await?;
+            self.claims.fetch_add(1, Ordering::Relaxed);
+            self.claimed
+                .fetch_add(claimed.len() as u64, Ordering::Relaxed);
             if claimed.is_empty() {
-                c.empty_claims.fetch_add(1, Ordering::Relaxed);
+                self.empty_claims.fetch_add(1, Ordering::Relaxed);
             }
             Ok(claimed)
         })
     }
 
-    fn ack<'a>(&'a self, group: GroupRef<'a>, claims: &'a [Claim]) -> BoxFuture<'a, Result<()>> {
-        self.counters.acks.fetch_add(1, Ordering::Relaxed);
-        self.counters
-            .acked
-            .fetch_add(claims.len() as u64, Ordering::Relaxed);
-        self.inner.ack(group, claims)
-    }
-
-    fn retry<'a>(
+    fn ack<'a>(
         &'a self,
-        group: GroupRef<'a>,
-        claim: &'a Claim,
-        delay: Duration,
-    ) -> BoxFuture<'a, Result<bool>> {
-        self.inner.retry(group, claim, delay)
-    }
-
-    fn dead_letter<'a>(
-        &'a self,
-        group: GroupRef<'a>,
-        claim: &'a Claim,
-        to: &'a str,
-        message: NewMessage,
-    ) -> BoxFuture<'a, Result<bool>> {
-        self.inner.dead_letter(group, claim, to, message)
-    }
-
-    fn release<'a>(
-        &'a self,
+        inner: &'a dyn Backend,
         group: GroupRef<'a>,
         claims: &'a [Claim],
     ) -> BoxFuture<'a, Result<()>> {
-        self.inner.release(group, claims)
-    }
-
-    fn ping(&self) -> BoxFuture<'_, Result<()>> {
-        self.inner.ping()
-    }
-    fn wakeup(&self, stream: &str) -> Wakeup {
-        self.inner.wakeup(stream)
-    }
-
-    fn close(&self) -> BoxFuture<'_, Result<()>> {
-        self.inner.close()
+        self.acks.fetch_add(1, Ordering::Relaxed);
+        self.acked.fetch_add(claims.len() as u64, Ordering::Relaxed);
+        inner.ack(group, claims)
     }
 }

@@ -123,6 +123,7 @@ fn wait_exit(child: &mut Child, seen: &[String]) -> std::process::ExitStatus {
             let _ = child.kill();
             panic!("the example did not exit; output:\n{}", seen.join("\n"));
         }
+        // The poll step of this wait: a child's exit has no channel to wait on.
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -304,8 +305,16 @@ fn sigterm_while_connecting_stops_at_once() {
     let (mut child, rx) = spawn_with(&[("STREAMS_BACKEND", &url)], false);
     let mut seen = Vec::new();
     wait_for_line(&rx, &mut seen, |l| l.contains("connecting to"));
-    // Give the connection attempt a moment to start waiting on the silent server.
-    std::thread::sleep(Duration::from_millis(200));
+    // The program is connected and waits for the server's first word, which never comes.
+    let (accepted, connected) = mpsc::channel();
+    std::thread::spawn(move || {
+        let connection = silent.accept().map(|(stream, _)| stream);
+        let _ = accepted.send((connection, silent));
+    });
+    let (connection, _silent) = connected
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the program connects to the silent server");
+    let _connection = connection.expect("accepting the connection");
     let signalled = Instant::now();
     let kill = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -323,7 +332,6 @@ fn sigterm_while_connecting_stops_at_once() {
     assert!(!status.success(), "{text}");
     assert!(text.contains("received SIGTERM while starting"), "{text}");
     assert!(!text.contains("hunter2"), "{text}");
-    drop(silent);
 }
 
 /// A misspelt variable is warned about once, however often the program loads its config.

@@ -1,1 +1,163 @@
-//! Integration tests live in tests/.
+//! What the test files share: scratch directories, the URLs of the test servers and the
+//! skip-or-require rule for them, log capture and the Postgres helpers.
+//!
+//! The servers come from `STREAMS_TEST_POSTGRES_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/test`) and `STREAMS_TEST_REDIS_URL` (default
+//! `redis://127.0.0.1:6379`). A test whose server does not answer is skipped loudly, or fails
+//! when `STREAMS_TEST_REQUIRE_SERVICES=1` ([`skip_or_fail`]).
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use stream_runtime::backend::redis::RedisBackend;
+use stream_runtime::backend::SharedBackend;
+use stream_runtime::conformance::unique_name;
+use stream_runtime::{Service, ServiceConfig};
+
+pub use stream_runtime::conformance::intercept::CallWatch;
+pub use stream_runtime::conformance::skip_or_fail;
+
+/// A new, empty directory of its own under the system's temp directory.
+pub fn temp_dir(prefix: &str) -> PathBuf {
+    let dir = std::env::temp_dir()
+        .join(format!("stream-tests-{}", std::process::id()))
+        .join(unique_name(prefix));
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        panic!("creating {}: {e}", dir.display());
+    }
+    dir
+}
+
+/// A `sqlite://` URL naming a new database file.
+pub fn sqlite_url() -> String {
+    format!(
+        "sqlite://{}",
+        temp_dir("sqlite").join("streams.db").display()
+    )
+}
+
+/// The test Postgres server's URL.
+pub fn postgres_url() -> String {
+    std::env::var("STREAMS_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+/// The test Redis server's URL.
+pub fn redis_url() -> String {
+    std::env::var("STREAMS_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// A backend on the shared Redis server, or `None` (a loud skip) when it is unreachable.
+pub async fn redis_backend() -> Option<RedisBackend> {
+    match RedisBackend::connect(&redis_url()).await {
+        Ok(backend) => Some(backend),
+        Err(e) => skip_or_fail("redis", &e.to_string()),
+    }
+}
+
+/// [`redis_backend`], shared.
+pub async fn shared_redis() -> Option<SharedBackend> {
+    Some(Arc::new(redis_backend().await?))
+}
+
+/// The URL of a backend of this `kind` (`memory`, `sqlite`, `postgres`, `redis`) for one
+/// test (Postgres on the tests' schema, [`pg::SCHEMA`]), or `None` (loudly) when it is not in
+/// the build or its server does not answer.
+pub async fn backend_url(kind: &str) -> Option<String> {
+    let url = match kind {
+        "memory" => "memory://".to_owned(),
+        "sqlite" => sqlite_url(),
+        "postgres" => pg::url_with("schema", pg::SCHEMA),
+        "redis" => redis_url(),
+        other => panic!("unknown backend kind {other}"),
+    };
+    match Service::connect(&url, ServiceConfig::default()).await {
+        Ok(service) => {
+            let _ = service.close().await;
+            Some(url)
+        }
+        // A backend not merged into this build yet is not a missing service.
+        Err(stream_runtime::Error::Config(reason)) if reason.contains("this build lacks") => {
+            eprintln!("!!!! SKIPPING {kind} test: {reason}");
+            None
+        }
+        Err(e) => skip_or_fail(kind, &e.to_string()),
+    }
+}
+
+/// The Postgres tests' schema and connections.
+pub mod pg {
+    use std::sync::Arc;
+
+    use stream_runtime::backend::postgres::PostgresBackend;
+    use stream_runtime::backend::SharedBackend;
+
+    pub use super::postgres_url as url;
+
+    /// The schema the Postgres tests share; every case uses its own random app name.
+    /// Named after the latest migration: a build refuses a schema newer than it knows, so
+    /// branches still at an older version keep their own schema on the shared test server.
+    pub const SCHEMA: &str = "stream_tests_v3";
+
+    /// The URL with an `application_name`, so a fault test kills only its own connections.
+    pub fn url_with_app_name(app_name: &str) -> String {
+        url_with("application_name", app_name)
+    }
+
+    /// The test server's URL with one more query parameter.
+    pub fn url_with(key: &str, value: &str) -> String {
+        let url = url();
+        let sep = if url.contains('?') { '&' } else { '?' };
+        format!("{url}{sep}{key}={value}")
+    }
+
+    /// A backend on the shared test schema, or `None` (a loud skip) when the server is down.
+    pub async fn backend_at(url: &str) -> Option<PostgresBackend> {
+        match PostgresBackend::connect_with_schema(url, SCHEMA).await {
+            Ok(backend) => Some(backend),
+            Err(e) => super::skip_or_fail("postgres", &e.to_string()),
+        }
+    }
+
+    /// [`backend_at`] the test server, shared.
+    pub async fn shared_backend() -> Option<SharedBackend> {
+        Some(Arc::new(backend_at(&url()).await?) as SharedBackend)
+    }
+}
+
+/// Formatted log lines, captured by [`Logs::capture`].
+#[derive(Clone, Debug, Default)]
+pub struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl Logs {
+    /// Installs a `tracing` subscriber writing into the returned `Logs` for this thread,
+    /// until the guard is dropped.
+    pub fn capture() -> (Logs, tracing::subscriber::DefaultGuard) {
+        let logs = Logs::default();
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        (logs, tracing::subscriber::set_default(subscriber))
+    }
+
+    /// Everything logged so far.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap_or_else(PoisonError::into_inner)).into_owned()
+    }
+}
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}

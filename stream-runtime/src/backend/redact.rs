@@ -360,3 +360,75 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod url_forms {
+    use super::redact_url;
+
+    /// Bad input: a password never shows, however the URL spells it.
+    #[test]
+    fn passwords_are_redacted_however_spelled() {
+        for (url, shown) in [
+            (
+                "postgres://app:s3cret@db:5432/x",
+                "postgres://app:***@db:5432/x",
+            ),
+            ("postgres://app:s3#cret@db/x", "postgres://app:***@db/x"),
+            ("postgres://app:s3/cret@db/x", "postgres://app:***@db/x"),
+            ("postgres://app:s3?cret@db/x", "postgres://app:***@db/x"),
+            ("postgres://app:s3@cret@db/x", "postgres://app:***@db/x"),
+            (
+                "postgres://app@db/x?sslmode=disable&password=s3cret",
+                "postgres://app@db/x?sslmode=disable&password=***",
+            ),
+            (
+                "redis+unix:///tmp/r.sock?pass=s3cret",
+                "redis+unix:///tmp/r.sock?pass=***",
+            ),
+            (
+                "redis://:s3cret@localhost:6379/0",
+                "redis://:***@localhost:6379/0",
+            ),
+            (
+                "sqlite://streams.db?mode=rwc",
+                "sqlite://streams.db?mode=rwc",
+            ),
+            ("sqlite:streams.db", "sqlite:streams.db"),
+        ] {
+            assert_eq!(redact_url(url), shown, "{url}");
+            assert!(!redact_url(url).contains("s3"), "{url}");
+        }
+    }
+
+    /// Unreachable servers: the error names the server and hides the password, including
+    /// whatever the client libraries put in their own error texts.
+    #[cfg(any(feature = "postgres", feature = "redis"))]
+    #[tokio::test]
+    async fn unreachable_backends_hide_the_password() {
+        let mut urls = Vec::new();
+        if cfg!(feature = "postgres") {
+            urls.extend([
+                "postgres://app:s3cret@127.0.0.1:1/db",
+                "postgres://app@127.0.0.1:1/db?password=s3cret",
+                "postgres://app:s3#cret@127.0.0.1:1/db",
+            ]);
+        }
+        if cfg!(feature = "redis") {
+            urls.extend([
+                "redis://:s3cret@127.0.0.1:1",
+                "redis://:s3#cret@127.0.0.1:1",
+            ]);
+        }
+        for url in urls {
+            let error = match crate::backend::connect(url).await {
+                Ok(_) => panic!("{url} connected"),
+                Err(e) => e.to_string(),
+            };
+            assert!(!error.contains("s3"), "{url}: {error}");
+            assert!(
+                error.contains("127.0.0.1") || error.contains("URL"),
+                "{url}: {error}"
+            );
+        }
+    }
+}

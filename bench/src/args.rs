@@ -1,0 +1,158 @@
+//! The command line.
+
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::run::Plan;
+use crate::Kind;
+
+/// Measures every workload through the framework, beside the same work written directly
+/// against each backend's client library (its raw ceiling).
+#[derive(Debug, Parser)]
+#[command(name = "stream-bench")]
+pub struct Args {
+    /// The backends to measure.
+    #[arg(
+        long,
+        alias = "backends",
+        value_delimiter = ',',
+        default_value = "memory,sqlite,postgres,redis"
+    )]
+    pub backend: Vec<Kind>,
+
+    /// Small counts and one repetition: a smoke run.
+    #[arg(long)]
+    pub quick: bool,
+
+    /// Repetitions of each figure, with no time budget.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub reps: Option<u64>,
+
+    /// The workloads to run.
+    #[arg(long, value_delimiter = ',')]
+    pub only: Option<Vec<Workload>>,
+
+    /// Where the JSON lines go (`-` for stdout).
+    #[arg(long, default_value = "target/stream-bench.jsonl")]
+    pub json: String,
+
+    /// Count the engine's claim and ack calls and their sizes.
+    #[arg(long)]
+    pub count_calls: bool,
+
+    /// Consumer concurrencies of the consume workload.
+    #[arg(long, value_delimiter = ',')]
+    pub concurrency: Option<Vec<usize>>,
+
+    /// Backlog sizes of the consume workload.
+    #[arg(long, value_delimiter = ',')]
+    pub backlog: Option<Vec<usize>>,
+
+    /// Skip the unrecorded warm-up run of every path (to profile one workload alone).
+    #[arg(long)]
+    pub no_warmup: bool,
+
+    /// Skip the raw ceilings (to profile the framework alone).
+    #[arg(long)]
+    pub no_raw: bool,
+
+    /// Passed by `cargo bench`; ignored.
+    #[arg(long, hide = true)]
+    pub bench: bool,
+}
+
+/// A workload of `--only`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Workload {
+    /// Publish one message at a time.
+    Publish,
+    /// Publish in batches.
+    Batch,
+    /// Consume a backlog.
+    Consume,
+    /// Latency from publish to handler at a fixed rate.
+    E2e,
+}
+
+impl Workload {
+    pub const ALL: [Workload; 4] = [
+        Workload::Publish,
+        Workload::Batch,
+        Workload::Consume,
+        Workload::E2e,
+    ];
+}
+
+impl Args {
+    /// What to measure.
+    pub fn plan(&self) -> Plan {
+        let mut plan = Plan::new(self.quick);
+        plan.count_calls = self.count_calls;
+        plan.warmup = !self.no_warmup;
+        plan.raw = !self.no_raw;
+        if let Some(c) = &self.concurrency {
+            plan.concurrencies = c.clone();
+        }
+        if let Some(b) = &self.backlog {
+            plan.backlogs = b.clone();
+        }
+        if let Some(r) = self.reps {
+            plan.max_reps = usize::try_from(r).unwrap_or(usize::MAX);
+            plan.budget = Duration::from_secs(3600);
+        }
+        if let Some(only) = &self.only {
+            plan.workloads = only.clone();
+        }
+        plan
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Args::command().debug_assert();
+    }
+
+    #[test]
+    fn documented_flags_parse() {
+        let args = Args::try_parse_from([
+            "stream-bench",
+            "--backends",
+            "memory,redis",
+            "--only",
+            "consume,e2e",
+            "--reps",
+            "3",
+            "--concurrency",
+            "1,8",
+            "--backlog",
+            "1000",
+            "--json",
+            "-",
+            "--count-calls",
+            "--no-warmup",
+            "--no-raw",
+            "--quick",
+            "--bench",
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(args.backend, [Kind::Memory, Kind::Redis]);
+        let plan = args.plan();
+        assert_eq!(plan.workloads, [Workload::Consume, Workload::E2e]);
+        assert_eq!(plan.max_reps, 3);
+        assert_eq!(plan.concurrencies, [1, 8]);
+        assert_eq!(plan.backlogs, [1000]);
+        assert!(plan.count_calls && !plan.warmup && !plan.raw && plan.quick);
+        let defaults = Args::try_parse_from(["stream-bench"]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(defaults.backend.len(), 4);
+        assert_eq!(defaults.plan().workloads, Workload::ALL);
+        assert!(Args::try_parse_from(["stream-bench", "--reps", "0"]).is_err());
+        assert!(Args::try_parse_from(["stream-bench", "--backend", "mysql"]).is_err());
+    }
+}
