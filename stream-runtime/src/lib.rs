@@ -114,6 +114,9 @@ mod service;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 
+#[cfg(feature = "testing")]
+pub mod testing;
+
 pub use backend::{Backend, ClaimToken};
 pub use codec::{Payload, Raw};
 pub use engine::{dead_letter_headers, handler_fn, CloseReport, Handler};

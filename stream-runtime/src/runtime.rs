@@ -147,12 +147,7 @@ impl Runtime {
                 );
                 continue;
             }
-            let handler = (def.build)(&self.states).map_err(|e| {
-                Error::Runtime(format!(
-                    "consumer {} ({}) could not be built: {e}",
-                    def.name, def.location
-                ))
-            })?;
+            let handler = def.handler(&self.states)?;
             plan.push((*def, resolved.options, handler));
         }
 
