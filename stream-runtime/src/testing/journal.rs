@@ -61,9 +61,8 @@ pub enum Outcome {
     DeadLettered(Failure),
 }
 
-/// Why a delivery failed.
+/// Why a delivery failed (built in assertions, hence not `non_exhaustive`).
 #[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
 pub struct Failure {
     /// The error's text (for a panic, its message; for a timeout, the engine's reason).
     pub error: String,
