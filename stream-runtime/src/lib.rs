@@ -91,6 +91,14 @@
 //! [`dead_letter_headers`] added. A handler that never returns ends there too: its expired
 //! claim is dead-lettered when reclaimed on its last attempt.
 //!
+//! # Testing your consumers
+//!
+//! With the `testing` feature (in your dev-dependencies), `stream_runtime::testing::TestApp`
+//! runs your registered consumers in memory with your state and configuration: publish,
+//! `settle().await` until everything is handled (retry delays cost no wall time under
+//! `#[tokio::test(start_paused = true)]`), then assert on every delivery, the dead letters
+//! and the published messages. The module's documentation has a complete example.
+//!
 //! # Architecture
 //!
 //! The contract every backend keeps is the same; the engine that delivers messages exists
