@@ -415,12 +415,20 @@ impl TestApp {
         let mut changes = self.journal.watch();
         loop {
             changes.borrow_and_update();
-            let pending = self.pending();
-            if pending.is_empty() {
+            let groups = self
+                .consumers
+                .iter()
+                .map(|c| (c.consumer.stream(), c.consumer.group()));
+            if !self.memory.has_work(groups) {
                 return Ok(());
             }
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             if left.is_zero() {
+                let pending = self.pending();
+                // Empty when the last work finished since the check above.
+                if pending.is_empty() {
+                    return Ok(());
+                }
                 return Err(SettleError { timeout, pending });
             }
             // Under a paused clock this sleep is virtual, and may end early in wall time:

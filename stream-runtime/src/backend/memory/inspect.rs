@@ -3,7 +3,7 @@
 
 use tokio::time::Instant;
 
-use super::MemoryBackend;
+use super::{Group, MemoryBackend, Stream};
 use crate::message::Message;
 
 /// One stream as stored.
@@ -42,6 +42,26 @@ pub(crate) struct PendingView {
 }
 
 impl MemoryBackend {
+    /// Whether any of these `(stream, group)` pairs has a message pending or not yet
+    /// claimed. Cheap: copies nothing.
+    pub(crate) fn has_work<'a>(
+        &self,
+        groups: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> bool {
+        let state = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        groups.into_iter().any(|(stream, group)| {
+            state.streams.get(stream).is_some_and(|s| {
+                s.groups.get(group).is_some_and(|g| {
+                    !g.pending.is_empty()
+                        || g.cursor.max(s.first_seq.saturating_sub(1)) + 1 < s.next_seq()
+                })
+            })
+        })
+    }
+
     /// Every stream, sorted by name, with its messages and groups (each sorted).
     pub(crate) fn streams(&self) -> Vec<StreamView> {
         let state = self
@@ -61,8 +81,7 @@ impl MemoryBackend {
                     .iter()
                     .map(|(group, g)| GroupView {
                         name: group.clone(),
-                        unclaimed: (g.cursor.max(s.first_seq.saturating_sub(1)) + 1..next)
-                            .collect(),
+                        unclaimed: (first_unclaimed(s, g)..next).collect(),
                         pending: g
                             .pending
                             .iter()
@@ -86,4 +105,9 @@ impl MemoryBackend {
         streams.sort_by(|a, b| a.name.cmp(&b.name));
         streams
     }
+}
+
+/// The first retained message past the group's cursor.
+fn first_unclaimed(s: &Stream, g: &Group) -> u64 {
+    g.cursor.max(s.first_seq.saturating_sub(1)) + 1
 }
