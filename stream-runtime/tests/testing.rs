@@ -73,21 +73,9 @@ async fn settle_waits_for_messages_that_handlers_publish() -> TestResult {
     app.publish("chain.a", &Step { n: 100 }).await?;
     app.settle().await?;
 
-    let one = Counts {
-        deliveries: 2,
-        succeeded: 2,
-        ..Counts::default()
-    };
-    assert_eq!(app.counts("chain_a"), one);
-    assert_eq!(app.counts("chain_b"), one);
-    assert_eq!(
-        app.counts("chain_c"),
-        Counts {
-            deliveries: 4,
-            succeeded: 4,
-            ..Counts::default()
-        }
-    );
+    assert_eq!(app.counts("chain_a"), succeeded(2));
+    assert_eq!(app.counts("chain_b"), succeeded(2));
+    assert_eq!(app.counts("chain_c"), succeeded(4));
     let c: Vec<Step> = app.published_json("chain.c")?;
     let mut ns: Vec<u32> = c.iter().map(|s| s.n).collect();
     ns.sort_unstable();
@@ -107,6 +95,37 @@ async fn settle_returns_at_once_when_nothing_was_published() -> TestResult {
     assert!(app.deliveries().is_empty());
     app.shutdown().await?;
     Ok(())
+}
+
+#[tokio::test]
+async fn a_backlog_with_concurrent_workers_settles_with_every_message_handled_once() -> TestResult {
+    let app = TestApp::builder()
+        .consumers(["chain_c"])
+        .config_toml("[consumers.chain_c]\nconcurrency = 8")
+        .start()
+        .await?;
+    for n in 0..500 {
+        app.publish("chain.c", &Step { n }).await?;
+    }
+    app.settle().await?;
+    assert_eq!(app.counts("chain_c"), succeeded(500));
+    let mut seen: Vec<u32> = app
+        .deliveries()
+        .iter()
+        .map(|d| d.json::<Step>().map(|s| s.n))
+        .collect::<Result<_, _>>()?;
+    seen.sort_unstable();
+    assert_eq!(seen, (0..500).collect::<Vec<_>>());
+    app.shutdown().await?;
+    Ok(())
+}
+
+fn succeeded(n: usize) -> Counts {
+    Counts {
+        deliveries: n,
+        succeeded: n,
+        ..Counts::default()
+    }
 }
 
 // ---- paused time ------------------------------------------------------------------------
