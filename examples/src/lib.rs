@@ -1,4 +1,7 @@
-//! Support shared by the example binaries (`src/bin/`).
+//! Support shared by the example binaries (`src/bin/`), and the `orders` example's
+//! consumers.
+
+pub mod orders;
 
 use std::io::IsTerminal;
 

@@ -268,7 +268,7 @@ fn a_consumer_that_cannot_start_exits_non_zero_reporting_it_once() {
     assert!(
         errors[0].contains("ERROR")
             && errors[0].contains("invalid start id \"Earliest\"")
-            && errors[0].contains("examples/src/bin/orders.rs:"),
+            && errors[0].contains("examples/src/orders.rs:"),
         "{text}"
     );
 }

@@ -126,6 +126,14 @@
 //! one exception is a shutdown: handlers that [`Consumer::close`] aborts at its deadline have
 //! their claims released, and a release gives the attempt back.
 //!
+//! # Testing your consumers
+//!
+//! With the `testing` feature (in your dev-dependencies), `stream_runtime::testing::TestApp`
+//! runs your registered consumers in memory with your state and configuration: publish,
+//! `settle().await` until everything is handled (retry delays cost no wall time under
+//! `#[tokio::test(start_paused = true)]`), then assert on every delivery, the dead letters
+//! and the published messages. The module's documentation has a complete example.
+//!
 //! # Architecture
 //!
 //! The contract every backend keeps is the same; the engine that delivers messages exists
@@ -151,6 +159,9 @@ mod service;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
+
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use backend::{Backend, ClaimToken};
 pub use codec::{Payload, Raw};

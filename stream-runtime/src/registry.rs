@@ -64,6 +64,18 @@ impl ConsumerDef {
     }
 }
 
+impl ConsumerDef {
+    /// Builds the handler from `states`; the error names the consumer and its place.
+    pub(crate) fn handler(&self, states: &States) -> Result<Handler> {
+        (self.build)(states).map_err(|e| {
+            Error::Runtime(format!(
+                "consumer {} ({}) could not be built: {e}",
+                self.name, self.location
+            ))
+        })
+    }
+}
+
 /// The optional settings of `#[consumer(...)]`; `None` = not given.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]

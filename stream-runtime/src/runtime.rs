@@ -182,12 +182,7 @@ impl Runtime {
                 resolved.options.app.as_deref(),
                 resolved.options.namespace.as_deref(),
             ));
-            let handler = (def.build)(&states).map_err(|e| {
-                Error::Runtime(format!(
-                    "consumer {} ({}) could not be built: {e}",
-                    def.name, def.location
-                ))
-            })?;
+            let handler = def.handler(&states)?;
             plan.push((*def, resolved.options, handler));
         }
 

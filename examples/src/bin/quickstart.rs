@@ -41,7 +41,9 @@ async fn greet(
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    stream_examples::init_logging();
+    // Logs at `info`. (Not `stream_examples::init_logging`: using the library would link
+    // the orders example's consumers into this program, and the runtime would start them.)
+    tracing_subscriber::fmt().with_target(false).init();
     // No Streams.toml here: the in-memory backend, built in code.
     let mut config = Config::default();
     config.backend = "memory://".to_owned();

@@ -4,12 +4,18 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
+
+// The engine's clock (tokio's), so a paused test clock moves deadlines too.
+use tokio::time::Instant;
 
 use super::{Backend, BoxFuture, Claim, ClaimToken, Claimed, GroupRef, Wakeup, WakeupHub};
 use crate::error::{Error, Result};
 use crate::message::{Bytes, Headers, Message, MessageId, NewMessage};
 use crate::options::{StartPosition, Trim};
+
+#[cfg(feature = "testing")]
+pub(crate) mod inspect;
 
 /// Streams, groups and claims in process memory, with in-process push wake-ups.
 #[derive(Debug, Default)]

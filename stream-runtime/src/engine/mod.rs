@@ -6,7 +6,7 @@
 //! runs each handler in its own task. Acks are batched by a settler task; retries and
 //! dead-letter moves are issued by the handler's task.
 
-mod catch_unwind;
+pub(crate) mod catch_unwind;
 pub mod telemetry;
 
 use std::cmp::Reverse;
@@ -14,10 +14,13 @@ use std::collections::BinaryHeap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
+// tokio's clock, not std's: under a paused test clock (`start_paused`) retry delays,
+// visibility deadlines and poll intervals pass without costing wall time.
+use tokio::time::Instant;
 
 use crate::backend::{BoxFuture, Claim, Claimed, GroupRef, SharedBackend, Wakeup};
 use crate::error::HandlerError;
@@ -161,7 +164,7 @@ impl Worker {
                 _ = stop.wait_for(|s| *s) => return false,
                 _ = wakeup.changed() => return true,
                 _ = self.retry_scheduled.notified() => continue,
-                _ = tokio::time::sleep_until(due.into()) => return true,
+                _ = tokio::time::sleep_until(due) => return true,
             }
         }
     }
@@ -334,7 +337,7 @@ async fn dispatch(sub: Subscription, mut stop: watch::Receiver<bool>) -> CloseRe
                 // after the visibility timeout.
                 let deadline = after(worker.sub.shutdown_timeout);
                 drain_deadline = Some(deadline);
-                match tokio::time::timeout_at(deadline.into(), claiming).await {
+                match tokio::time::timeout_at(deadline, claiming).await {
                     Ok(result) => result,
                     Err(_) => {
                         tracing::warn!(
@@ -405,10 +408,7 @@ fn backoff(failures: u32, poll_interval: Duration) -> Duration {
 
 async fn drain(worker: &Arc<Worker>, tasks: &mut JoinSet<()>, deadline: Instant) -> CloseReport {
     let all_done = async { while tasks.join_next().await.is_some() {} };
-    if tokio::time::timeout_at(deadline.into(), all_done)
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout_at(deadline, all_done).await.is_err() {
         tasks.abort_all();
         while tasks.join_next().await.is_some() {}
     }
