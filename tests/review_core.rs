@@ -487,6 +487,8 @@ mod engine {
         slow: AtomicBool,
     }
 
+    stream_runtime::delegate_backend_admin!(HangingClaims, inner);
+
     impl Backend for HangingClaims {
         fn name(&self) -> &'static str {
             "hanging"

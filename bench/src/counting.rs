@@ -81,6 +81,8 @@ impl Counting {
     }
 }
 
+stream_runtime::delegate_backend_admin!(Counting, inner);
+
 impl Backend for Counting {
     fn name(&self) -> &'static str {
         self.inner.name()

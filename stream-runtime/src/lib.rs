@@ -99,6 +99,7 @@
 
 #[doc(hidden)]
 pub mod __private;
+pub mod admin;
 pub mod backend;
 mod codec;
 pub mod config;
@@ -114,7 +115,8 @@ mod service;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 
-pub use backend::{Backend, ClaimToken};
+pub use admin::Admin;
+pub use backend::{Backend, BackendAdmin, ClaimToken};
 pub use codec::{Payload, Raw};
 pub use engine::{dead_letter_headers, handler_fn, CloseReport, Handler};
 pub use error::{BoxError, Error, HandlerError, Result};

@@ -12,6 +12,7 @@
 //! (`memory::retry_then_dead_letter`), and runs under its own random app name, so cases run
 //! in parallel against one shared server without seeing each other's streams.
 
+pub mod admin;
 pub mod cases;
 
 use std::sync::{Arc, Mutex, PoisonError};
@@ -86,6 +87,7 @@ macro_rules! conformance_tests {
                 invalid_names_rejected,
                 payload_limit
             );
+            $crate::__conformance_admin_cases!($factory);
         }
     };
 }
@@ -94,12 +96,15 @@ macro_rules! conformance_tests {
 #[macro_export]
 macro_rules! __conformance_cases {
     ($factory:expr; $($case:ident),* $(,)?) => {
+        $crate::__conformance_cases!($factory; in cases; $($case),*);
+    };
+    ($factory:expr; in $module:ident; $($case:ident),* $(,)?) => {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $case() {
                 let Some(backend) = $factory.await else { return };
                 let harness = $crate::conformance::Harness::new(backend);
-                $crate::conformance::cases::$case(&harness).await;
+                $crate::conformance::$module::$case(&harness).await;
                 harness.finish().await;
             }
         )*
