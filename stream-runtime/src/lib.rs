@@ -91,6 +91,12 @@
 //! [`dead_letter_headers`] added. A handler that never returns ends there too: its expired
 //! claim is dead-lettered when reclaimed on its last attempt.
 //!
+//! # Operating it
+//!
+//! [`Service::admin`] gives an [`Admin`]: the streams, each group's cursor, lag, pending
+//! claims and dead letters, range reads, and the redrive and purge of dead letters, the same
+//! on every backend. The `streams` command-line tool (package `stream-cli`) is built on it.
+//!
 //! # Architecture
 //!
 //! The contract every backend keeps is the same; the engine that delivers messages exists

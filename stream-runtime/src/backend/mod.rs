@@ -1,7 +1,9 @@
 //! The storage contract every backend implements, and nothing more.
 //!
 //! The engine owns workers, deadlines, attempts, the retry/dead-letter decision, panics and
-//! shutdown. A backend stores messages, groups and pending claims, and answers these calls.
+//! shutdown. A backend stores messages, groups and pending claims, and answers these calls:
+//! [`Backend`] for delivery, [`BackendAdmin`] for the operator's views and repairs
+//! ([`Admin`](crate::admin::Admin)), which stay off the delivery path.
 //! Every call that settles a claim (ack, retry, dead-letter, release) is fenced by its
 //! [`ClaimToken`]: when the claim has since been taken over, the call has no effect (S7).
 
