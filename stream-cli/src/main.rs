@@ -688,13 +688,13 @@ async fn dlq_purge(
     confirm("purge", letters.len(), yes)?;
     let bar = progress(letters.len());
     let ids: Vec<MessageId> = letters.into_iter().map(|m| m.id).collect();
-    let mut deleted = 0;
+    let mut deleted = Vec::with_capacity(ids.len());
     for chunk in ids.chunks(PURGE_CHUNK) {
         match admin
             .delete_dead_letters(&target.stream, &selection, chunk)
             .await
         {
-            Ok(n) => deleted += n,
+            Ok(ids) => deleted.extend(ids),
             Err(e) => {
                 bar.abandon();
                 return Err(e.into());
@@ -703,13 +703,20 @@ async fn dlq_purge(
         bar.inc(chunk.len() as u64);
     }
     bar.finish_and_clear();
+    let gone = ids.len() - deleted.len();
+    if gone > 0 {
+        eprintln!("{gone} dead letter(s) were gone before they could be deleted (redriven or purged by someone else)");
+    }
     if json {
-        output::json(&json!(ids
+        output::json(&json!(deleted
             .iter()
             .map(MessageId::as_str)
             .collect::<Vec<_>>()))?;
     } else {
-        println!("deleted {deleted} dead letter(s) from {dead_stream}");
+        println!(
+            "deleted {} dead letter(s) from {dead_stream}",
+            deleted.len()
+        );
     }
     missing(&not_found, &dead_stream)
 }

@@ -233,7 +233,8 @@ pub struct RedriveReport {
 pub struct PurgeReport {
     /// The dead letters deleted, in id order.
     pub deleted: Vec<MessageId>,
-    /// Chosen ids the dead-letter stream does not hold (any more).
+    /// Chosen ids the dead-letter stream does not hold, and listed ones gone before they
+    /// could be deleted.
     pub not_found: Vec<MessageId>,
 }
 
@@ -428,13 +429,14 @@ impl Admin {
         Ok(report)
     }
 
-    /// Deletes these messages of `stream`'s dead-letter stream; returns how many it held.
+    /// Deletes these messages of `stream`'s dead-letter stream (the `selection`'s, see
+    /// [`Admin::dead_letter_stream`]); returns the ids of those it held.
     pub async fn delete_dead_letters(
         &self,
         stream: &str,
         selection: &Selection,
         ids: &[MessageId],
-    ) -> Result<u64> {
+    ) -> Result<Vec<MessageId>> {
         let dead = self.dead_letter_stream(stream, selection)?;
         self.service.backend().delete_messages(&dead, ids).await
     }
@@ -448,9 +450,13 @@ impl Admin {
         };
         let ids: Vec<MessageId> = letters.into_iter().map(|m| m.id).collect();
         for chunk in ids.chunks(PAGE) {
-            self.delete_dead_letters(stream, selection, chunk).await?;
+            let deleted = self.delete_dead_letters(stream, selection, chunk).await?;
+            // Gone since they were listed: purged or redriven by someone else.
+            report
+                .not_found
+                .extend(chunk.iter().filter(|id| !deleted.contains(id)).cloned());
+            report.deleted.extend(deleted);
         }
-        report.deleted = ids;
         Ok(report)
     }
 

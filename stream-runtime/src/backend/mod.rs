@@ -192,12 +192,12 @@ pub trait BackendAdmin: Send + Sync {
     ) -> BoxFuture<'a, Result<Option<MessageId>>>;
 
     /// Deletes these messages of `stream` (and their entries in its groups' pending lists);
-    /// returns how many it held.
+    /// returns the ids of those it held, in the order given.
     fn delete_messages<'a>(
         &'a self,
         stream: &'a str,
         ids: &'a [MessageId],
-    ) -> BoxFuture<'a, Result<u64>>;
+    ) -> BoxFuture<'a, Result<Vec<MessageId>>>;
 }
 
 /// Implements [`BackendAdmin`] for a wrapper type by handing every call to one of its
@@ -269,7 +269,8 @@ macro_rules! delegate_backend_admin {
                 &'a self,
                 stream: &'a str,
                 ids: &'a [$crate::MessageId],
-            ) -> $crate::backend::BoxFuture<'a, $crate::Result<u64>> {
+            ) -> $crate::backend::BoxFuture<'a, $crate::Result<::std::vec::Vec<$crate::MessageId>>>
+            {
                 self.$field.delete_messages(stream, ids)
             }
         }

@@ -201,17 +201,17 @@ impl BackendAdmin for MemoryBackend {
         &'a self,
         stream: &'a str,
         ids: &'a [MessageId],
-    ) -> BoxFuture<'a, Result<u64>> {
+    ) -> BoxFuture<'a, Result<Vec<MessageId>>> {
         Box::pin(async move {
             let mut state = self.lock()?;
             let Some(s) = state.streams.get_mut(stream) else {
-                return Ok(0);
+                return Ok(Vec::new());
             };
             Ok(ids
                 .iter()
-                .filter_map(seq_of)
-                .filter(|&seq| s.delete(seq))
-                .count() as u64)
+                .filter(|id| seq_of(id).is_some_and(|seq| s.delete(seq)))
+                .cloned()
+                .collect())
         })
     }
 }

@@ -301,18 +301,25 @@ impl BackendAdmin for PostgresBackend {
         &'a self,
         stream: &'a str,
         ids: &'a [MessageId],
-    ) -> BoxFuture<'a, Result<u64>> {
+    ) -> BoxFuture<'a, Result<Vec<MessageId>>> {
         Box::pin(async move {
             self.check_open()?;
             let ids: Vec<i64> = ids.iter().filter_map(|id| parse_id(id.as_str())).collect();
             if ids.is_empty() {
-                return Ok(0);
+                return Ok(Vec::new());
             }
             let mut attempt = 0;
             loop {
                 attempt += 1;
                 match self.delete_ids(stream, &ids).await {
-                    Ok(deleted) => return Ok(deleted.len() as u64),
+                    Ok(deleted) => {
+                        // In the order given, as RETURNING promises none.
+                        return Ok(ids
+                            .iter()
+                            .filter(|id| deleted.contains(id))
+                            .map(|id| MessageId::new(id.to_string()))
+                            .collect());
+                    }
                     Err(e) if attempt < 5 && is_conflict(&e) => continue,
                     Err(e) => return Err(self.error(format!("deleting messages of {stream}"), e)),
                 }

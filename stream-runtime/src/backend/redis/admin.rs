@@ -113,16 +113,16 @@ return redis.call(unpack(args))
     ))
 });
 
-/// Deletes entries ARGV of KEYS[1]; returns how many it held.
+/// Deletes entries ARGV of KEYS[1]; returns the ids of those it held.
 static DELETE: LazyLock<::redis::Script> = LazyLock::new(|| {
     ::redis::Script::new(&format!(
         "{REMOVE}
-if redis.call('TYPE', KEYS[1]).ok ~= 'stream' then return 0 end
-local n = 0
+if redis.call('TYPE', KEYS[1]).ok ~= 'stream' then return {{}} end
+local deleted = {{}}
 for _, id in ipairs(ARGV) do
-  if remove(KEYS[1], id) then n = n + 1 end
+  if remove(KEYS[1], id) then deleted[#deleted + 1] = id end
 end
-return n
+return deleted
 "
     ))
 });
@@ -415,7 +415,7 @@ impl BackendAdmin for RedisBackend {
         &'a self,
         stream: &'a str,
         ids: &'a [MessageId],
-    ) -> BoxFuture<'a, Result<u64>> {
+    ) -> BoxFuture<'a, Result<Vec<MessageId>>> {
         Box::pin(async move {
             self.check_open()?;
             let ids: Vec<String> = ids
@@ -423,14 +423,15 @@ impl BackendAdmin for RedisBackend {
                 .filter_map(|id| parse_start_id(id.as_str()).ok())
                 .collect();
             if ids.is_empty() {
-                return Ok(0);
+                return Ok(Vec::new());
             }
             let mut invocation = DELETE.prepare_invoke();
             invocation.key(stream_key(stream)).arg(ids);
-            invocation
+            let deleted: Vec<String> = invocation
                 .invoke_async(&mut self.conn.clone())
                 .await
-                .map_err(|e| self.error(format!("deleting messages of {stream}"), e))
+                .map_err(|e| self.error(format!("deleting messages of {stream}"), e))?;
+            Ok(deleted.into_iter().map(MessageId::new).collect())
         })
     }
 }

@@ -215,7 +215,7 @@ impl BackendAdmin for SqliteBackend {
         &'a self,
         stream: &'a str,
         ids: &'a [MessageId],
-    ) -> BoxFuture<'a, Result<u64>> {
+    ) -> BoxFuture<'a, Result<Vec<MessageId>>> {
         Box::pin(async move {
             self.check_open()?;
             let ids: Vec<i64> = ids
@@ -223,14 +223,14 @@ impl BackendAdmin for SqliteBackend {
                 .filter_map(|id| id.as_str().parse().ok())
                 .collect();
             if ids.is_empty() {
-                return Ok(0);
+                return Ok(Vec::new());
             }
             let what = format!("deleting messages of {stream}");
             let mut tx = self.begin(&what).await?;
-            let mut deleted = 0;
+            let mut deleted = Vec::new();
             for id in ids {
                 if self.delete_one(&mut tx, stream, id, &what).await? {
-                    deleted += 1;
+                    deleted.push(MessageId::new(id.to_string()));
                 }
             }
             self.commit(tx, &what).await?;
