@@ -84,14 +84,14 @@ impl Stream {
         self.entries.len() - self.holes
     }
 
-    /// Drops the front entry; whether it was a message (not a hole).
-    fn pop_front(&mut self) -> bool {
-        let popped = self.entries.pop_front();
-        self.first_seq += 1;
-        if matches!(popped, Some(None)) {
-            self.holes -= 1;
+    /// Drops the front entry (a message or a hole).
+    fn pop_front(&mut self) {
+        if let Some(popped) = self.entries.pop_front() {
+            self.first_seq += 1;
+            if popped.is_none() {
+                self.holes -= 1;
+            }
         }
-        matches!(popped, Some(Some(_)))
     }
 
     fn push(&mut self, message: NewMessage) -> u64 {

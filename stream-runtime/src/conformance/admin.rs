@@ -27,7 +27,8 @@ macro_rules! __conformance_admin_cases {
             admin_reads_ranges,
             admin_redrive_moves_back,
             admin_redrive_is_fenced,
-            admin_purge
+            admin_purge,
+            admin_trim_after_delete
         );
     };
 }
@@ -585,4 +586,56 @@ pub async fn admin_purge(h: &Harness) {
     );
     assert!(rec.is_empty());
     assert_eq!(admin.groups("p").await.expect("groups")[0].dead, 0);
+}
+
+/// Deleting messages leaves the rest in order: a group still gets every message left, and a
+/// trim by length afterwards keeps exactly the newest `max_len`.
+pub async fn admin_trim_after_delete(h: &Harness) {
+    let admin = h.service.admin();
+    let stream = h.service.stream_name("holes").expect("name");
+    let ids = publish_n(h, "holes", 5).await;
+    let deleted = h
+        .backend
+        .delete_messages(&stream, &ids[1..3])
+        .await
+        .expect("delete");
+    assert_eq!(deleted, ids[1..3]);
+    let left = admin
+        .read("holes", &ReadFrom::Start, 10)
+        .await
+        .expect("read");
+    let left: Vec<&MessageId> = left.iter().map(|m| &m.id).collect();
+    assert_eq!(left, [&ids[0], &ids[3], &ids[4]]);
+    assert_eq!(admin.streams().await.expect("streams")[0].length, 3);
+
+    h.backend
+        .ensure_group(&stream, "g", &StartPosition::Earliest)
+        .await
+        .expect("ensure_group");
+    assert_eq!(admin.groups("holes").await.expect("groups")[0].lag, 3);
+    let newest = h
+        .service
+        .publish("holes", "m5", PublishOptions::new().max_len(3))
+        .await
+        .expect("publish");
+    let kept = admin
+        .read("holes", &ReadFrom::Start, 10)
+        .await
+        .expect("read");
+    let kept: Vec<&MessageId> = kept.iter().map(|m| &m.id).collect();
+    assert_eq!(kept, [&ids[3], &ids[4], &newest]);
+    let group = GroupRef {
+        stream: &stream,
+        group: "g",
+        consumer: "c1",
+    };
+    let claimed = h
+        .backend
+        .claim(group, 10, Duration::from_secs(10))
+        .await
+        .expect("claim");
+    let claimed: Vec<&MessageId> = claimed.iter().map(|c| &c.message.id).collect();
+    assert_eq!(claimed, kept);
+    let g = &admin.groups("holes").await.expect("groups")[0];
+    assert_eq!((g.lag, g.pending), (0, 3));
 }
