@@ -134,6 +134,12 @@
 //! `#[tokio::test(start_paused = true)]`), then assert on every delivery, the dead letters
 //! and the published messages. The module's documentation has a complete example.
 //!
+//! # Operating it
+//!
+//! [`Service::admin`] gives an [`Admin`]: the streams, each group's cursor, lag, pending
+//! claims and dead letters, range reads, and the redrive and purge of dead letters, the same
+//! on every backend. The `streams` command-line tool (package `stream-cli`) is built on it.
+//!
 //! # Architecture
 //!
 //! The contract every backend keeps is the same; the engine that delivers messages exists
@@ -142,6 +148,7 @@
 
 #[doc(hidden)]
 pub mod __private;
+pub mod admin;
 pub mod backend;
 mod codec;
 pub mod config;
@@ -163,7 +170,8 @@ pub mod conformance;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use backend::{Backend, ClaimToken};
+pub use admin::Admin;
+pub use backend::{Backend, BackendAdmin, ClaimToken};
 pub use codec::{Payload, Raw};
 pub use engine::{dead_letter_headers, handler_fn, CloseReport, Handler};
 pub use error::{BoxError, Error, HandlerError, Result};

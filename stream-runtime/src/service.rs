@@ -144,6 +144,12 @@ impl Service {
         &self.inner.backend
     }
 
+    /// The operator's view of this service's streams: lag, pending claims, dead letters and
+    /// their redrive. See [`Admin`](crate::admin::Admin).
+    pub fn admin(&self) -> crate::admin::Admin {
+        crate::admin::Admin::new(self.clone())
+    }
+
     /// The full name of a stream on this service: `<app>.<namespace>.<name>`.
     pub fn stream_name(&self, name: &str) -> Result<String> {
         format_stream(&self.inner.config.app, &self.inner.config.namespace, name)

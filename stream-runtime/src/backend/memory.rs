@@ -1,6 +1,8 @@
 //! The in-memory backend: the reference implementation of [`Backend`], for tests and
 //! single-process development. Nothing survives the process.
 
+mod admin;
+
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -35,7 +37,10 @@ struct State {
 struct Stream {
     /// Sequence number of `entries[0]` (or of the next append when empty).
     first_seq: u64,
-    entries: VecDeque<Entry>,
+    /// `None`: a message deleted by an operator (purge, redrive), never at the front.
+    entries: VecDeque<Option<Entry>>,
+    /// How many of `entries` are `None`.
+    holes: usize,
     groups: HashMap<String, Group>,
 }
 
@@ -66,6 +71,7 @@ impl Stream {
         Stream {
             first_seq: 1,
             entries: VecDeque::new(),
+            holes: 0,
             groups: HashMap::new(),
         }
     }
@@ -76,25 +82,39 @@ impl Stream {
 
     fn entry(&self, seq: u64) -> Option<&Entry> {
         let index = seq.checked_sub(self.first_seq)?;
-        self.entries.get(usize::try_from(index).ok()?)
+        self.entries.get(usize::try_from(index).ok()?)?.as_ref()
+    }
+
+    /// Messages held (deleted ones left out).
+    fn len(&self) -> usize {
+        self.entries.len() - self.holes
+    }
+
+    /// Drops the front entry (a message or a hole).
+    fn pop_front(&mut self) {
+        if let Some(popped) = self.entries.pop_front() {
+            self.first_seq += 1;
+            if popped.is_none() {
+                self.holes -= 1;
+            }
+        }
     }
 
     fn push(&mut self, message: NewMessage) -> u64 {
         let seq = self.next_seq();
-        self.entries.push_back(Entry {
+        self.entries.push_back(Some(Entry {
             payload: Bytes::from(message.payload),
             headers: message.headers,
             created_at: SystemTime::now(),
-        });
+        }));
         seq
     }
 
     fn trim(&mut self, trim: Trim) {
-        let mut dropped = 0u64;
+        let first_seq = self.first_seq;
         if trim.max_len > 0 {
-            while self.entries.len() as u64 > trim.max_len {
-                self.entries.pop_front();
-                dropped += 1;
+            while self.len() as u64 > trim.max_len {
+                self.pop_front();
             }
         }
         if !trim.max_age.is_zero() {
@@ -104,17 +124,23 @@ impl Stream {
             while self
                 .entries
                 .front()
-                .is_some_and(|e| e.created_at < oldest_kept)
+                .is_some_and(|e| e.as_ref().is_none_or(|e| e.created_at < oldest_kept))
             {
-                self.entries.pop_front();
-                dropped += 1;
+                self.pop_front();
             }
         }
-        if dropped > 0 {
-            self.first_seq += dropped;
+        self.drop_front_holes();
+        if self.first_seq > first_seq {
             for group in self.groups.values_mut() {
                 group.pending = group.pending.split_off(&self.first_seq);
             }
+        }
+    }
+
+    /// Pops deleted entries off the front, so the front is always a message.
+    fn drop_front_holes(&mut self) {
+        while matches!(self.entries.front(), Some(None)) {
+            self.pop_front();
         }
     }
 
@@ -282,8 +308,10 @@ impl Backend for MemoryBackend {
                     deadline,
                     deliveries: 0,
                 };
-                claimed.extend(take(seq, &mut pending, s));
-                g.pending.insert(seq, pending);
+                if let Some(message) = take(seq, &mut pending, s) {
+                    claimed.push(message);
+                    g.pending.insert(seq, pending);
+                }
                 g.cursor = seq;
                 seq += 1;
             }

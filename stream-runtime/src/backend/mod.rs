@@ -1,7 +1,9 @@
 //! The storage contract every backend implements, and nothing more.
 //!
 //! The engine owns workers, deadlines, attempts, the retry/dead-letter decision, panics and
-//! shutdown. A backend stores messages, groups and pending claims, and answers these calls.
+//! shutdown. A backend stores messages, groups and pending claims, and answers these calls:
+//! [`Backend`] for delivery, [`BackendAdmin`] for the operator's views and repairs
+//! ([`Admin`](crate::admin::Admin)), which stay off the delivery path.
 //! Every call that settles a claim (ack, retry, dead-letter, release) is fenced by its
 //! [`ClaimToken`]: when the claim has since been taken over, the call has no effect (S7).
 
@@ -13,6 +15,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use crate::admin::{GroupStats, PendingEntry, ReadFrom, StreamInfo};
 use crate::error::Result;
 use crate::message::{Message, MessageId, NewMessage};
 use crate::options::{StartPosition, Trim};
@@ -83,8 +86,9 @@ pub struct GroupRef<'a> {
 ///
 /// Implementations: [`memory::MemoryBackend`], and behind features `sqlite`, `postgres` and
 /// `redis`. The conformance suite (feature `conformance`) checks an implementation against
-/// the whole contract.
-pub trait Backend: Send + Sync + 'static {
+/// the whole contract. Every backend also implements [`BackendAdmin`], the inspection and
+/// repair calls behind [`Admin`](crate::admin::Admin).
+pub trait Backend: BackendAdmin + Send + Sync + 'static {
     /// `"memory"`, `"sqlite"`, `"postgres"`, `"redis"`: used in logs and errors.
     fn name(&self) -> &'static str;
 
@@ -158,6 +162,138 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Releases connections and background tasks. Called once, after every consumer closed.
     fn close(&self) -> BoxFuture<'_, Result<()>>;
+}
+
+/// What operators need beside delivery: read-only views of streams, groups and pending
+/// claims, one atomic move of a message to another stream, and deletion. Every backend
+/// implements it (the conformance suite checks it); none of it is on the delivery path, and
+/// none of it adds a write to claims or acks.
+///
+/// Ids given as `&MessageId` that this backend could never have issued match nothing.
+pub trait BackendAdmin: Send + Sync {
+    /// The streams whose full names start with `prefix` (`""`: all), by name: every stream
+    /// that holds a message or has a group.
+    fn list_streams<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<StreamInfo>>>;
+
+    /// The groups of `stream`, by name; empty when the stream has none.
+    fn list_groups<'a>(&'a self, stream: &'a str) -> BoxFuture<'a, Result<Vec<GroupStats>>>;
+
+    /// Up to `max` messages of `stream` in id order, chosen by `from`. They are not
+    /// deliveries: `attempt` is 0.
+    fn read<'a>(
+        &'a self,
+        stream: &'a str,
+        from: &'a ReadFrom,
+        max: usize,
+    ) -> BoxFuture<'a, Result<Vec<Message>>>;
+
+    /// Up to `max` pending entries of the group, in id order.
+    fn list_pending<'a>(
+        &'a self,
+        stream: &'a str,
+        group: &'a str,
+        max: usize,
+    ) -> BoxFuture<'a, Result<Vec<PendingEntry>>>;
+
+    /// Atomically deletes message `id` from stream `from` (and from its groups' pending
+    /// lists) and appends `message` to stream `to`. Returns the new id, or `None` when `from`
+    /// no longer holds `id` (then nothing is appended): of two moves of one message, exactly
+    /// one succeeds.
+    fn move_message<'a>(
+        &'a self,
+        from: &'a str,
+        id: &'a MessageId,
+        to: &'a str,
+        message: NewMessage,
+    ) -> BoxFuture<'a, Result<Option<MessageId>>>;
+
+    /// Deletes these messages of `stream` (and their entries in its groups' pending lists);
+    /// returns the ids of those it held, in the order given.
+    fn delete_messages<'a>(
+        &'a self,
+        stream: &'a str,
+        ids: &'a [MessageId],
+    ) -> BoxFuture<'a, Result<Vec<MessageId>>>;
+}
+
+/// Implements [`BackendAdmin`] for a wrapper type by handing every call to one of its
+/// fields: for backends that wrap another to change its delivery calls.
+///
+/// ```
+/// use stream_runtime::backend::memory::MemoryBackend;
+///
+/// struct Wrapper {
+///     inner: MemoryBackend,
+/// }
+/// stream_runtime::delegate_backend_admin!(Wrapper, inner);
+/// ```
+#[macro_export]
+macro_rules! delegate_backend_admin {
+    (impl [$($generics:tt)*] $wrapper:ty, $field:ident) => {
+        impl<$($generics)*> $crate::backend::BackendAdmin for $wrapper {
+            fn list_streams<'a>(
+                &'a self,
+                prefix: &'a str,
+            ) -> $crate::backend::BoxFuture<
+                'a,
+                $crate::Result<::std::vec::Vec<$crate::admin::StreamInfo>>,
+            > {
+                self.$field.list_streams(prefix)
+            }
+            fn list_groups<'a>(
+                &'a self,
+                stream: &'a str,
+            ) -> $crate::backend::BoxFuture<
+                'a,
+                $crate::Result<::std::vec::Vec<$crate::admin::GroupStats>>,
+            > {
+                self.$field.list_groups(stream)
+            }
+            fn read<'a>(
+                &'a self,
+                stream: &'a str,
+                from: &'a $crate::admin::ReadFrom,
+                max: usize,
+            ) -> $crate::backend::BoxFuture<'a, $crate::Result<::std::vec::Vec<$crate::Message>>>
+            {
+                self.$field.read(stream, from, max)
+            }
+            fn list_pending<'a>(
+                &'a self,
+                stream: &'a str,
+                group: &'a str,
+                max: usize,
+            ) -> $crate::backend::BoxFuture<
+                'a,
+                $crate::Result<::std::vec::Vec<$crate::admin::PendingEntry>>,
+            > {
+                self.$field.list_pending(stream, group, max)
+            }
+            fn move_message<'a>(
+                &'a self,
+                from: &'a str,
+                id: &'a $crate::MessageId,
+                to: &'a str,
+                message: $crate::NewMessage,
+            ) -> $crate::backend::BoxFuture<
+                'a,
+                $crate::Result<::std::option::Option<$crate::MessageId>>,
+            > {
+                self.$field.move_message(from, id, to, message)
+            }
+            fn delete_messages<'a>(
+                &'a self,
+                stream: &'a str,
+                ids: &'a [$crate::MessageId],
+            ) -> $crate::backend::BoxFuture<'a, $crate::Result<::std::vec::Vec<$crate::MessageId>>>
+            {
+                self.$field.delete_messages(stream, ids)
+            }
+        }
+    };
+    ($wrapper:ty, $field:ident) => {
+        $crate::delegate_backend_admin!(impl [] $wrapper, $field);
+    };
 }
 
 /// A wake-up signal for one stream: [`Wakeup::changed`] resolves after a notify that came
@@ -243,6 +379,18 @@ pub fn integer_start_id(backend: &str, id: &str) -> Result<i64> {
             id: id.to_owned(),
             reason: format!("the {backend} backend's ids are non-negative integers, e.g. \"42\""),
         })
+}
+
+/// An integer id (SQLite, Postgres) as a [`MessageId`].
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) fn integer_id(id: Option<i64>) -> Option<MessageId> {
+    id.map(|id| MessageId::new(id.to_string()))
+}
+
+/// A `LIMIT` for SQL.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) fn sql_limit(max: usize) -> i64 {
+    i64::try_from(max).unwrap_or(i64::MAX)
 }
 
 /// Connects to the backend a URL names and creates its schema:

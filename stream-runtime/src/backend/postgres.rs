@@ -17,6 +17,8 @@
 //! `created_at`, age trims) come from the database's clock only. Wake-ups travel by
 //! `LISTEN`/`NOTIFY` on one fixed channel with the stream name as payload.
 
+mod admin;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
@@ -446,12 +448,7 @@ fn claimed_from_row(stream: &str, row: &PgRow) -> std::result::Result<Claimed, B
     let payload: Vec<u8> = row.try_get("r_payload")?;
     let headers: String = row.try_get("r_headers")?;
     let headers: Headers = serde_json::from_str(&headers)?;
-    let created_us: i64 = row.try_get("r_created_us")?;
-    let created_at = if created_us >= 0 {
-        SystemTime::UNIX_EPOCH + Duration::from_micros(created_us.unsigned_abs())
-    } else {
-        SystemTime::UNIX_EPOCH - Duration::from_micros(created_us.unsigned_abs())
-    };
+    let created_at = time_of_micros(row.try_get("r_created_us")?);
     let deliveries: i32 = row.try_get("r_deliveries")?;
     let token: i64 = row.try_get("r_token")?;
     Ok(Claimed {
@@ -465,6 +462,15 @@ fn claimed_from_row(stream: &str, row: &PgRow) -> std::result::Result<Claimed, B
         ),
         token: to_token(token),
     })
+}
+
+/// A time given in microseconds since the Unix epoch.
+fn time_of_micros(us: i64) -> SystemTime {
+    if us >= 0 {
+        SystemTime::UNIX_EPOCH + Duration::from_micros(us.unsigned_abs())
+    } else {
+        SystemTime::UNIX_EPOCH - Duration::from_micros(us.unsigned_abs())
+    }
 }
 
 type BoxedError = Box<dyn std::error::Error + Send + Sync>;

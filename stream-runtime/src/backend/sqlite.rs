@@ -26,6 +26,8 @@
 //!
 //! Not for network filesystems: SQLite's locking needs one machine's local filesystem.
 
+mod admin;
+
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::str::FromStr;

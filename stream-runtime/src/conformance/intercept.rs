@@ -139,6 +139,8 @@ struct Intercepted<I> {
     hooks: Arc<I>,
 }
 
+crate::delegate_backend_admin!(impl [I: Intercept] Intercepted<I>, inner);
+
 impl<I: Intercept> Backend for Intercepted<I> {
     fn name(&self) -> &'static str {
         self.inner.name()

@@ -17,6 +17,7 @@
 //! the list in [`conformance_tests!`](crate::conformance_tests) must name it (a unit test
 //! fails otherwise). [`intercept`] wraps a backend to watch or disturb its calls.
 
+pub mod admin;
 pub mod backend;
 pub mod delivery;
 pub mod fencing;
@@ -98,6 +99,9 @@ macro_rules! __conformance_list {
                 closed_service_rejects, dropped_handle_keeps_running,
                 aborted_at_shutdown_keeps_its_only_attempt, release_keeps_the_attempt;
             backend: claim_deadline_is_the_claimers, never_durations, ping_answers_until_closed;
+            admin: admin_lists_streams, admin_lag_and_pending_are_exact, admin_pending_entries,
+                admin_reads_ranges, admin_redrive_moves_back, admin_redrive_is_fenced,
+                admin_purge, admin_trim_after_delete;
         }
     };
 }

@@ -27,6 +27,8 @@ impl Recorder {
     }
 }
 
+crate::delegate_backend_admin!(Recorder, memory);
+
 impl Backend for Recorder {
     fn name(&self) -> &'static str {
         self.memory.name()

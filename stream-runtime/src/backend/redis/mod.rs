@@ -32,6 +32,7 @@
 //! neither steals a claim early nor waits past its deadline), then new messages
 //! (`XREADGROUP`). See `scripts.rs`.
 
+mod admin;
 mod scripts;
 mod watch;
 
