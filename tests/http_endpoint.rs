@@ -130,7 +130,8 @@ async fn readyz_follows_the_backend_and_metrics_are_served() {
     };
     let app = unique_name("http");
     let toml = format!(
-        "backend = \"redis://127.0.0.1:{port}\"\napp = \"{app}\"\n[http]\naddr = \"127.0.0.1:0\"\n"
+        "backend = \"redis://127.0.0.1:{port}\"\napp = \"{app}\"\nmetrics_interval = \"50ms\"\n\
+         [http]\naddr = \"127.0.0.1:0\"\n"
     );
     let config = Config::from_toml_str(&toml).expect("config");
     redis.wait_up().await;
@@ -153,13 +154,20 @@ async fn readyz_follows_the_backend_and_metrics_are_served() {
             .expect("publish");
     }
     let full = started.service().stream_name("pings").expect("name");
+    // 3 handled, and the sampled gauges caught up: nothing behind, nothing pending.
+    let group = format!("stream=\"{full}\",group=\"http-test\"");
     let handled_ok = |body: &str| {
         body.lines().any(|l| {
             l.starts_with("streams_handled_total{")
                 && l.contains(&format!("stream=\"{full}\""))
                 && l.contains("outcome=\"ok\"")
                 && l.ends_with(" 3")
-        })
+        }) && body
+            .lines()
+            .any(|l| l == format!("streams_lag{{{group}}} 0"))
+            && body
+                .lines()
+                .any(|l| l == format!("streams_pending{{{group}}} 0"))
     };
     let deadline = Instant::now() + Duration::from_secs(20);
     let metrics = loop {

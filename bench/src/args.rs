@@ -53,6 +53,12 @@ pub struct Args {
     #[arg(long)]
     pub no_warmup: bool,
 
+    /// Run with telemetry on: a Prometheus `metrics` recorder and/or a `tracing` fmt
+    /// subscriber at INFO (writing to nowhere), so every handler call builds its span and
+    /// updates its metrics (`--telemetry` alone: both). Compare with a run without it.
+    #[arg(long, value_enum, num_args = 0..=1, default_missing_value = "all")]
+    pub telemetry: Option<Telemetry>,
+
     /// Skip the raw ceilings (to profile the framework alone).
     #[arg(long)]
     pub no_raw: bool,
@@ -60,6 +66,19 @@ pub struct Args {
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     pub bench: bool,
+}
+
+/// What `--telemetry` switches on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Telemetry {
+    /// The metrics recorder only.
+    Metrics,
+    /// The tracing subscriber (fmt at INFO, to nowhere) only.
+    Spans,
+    /// A bare `tracing` registry (spans kept, nothing formatted) only.
+    Registry,
+    /// Both.
+    All,
 }
 
 /// A workload of `--only`.

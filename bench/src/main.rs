@@ -63,6 +63,26 @@ impl Kind {
 fn main() -> Result<(), BoxError> {
     let args = args::Args::parse();
     let plan = args.plan();
+    use args::Telemetry;
+    if matches!(args.telemetry, Some(Telemetry::Metrics | Telemetry::All)) {
+        // Before any subscription: metric handles are registered when a subscription starts.
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        metrics::set_global_recorder(recorder)
+            .map_err(|e| format!("installing the metrics recorder: {e}"))?;
+    }
+    if args.telemetry == Some(Telemetry::Registry) {
+        use tracing_subscriber::layer::SubscriberExt;
+        let subscriber =
+            tracing_subscriber::registry().with(tracing_subscriber::filter::LevelFilter::INFO);
+        tracing::subscriber::set_global_default(subscriber)
+            .map_err(|e| format!("installing the tracing registry: {e}"))?;
+    }
+    if matches!(args.telemetry, Some(Telemetry::Spans | Telemetry::All)) {
+        tracing_subscriber::fmt()
+            .with_writer(std::io::sink)
+            .with_max_level(tracing::Level::INFO)
+            .init();
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -88,8 +108,12 @@ fn main() -> Result<(), BoxError> {
 
     let started = Instant::now();
     eprintln!(
-        "stream-bench: {} mode, payload {PAYLOAD} B, backends {:?}, up to {} repetition(s)",
+        "stream-bench: {} mode{}, payload {PAYLOAD} B, backends {:?}, up to {} repetition(s)",
         if plan.quick { "quick" } else { "full" },
+        match args.telemetry {
+            Some(t) => format!(", telemetry {t:?}"),
+            None => String::new(),
+        },
         args.backend.iter().map(|k| k.name()).collect::<Vec<_>>(),
         plan.max_reps
     );

@@ -83,6 +83,8 @@ pub struct Started {
     service: Service,
     consumers: Vec<StartedConsumer>,
     http: Option<Http>,
+    /// Stops the lag/pending sampler (dropped with `Started`, which stops it too).
+    sampler: Option<tokio::sync::watch::Sender<bool>>,
 }
 
 /// The `[http]` endpoint and what its `/readyz` looks at.
@@ -201,11 +203,31 @@ impl Runtime {
         let connecting =
             Self::connect_and_subscribe(&config, plan, &connected, &self.middleware, http.as_ref());
         match connecting.await {
-            Ok((service, consumers)) => Ok(Started {
-                service,
-                consumers,
-                http,
-            }),
+            Ok((service, consumers)) => {
+                let sampler =
+                    (!config.metrics_interval.is_zero() && !consumers.is_empty()).then(|| {
+                        let mut streams: Vec<String> = consumers
+                            .iter()
+                            .map(|c| c.consumer.stream().to_owned())
+                            .collect();
+                        streams.sort();
+                        streams.dedup();
+                        let (stop, stopped) = tokio::sync::watch::channel(false);
+                        tokio::spawn(crate::engine::telemetry::sample_groups(
+                            service.backend().clone(),
+                            streams,
+                            config.metrics_interval,
+                            stopped,
+                        ));
+                        stop
+                    });
+                Ok(Started {
+                    service,
+                    consumers,
+                    http,
+                    sampler,
+                })
+            }
             Err(e) => {
                 if let Some(http) = http {
                     http.server.stop().await;
@@ -379,6 +401,9 @@ impl Started {
         );
         if let Some(http) = &self.http {
             http.readiness.stopping();
+        }
+        if let Some(sampler) = &self.sampler {
+            sampler.send_replace(true);
         }
         let closed = self.service.close().await;
         // The endpoint stops after the drain.

@@ -69,6 +69,9 @@ pub const DEFAULT_FILE: &str = "Streams.toml";
 /// The variable naming another config file.
 pub const CONFIG_PATH_VAR: &str = "STREAMS_CONFIG";
 
+/// How often the runtime samples lag and pending counts unless `metrics_interval` says.
+pub const DEFAULT_METRICS_INTERVAL: Duration = Duration::from_secs(5);
+
 /// The prefix of environment overrides.
 pub const ENV_PREFIX: &str = "STREAMS_";
 
@@ -83,6 +86,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "max_age",
     "max_payload_bytes",
     "connect_timeout",
+    "metrics_interval",
     "defaults",
     "consumers",
     "http",
@@ -111,6 +115,10 @@ pub struct Config {
     /// How long connecting to a server (Postgres, Redis) may take.
     #[serde(deserialize_with = "de_connect_timeout")]
     pub connect_timeout: Duration,
+    /// How often the runtime samples its groups' lag and pending counts into the
+    /// `streams_lag` / `streams_pending` gauges (zero = never).
+    #[serde(deserialize_with = "de_duration")]
+    pub metrics_interval: Duration,
     /// Settings for every consumer.
     pub defaults: ConsumerSettings,
     /// Per-consumer overrides, by consumer name.
@@ -132,6 +140,7 @@ impl fmt::Debug for Config {
             .field("max_age", &self.max_age)
             .field("max_payload_bytes", &self.max_payload_bytes)
             .field("connect_timeout", &self.connect_timeout)
+            .field("metrics_interval", &self.metrics_interval)
             .field("defaults", &self.defaults)
             .field("consumers", &self.consumers)
             .field("http", &self.http)
@@ -151,6 +160,7 @@ impl Default for Config {
             max_age: service.max_age,
             max_payload_bytes: service.max_payload_bytes,
             connect_timeout: service.connect_timeout,
+            metrics_interval: DEFAULT_METRICS_INTERVAL,
             defaults: ConsumerSettings::default(),
             consumers: BTreeMap::new(),
             http: None,

@@ -105,6 +105,39 @@ impl SubscriptionMetrics {
     }
 }
 
+/// Samples the groups of `streams` (full names) every `every` into the
+/// [`LAG`](names::LAG) and [`PENDING`](names::PENDING) gauges, through the backend's admin
+/// calls (one `list_groups` per stream), until `stop` is told.
+pub(crate) async fn sample_groups(
+    backend: crate::backend::SharedBackend,
+    streams: Vec<String>,
+    every: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = ticks.tick() => {}
+        }
+        for stream in &streams {
+            match backend.list_groups(stream).await {
+                Ok(groups) => {
+                    for g in groups {
+                        let labels = [("stream", stream.clone()), ("group", g.group)];
+                        metrics::gauge!(names::LAG, &labels).set(g.lag as f64);
+                        metrics::gauge!(names::PENDING, &labels).set(g.pending as f64);
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(%stream, error = %e, "sampling the groups' lag failed")
+                }
+            }
+        }
+    }
+}
+
 /// Records how a delivery ended on its span: outcome, reason (for failures) and duration.
 pub(crate) fn record(span: &tracing::Span, outcome: Outcome, reason: Option<&str>, took: Duration) {
     if span.is_disabled() {
