@@ -74,6 +74,19 @@ impl ConsumerDef {
             ))
         })
     }
+
+    /// The error for this consumer failing to start with `source`; `reason` is its text
+    /// (redacted where it may name the backend URL).
+    pub(crate) fn start_error(&self, reason: String, source: Error) -> Error {
+        Error::ConsumerStart {
+            consumer: self.name.to_owned(),
+            location: self.location.to_string(),
+            stream: self.stream.to_owned(),
+            group: self.group.to_owned(),
+            reason,
+            source: Box::new(source),
+        }
+    }
 }
 
 /// The optional settings of `#[consumer(...)]`; `None` = not given.

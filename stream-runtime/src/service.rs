@@ -165,8 +165,7 @@ impl Service {
         let mut ids = self
             .publish_batch(stream, [NewMessage::new(payload)], options)
             .await?;
-        ids.pop()
-            .ok_or_else(|| Error::Config("backend returned no id for a publish".to_owned()))
+        ids.pop().ok_or_else(|| self.no_id())
     }
 
     /// Serializes `value` as JSON and publishes it (D7).
@@ -242,6 +241,14 @@ impl Service {
         }
         drop(state);
         ids
+    }
+
+    /// The error for a backend that stored one message but returned no id for it.
+    fn no_id(&self) -> Error {
+        Error::BackendContract {
+            backend: self.inner.backend.name(),
+            what: "returned no id for a published message".to_owned(),
+        }
     }
 
     /// Adds middleware around every handler of the subscriptions made from now on (see
@@ -458,8 +465,7 @@ impl Producer for Service {
     ) -> BoxFuture<'a, Result<MessageId>> {
         Box::pin(async move {
             let mut ids = self.publish_batch(stream, [message], options).await?;
-            ids.pop()
-                .ok_or_else(|| Error::Config("backend returned no id for a publish".to_owned()))
+            ids.pop().ok_or_else(|| self.no_id())
         })
     }
 }
