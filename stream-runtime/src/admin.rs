@@ -260,7 +260,7 @@ pub fn redrive_message(dead_letter: &Message) -> std::result::Result<(String, Ne
             dead_letter_headers::STREAM
         ));
     }
-    let mut message = NewMessage::new(dead_letter.payload.to_vec());
+    let mut message = NewMessage::from_bytes(dead_letter.payload.clone());
     message.headers = dead_letter
         .headers
         .iter()

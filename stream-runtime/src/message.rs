@@ -99,8 +99,8 @@ impl Message {
 /// A message to append: payload and headers.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NewMessage {
-    /// The payload bytes.
-    pub payload: Vec<u8>,
+    /// The payload bytes (cheap to clone; a dead letter shares the original's).
+    pub payload: Bytes,
     /// The headers.
     pub headers: Headers,
 }
@@ -108,8 +108,13 @@ pub struct NewMessage {
 impl NewMessage {
     /// A message with a payload and no headers.
     pub fn new(payload: impl Into<Vec<u8>>) -> Self {
+        Self::from_bytes(Bytes::from(payload.into()))
+    }
+
+    /// A message with a shared payload and no headers: no copy of the bytes.
+    pub fn from_bytes(payload: Bytes) -> Self {
         NewMessage {
-            payload: payload.into(),
+            payload,
             headers: Headers::new(),
         }
     }
@@ -124,6 +129,12 @@ impl NewMessage {
 impl From<Vec<u8>> for NewMessage {
     fn from(payload: Vec<u8>) -> Self {
         NewMessage::new(payload)
+    }
+}
+
+impl From<Bytes> for NewMessage {
+    fn from(payload: Bytes) -> Self {
+        NewMessage::from_bytes(payload)
     }
 }
 

@@ -103,7 +103,7 @@ impl Stream {
     fn push(&mut self, message: NewMessage) -> u64 {
         let seq = self.next_seq();
         self.entries.push_back(Some(Entry {
-            payload: Bytes::from(message.payload),
+            payload: message.payload,
             headers: message.headers,
             created_at: SystemTime::now(),
         }));

@@ -507,7 +507,8 @@ impl Backend for PostgresBackend {
                 .iter()
                 .map(|m| encode_headers(&m.headers))
                 .collect::<Result<Vec<_>>>()?;
-            let payloads: Vec<Vec<u8>> = messages.into_iter().map(|m| m.payload).collect();
+            let payloads: Vec<Vec<u8>> =
+                messages.into_iter().map(|m| Vec::from(m.payload)).collect();
             let mut attempt = 0;
             let ids = loop {
                 attempt += 1;
@@ -681,7 +682,7 @@ impl Backend for PostgresBackend {
                     .bind(id)
                     .bind(from_token(claim.token))
                     .bind(to)
-                    .bind(&message.payload)
+                    .bind(&message.payload[..])
                     .bind(&headers)
                     .fetch_one(&self.pool)
                     .await;

@@ -614,7 +614,10 @@ fn insert_query<'q>(
             serde_json::to_string(&message.headers)
                 .map_err(|e| Error::backend(NAME, what.to_owned(), e))?
         };
-        query = query.bind(stream).bind(message.payload).bind(headers);
+        query = query
+            .bind(stream)
+            .bind(Vec::from(message.payload))
+            .bind(headers);
         if let Some(created_at) = created_at {
             query = query.bind(created_at);
         }

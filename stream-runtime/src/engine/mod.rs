@@ -641,7 +641,7 @@ async fn dead_letter(
         truncate(reason, MAX_REASON_BYTES).to_owned(),
     );
     let dead = NewMessage {
-        payload: original.payload.to_vec(),
+        payload: original.payload,
         headers,
     };
     match worker

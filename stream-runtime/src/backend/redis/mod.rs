@@ -181,7 +181,8 @@ fn unexpected(what: &str, value: &Value) -> Error {
 fn fields(message: NewMessage) -> Vec<Vec<u8>> {
     let mut out = Vec::with_capacity(2 + 2 * message.headers.len());
     out.push(PAYLOAD_FIELD.as_bytes().to_vec());
-    out.push(message.payload);
+    // No copy: a published payload is the only owner of its bytes.
+    out.push(Vec::from(message.payload));
     for (name, value) in message.headers {
         out.push(format!("{HEADER_PREFIX}{name}").into_bytes());
         out.push(value.into_bytes());
