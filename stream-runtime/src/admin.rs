@@ -254,7 +254,7 @@ pub fn redrive_message(dead_letter: &Message) -> std::result::Result<(String, Ne
             dead_letter_headers::STREAM
         )
     })?;
-    if origin == dead_letter.stream {
+    if origin == &*dead_letter.stream {
         return Err(format!(
             "its {} header names the stream it is in",
             dead_letter_headers::STREAM

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 pub use bytes::Bytes;
@@ -53,8 +54,8 @@ impl From<MessageId> for String {
 pub struct Message {
     /// Backend-assigned id.
     pub id: MessageId,
-    /// The full stream name (`<app>.<namespace>.<name>`).
-    pub stream: String,
+    /// The full stream name (`<app>.<namespace>.<name>`), shared by the messages of a claim.
+    pub stream: Arc<str>,
     /// The payload bytes as published (cheap to clone; derefs to `[u8]`).
     pub payload: Bytes,
     /// Headers as published.
@@ -69,7 +70,7 @@ impl Message {
     /// Builds a message; backends and tests use this.
     pub fn new(
         id: MessageId,
-        stream: impl Into<String>,
+        stream: impl Into<Arc<str>>,
         payload: impl Into<Bytes>,
         headers: Headers,
         created_at: SystemTime,

@@ -32,7 +32,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sqlx::sqlite::{
@@ -670,7 +670,7 @@ fn explain_open_failure(url: &str, location: &str) -> String {
 }
 
 fn decode_message(
-    stream: &str,
+    stream: &Arc<str>,
     row: &SqliteRow,
     attempt: i64,
 ) -> std::result::Result<Message, String> {
@@ -682,7 +682,7 @@ fn decode_message(
     let created_at: i64 = row.try_get("created_at").map_err(|e| e.to_string())?;
     Ok(Message::new(
         MessageId::new(id.to_string()),
-        stream,
+        Arc::clone(stream),
         payload,
         headers,
         time_of(created_at),
@@ -836,6 +836,7 @@ impl Backend for SqliteBackend {
             }
             keyed.sort_unstable_by_key(|&(fresh, id, _)| (fresh, id));
             let mut claimed = Vec::with_capacity(keyed.len());
+            let stream: Arc<str> = Arc::from(group.stream);
             for (_, _, row) in keyed {
                 let attempt: i64 = row
                     .try_get("attempt")
@@ -843,7 +844,7 @@ impl Backend for SqliteBackend {
                 let token: i64 = row
                     .try_get("token")
                     .map_err(|e| self.err(what.clone(), e))?;
-                let message = decode_message(group.stream, &row, attempt).map_err(decode)?;
+                let message = decode_message(&stream, &row, attempt).map_err(decode)?;
                 claimed.push(Claimed {
                     message,
                     token: ClaimToken(u64::try_from(token).unwrap_or(0)),
