@@ -227,8 +227,7 @@ impl HandlerError {
         }
     }
 
-    /// A permanent error: the message moves to the dead-letter stream on this attempt
-    /// (the seed's `SkipRetry`).
+    /// A permanent error: the message moves to the dead-letter stream on this attempt.
     pub fn permanent(error: impl fmt::Display) -> Self {
         HandlerError {
             message: error.to_string(),
