@@ -186,6 +186,15 @@ pub(crate) struct Running {
 }
 
 impl Running {
+    /// A subscription with no dispatcher: it claims nothing and closes at once.
+    pub fn detached() -> Self {
+        Running {
+            stop: watch::channel(false).0,
+            dispatcher: tokio::sync::Mutex::new(None),
+            report: Mutex::new(None),
+        }
+    }
+
     /// Whether the dispatcher still claims: not closed, not ended.
     pub fn is_running(&self) -> bool {
         if *self.stop.borrow() {
