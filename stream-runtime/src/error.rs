@@ -121,13 +121,13 @@ pub enum Error {
     )]
     ConsumerStart {
         /// The consumer's name.
-        consumer: String,
-        /// Where it was registered (`file:line`).
-        location: String,
-        /// The stream it consumes.
-        stream: String,
+        consumer: &'static str,
+        /// Where it was registered.
+        location: crate::registry::Location,
+        /// The stream it consumes (its short name).
+        stream: &'static str,
         /// Its consumer group.
-        group: String,
+        group: &'static str,
         /// The cause's text, with the backend URL's password redacted.
         reason: String,
         /// The error subscribing returned.

@@ -79,10 +79,10 @@ impl ConsumerDef {
     /// (redacted where it may name the backend URL).
     pub(crate) fn start_error(&self, reason: String, source: Error) -> Error {
         Error::ConsumerStart {
-            consumer: self.name.to_owned(),
-            location: self.location.to_string(),
-            stream: self.stream.to_owned(),
-            group: self.group.to_owned(),
+            consumer: self.name,
+            location: self.location,
+            stream: self.stream,
+            group: self.group,
             reason,
             source: Box::new(source),
         }
