@@ -287,13 +287,22 @@ fn unique(test: &str) -> String {
 
 /// The error of a runtime on memory that fails to start.
 async fn startup_error(test: &str, extra: &str, env: &[(&str, &str)], why: &str) -> String {
+    startup_failure(test, extra, env, why).await.to_string()
+}
+
+/// The error `start` returns for a config that cannot start.
+async fn startup_failure(
+    test: &str,
+    extra: &str,
+    env: &[(&str, &str)],
+    why: &str,
+) -> stream_runtime::Error {
     Runtime::new()
         .config(config("memory://", test, extra, env))
         .state(Probe::default())
         .start()
         .await
         .expect_err(why)
-        .to_string()
 }
 
 /// A config for one test: its own app name, fast timings, plus `extra` TOML.
@@ -757,15 +766,30 @@ all_backends!(memory, sqlite, postgres, redis);
 
 #[tokio::test]
 async fn consumer_that_cannot_start_is_an_error_naming_it() {
-    let err = startup_error(
+    let error = startup_failure(
         "badstart",
         "[consumers.typed]\nstart = \"not-an-id\"\n",
         &[],
         "an unparsable start id stops startup",
     )
     .await;
+    let stream_runtime::Error::ConsumerStart {
+        consumer,
+        location,
+        source,
+        ..
+    } = &error
+    else {
+        panic!("not a consumer start error: {error:?}");
+    };
+    assert_eq!(*consumer, "typed");
+    assert_eq!(location.file, file!(), "names the registration: {error}");
+    assert!(
+        matches!(**source, stream_runtime::Error::InvalidStartId { ref id, .. } if id == "not-an-id"),
+        "keeps its cause: {source:?}"
+    );
+    let err = error.to_string();
     assert!(err.contains("typed") && err.contains("not-an-id"), "{err}");
-    assert!(err.contains(file!()), "names the registration: {err}");
 }
 
 /// A consumer dead-lettering into its own stream would see every dead letter again, forever:

@@ -254,13 +254,13 @@ pub fn redrive_message(dead_letter: &Message) -> std::result::Result<(String, Ne
             dead_letter_headers::STREAM
         )
     })?;
-    if origin == dead_letter.stream {
+    if origin == &*dead_letter.stream {
         return Err(format!(
             "its {} header names the stream it is in",
             dead_letter_headers::STREAM
         ));
     }
-    let mut message = NewMessage::new(dead_letter.payload.to_vec());
+    let mut message = NewMessage::from_bytes(dead_letter.payload.clone());
     message.headers = dead_letter
         .headers
         .iter()

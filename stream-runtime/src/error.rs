@@ -82,6 +82,59 @@ pub enum Error {
         source: BoxError,
     },
 
+    /// A backend URL names a backend whose cargo feature is off in this build.
+    #[error(
+        "backend URL {url}: this build lacks the `{feature}` feature of stream-runtime; \
+         enable it in Cargo.toml"
+    )]
+    FeatureDisabled {
+        /// The stream-runtime feature to enable: `"sqlite"`, `"postgres"` or `"redis"`.
+        feature: &'static str,
+        /// The URL, with its password redacted.
+        url: String,
+    },
+
+    /// A backend URL whose scheme names no backend.
+    #[error(
+        "backend URL {url} has an unknown scheme; use memory://, sqlite://PATH, \
+         postgres://... or redis://..."
+    )]
+    UnknownScheme {
+        /// The URL, with its password redacted.
+        url: String,
+    },
+
+    /// A backend broke its contract, e.g. it returned no id for a published message.
+    /// This is a bug in the backend, not in the caller.
+    #[error("{backend} backend: {what}; this is a bug in the backend, please report it")]
+    BackendContract {
+        /// The backend's name.
+        backend: &'static str,
+        /// What it did wrong.
+        what: String,
+    },
+
+    /// A consumer could not start: subscribing it failed. The cause is the `source`.
+    #[error(
+        "consumer {consumer} ({location}) could not start on stream {stream:?}, group \
+         {group:?}: {reason}"
+    )]
+    ConsumerStart {
+        /// The consumer's name.
+        consumer: &'static str,
+        /// Where it was registered.
+        location: crate::registry::Location,
+        /// The stream it consumes (its short name).
+        stream: &'static str,
+        /// Its consumer group.
+        group: &'static str,
+        /// The cause's text, with the backend URL's password redacted.
+        reason: String,
+        /// The error subscribing returned.
+        #[source]
+        source: Box<Error>,
+    },
+
     /// `Streams.toml`, the environment or a connection URL is wrong.
     #[error("configuration error: {0}")]
     Config(String),
@@ -174,8 +227,7 @@ impl HandlerError {
         }
     }
 
-    /// A permanent error: the message moves to the dead-letter stream on this attempt
-    /// (the seed's `SkipRetry`).
+    /// A permanent error: the message moves to the dead-letter stream on this attempt.
     pub fn permanent(error: impl fmt::Display) -> Self {
         HandlerError {
             message: error.to_string(),

@@ -144,7 +144,16 @@
 //!
 //! The contract every backend keeps is the same; the engine that delivers messages exists
 //! once ([`engine`]), and backends ([`backend`]) only store.
+//!
+//! The contract itself (names, groups, visibility, fencing, retries, dead letters, shutdown,
+//! order, durability) is written out rule by rule in `docs/semantics.md` in the repository;
+//! comments and tests cite its rules by number (S1-S17 for streams, D1-D8 for the
+//! declarative layer), and the `conformance` suite (feature `conformance`) proves each
+//! backend keeps them.
 #![warn(missing_docs)]
+// On docs.rs, each item gated by a cargo feature says which one (`doc_cfg` marks them
+// from their `#[cfg]`s).
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[doc(hidden)]
 pub mod __private;

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 pub use bytes::Bytes;
@@ -53,8 +54,8 @@ impl From<MessageId> for String {
 pub struct Message {
     /// Backend-assigned id.
     pub id: MessageId,
-    /// The full stream name (`<app>.<namespace>.<name>`).
-    pub stream: String,
+    /// The full stream name (`<app>.<namespace>.<name>`), shared by the messages of a claim.
+    pub stream: Arc<str>,
     /// The payload bytes as published (cheap to clone; derefs to `[u8]`).
     pub payload: Bytes,
     /// Headers as published.
@@ -69,7 +70,7 @@ impl Message {
     /// Builds a message; backends and tests use this.
     pub fn new(
         id: MessageId,
-        stream: impl Into<String>,
+        stream: impl Into<Arc<str>>,
         payload: impl Into<Bytes>,
         headers: Headers,
         created_at: SystemTime,
@@ -99,8 +100,8 @@ impl Message {
 /// A message to append: payload and headers.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NewMessage {
-    /// The payload bytes.
-    pub payload: Vec<u8>,
+    /// The payload bytes (cheap to clone; a dead letter shares the original's).
+    pub payload: Bytes,
     /// The headers.
     pub headers: Headers,
 }
@@ -108,8 +109,13 @@ pub struct NewMessage {
 impl NewMessage {
     /// A message with a payload and no headers.
     pub fn new(payload: impl Into<Vec<u8>>) -> Self {
+        Self::from_bytes(Bytes::from(payload.into()))
+    }
+
+    /// A message with a shared payload and no headers: no copy of the bytes.
+    pub fn from_bytes(payload: Bytes) -> Self {
         NewMessage {
-            payload: payload.into(),
+            payload,
             headers: Headers::new(),
         }
     }
@@ -124,6 +130,12 @@ impl NewMessage {
 impl From<Vec<u8>> for NewMessage {
     fn from(payload: Vec<u8>) -> Self {
         NewMessage::new(payload)
+    }
+}
+
+impl From<Bytes> for NewMessage {
+    fn from(payload: Bytes) -> Self {
+        NewMessage::from_bytes(payload)
     }
 }
 

@@ -1,4 +1,4 @@
-//! Service, publish and subscribe options with the seed's defaults.
+//! Service, publish and subscribe options and their defaults.
 
 use std::fmt;
 use std::str::FromStr;
@@ -252,7 +252,7 @@ impl fmt::Display for MaxRetries {
 
 pub use stream_rules::RetryDelay;
 
-/// Options of one subscription, with the seed's defaults.
+/// Options of one subscription, with their defaults.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct SubscribeOptions {

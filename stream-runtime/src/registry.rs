@@ -74,6 +74,19 @@ impl ConsumerDef {
             ))
         })
     }
+
+    /// The error for this consumer failing to start with `source`; `reason` is its text
+    /// (redacted where it may name the backend URL).
+    pub(crate) fn start_error(&self, reason: String, source: Error) -> Error {
+        Error::ConsumerStart {
+            consumer: self.name,
+            location: self.location,
+            stream: self.stream,
+            group: self.group,
+            reason,
+            source: Box::new(source),
+        }
+    }
 }
 
 /// The optional settings of `#[consumer(...)]`; `None` = not given.

@@ -290,14 +290,8 @@ impl Runtime {
                     });
                 }
                 Err(e) => {
-                    let error = Error::Runtime(format!(
-                        "consumer {} ({}) could not start on stream {:?}, group {:?}: {}",
-                        def.name,
-                        def.location,
-                        def.stream,
-                        def.group,
-                        redact_in(&e.to_string(), &config.backend)
-                    ));
+                    let reason = redact_in(&e.to_string(), &config.backend);
+                    let error = def.start_error(reason, e);
                     if let Err(close) = service.close().await {
                         tracing::error!("closing the backend after a failed start: {close}");
                     }

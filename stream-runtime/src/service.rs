@@ -165,8 +165,7 @@ impl Service {
         let mut ids = self
             .publish_batch(stream, [NewMessage::new(payload)], options)
             .await?;
-        ids.pop()
-            .ok_or_else(|| Error::Config("backend returned no id for a publish".to_owned()))
+        ids.pop().ok_or_else(|| self.no_id())
     }
 
     /// Serializes `value` as JSON and publishes it (D7).
@@ -242,6 +241,14 @@ impl Service {
         }
         drop(state);
         ids
+    }
+
+    /// The error for a backend that stored one message but returned no id for it.
+    fn no_id(&self) -> Error {
+        Error::BackendContract {
+            backend: self.inner.backend.name(),
+            what: "returned no id for a published message".to_owned(),
+        }
     }
 
     /// Adds middleware around every handler of the subscriptions made from now on (see
@@ -458,8 +465,7 @@ impl Producer for Service {
     ) -> BoxFuture<'a, Result<MessageId>> {
         Box::pin(async move {
             let mut ids = self.publish_batch(stream, [message], options).await?;
-            ids.pop()
-                .ok_or_else(|| Error::Config("backend returned no id for a publish".to_owned()))
+            ids.pop().ok_or_else(|| self.no_id())
         })
     }
 }
@@ -498,6 +504,53 @@ impl std::fmt::Debug for Consumer {
 }
 
 impl Consumer {
+    /// A handle that runs nothing, for a mock [`Subscriber`] to return: it claims no
+    /// message, [`is_running`](Self::is_running) is `false` and [`close`](Self::close)
+    /// returns an empty report at once.
+    ///
+    /// ```
+    /// use stream_runtime::backend::BoxFuture;
+    /// use stream_runtime::{Consumer, Handler, Result, SubscribeOptions, Subscriber};
+    ///
+    /// /// Records what would have been subscribed.
+    /// #[derive(Default)]
+    /// struct MockSubscriber(std::sync::Mutex<Vec<(String, String)>>);
+    ///
+    /// impl Subscriber for MockSubscriber {
+    ///     fn subscribe_handler<'a>(
+    ///         &'a self,
+    ///         stream: &'a str,
+    ///         group: &'a str,
+    ///         _handler: Handler,
+    ///         _options: SubscribeOptions,
+    ///     ) -> BoxFuture<'a, Result<Consumer>> {
+    ///         self.0.lock().unwrap().push((stream.to_owned(), group.to_owned()));
+    ///         Box::pin(async move { Ok(Consumer::detached(stream, group)) })
+    ///     }
+    /// }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// # let mock = MockSubscriber::default();
+    /// # let handler = stream_runtime::handler_fn(|_msg| async { Ok(()) });
+    /// # let consumer = mock
+    /// #     .subscribe_handler("orders", "billing", handler, SubscribeOptions::new())
+    /// #     .await
+    /// #     .unwrap();
+    /// # assert!(!consumer.is_running());
+    /// # assert_eq!(consumer.close().await.aborted, 0);
+    /// # assert_eq!(mock.0.lock().unwrap().len(), 1);
+    /// # }
+    /// ```
+    pub fn detached(stream: impl Into<String>, group: impl Into<String>) -> Self {
+        Consumer {
+            inner: Arc::new(ConsumerInner {
+                stream: stream.into(),
+                group: group.into(),
+                running: crate::engine::Running::detached(),
+            }),
+        }
+    }
+
     /// The full stream name.
     pub fn stream(&self) -> &str {
         &self.inner.stream

@@ -5,7 +5,7 @@ mod admin;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
 // The engine's clock (tokio's), so a paused test clock moves deadlines too.
@@ -103,7 +103,7 @@ impl Stream {
     fn push(&mut self, message: NewMessage) -> u64 {
         let seq = self.next_seq();
         self.entries.push_back(Some(Entry {
-            payload: Bytes::from(message.payload),
+            payload: message.payload,
             headers: message.headers,
             created_at: SystemTime::now(),
         }));
@@ -144,11 +144,11 @@ impl Stream {
         }
     }
 
-    fn message(&self, stream: &str, seq: u64, deliveries: u32) -> Option<Message> {
+    fn message(&self, stream: &Arc<str>, seq: u64, deliveries: u32) -> Option<Message> {
         let entry = self.entry(seq)?;
         Some(Message::new(
             MessageId::new(seq.to_string()),
-            stream,
+            Arc::clone(stream),
             entry.payload.clone(),
             entry.headers.clone(),
             entry.created_at,
@@ -281,12 +281,13 @@ impl Backend for MemoryBackend {
             let now = Instant::now();
             let deadline = crate::engine::after(visibility);
             let mut claimed = Vec::new();
+            let stream: Arc<str> = Arc::from(group.stream);
             let mut take = |seq: u64, pending: &mut Pending, s: &Stream| {
                 *last_token += 1;
                 pending.token = *last_token;
                 pending.deadline = deadline;
                 pending.deliveries += 1;
-                s.message(group.stream, seq, pending.deliveries)
+                s.message(&stream, seq, pending.deliveries)
                     .map(|message| Claimed {
                         message,
                         token: ClaimToken(pending.token),

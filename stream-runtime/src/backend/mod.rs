@@ -417,15 +417,16 @@ pub async fn connect_with(url: &str, options: ConnectOptions) -> Result<SharedBa
         )),
         // Reached only for the schemes whose backend features are off.
         #[allow(unreachable_patterns)]
-        "sqlite" | "postgres" | "postgresql" | "redis" | "rediss" => Err(crate::Error::Config(format!(
-            "backend URL {}: this build lacks the `{}` feature of stream-runtime; enable it in Cargo.toml",
-            redact_url(url),
-            match scheme {
-                "postgresql" => "postgres",
-                "rediss" => "redis",
-                other => other,
-            }
-        ))),
+        "sqlite" | "postgres" | "postgresql" | "redis" | "rediss" => {
+            Err(crate::Error::FeatureDisabled {
+                feature: match scheme {
+                    "sqlite" => "sqlite",
+                    "postgres" | "postgresql" => "postgres",
+                    _ => "redis",
+                },
+                url: redact_url(url),
+            })
+        }
         // A libpq-style `host=... user=...` string: say what to write instead.
         _ if !url.contains("://") && url.contains('=') => Err(crate::Error::Config(format!(
             "backend {} is a key=value connection string; write it as a URL instead, e.g. \
@@ -433,9 +434,52 @@ pub async fn connect_with(url: &str, options: ConnectOptions) -> Result<SharedBa
              percent-encoded (user:password@host)",
             redact_url(url)
         ))),
-        _ => Err(crate::Error::Config(format!(
-            "backend URL {} has an unknown scheme; use memory://, sqlite://PATH, postgres://... or redis://...",
-            redact_url(url)
-        ))),
+        _ => Err(crate::Error::UnknownScheme {
+            url: redact_url(url),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::connect;
+    use crate::Error;
+
+    #[tokio::test]
+    async fn an_unknown_scheme_is_its_own_error_with_the_password_hidden() {
+        match connect("mysql://app:s3cret@db/x").await {
+            Err(Error::UnknownScheme { url }) => assert!(!url.contains("s3cret"), "{url}"),
+            Err(other) => panic!("not an unknown-scheme error: {other:?}"),
+            Ok(_) => panic!("connected to mysql://"),
+        }
+    }
+
+    /// A build without a backend's feature says which feature to enable (a build with
+    /// every feature compiles no case here).
+    #[tokio::test]
+    async fn a_disabled_backend_names_its_feature() {
+        let mut disabled = Vec::new();
+        if !cfg!(feature = "sqlite") {
+            disabled.push(("sqlite://x.db", "sqlite"));
+        }
+        if !cfg!(feature = "postgres") {
+            disabled.push(("postgresql://app:s3cret@db/x", "postgres"));
+        }
+        if !cfg!(feature = "redis") {
+            disabled.push(("rediss://:s3cret@cache", "redis"));
+        }
+        for (url, wanted) in disabled {
+            match connect(url).await {
+                Err(Error::FeatureDisabled {
+                    feature,
+                    url: shown,
+                }) => {
+                    assert_eq!(feature, wanted, "{url}");
+                    assert!(!shown.contains("s3cret"), "{shown}");
+                }
+                Err(other) => panic!("{url}: not a feature error: {other:?}"),
+                Ok(_) => panic!("{url} connected"),
+            }
+        }
     }
 }

@@ -443,7 +443,7 @@ fn backoff(failures: u32) -> Duration {
         .min(Duration::from_secs(2))
 }
 
-fn claimed_from_row(stream: &str, row: &PgRow) -> std::result::Result<Claimed, BoxedError> {
+fn claimed_from_row(stream: &Arc<str>, row: &PgRow) -> std::result::Result<Claimed, BoxedError> {
     let id: i64 = row.try_get("r_id")?;
     let payload: Vec<u8> = row.try_get("r_payload")?;
     let headers: String = row.try_get("r_headers")?;
@@ -454,7 +454,7 @@ fn claimed_from_row(stream: &str, row: &PgRow) -> std::result::Result<Claimed, B
     Ok(Claimed {
         message: Message::new(
             MessageId::new(id.to_string()),
-            stream,
+            Arc::clone(stream),
             payload,
             headers,
             created_at,
@@ -507,7 +507,8 @@ impl Backend for PostgresBackend {
                 .iter()
                 .map(|m| encode_headers(&m.headers))
                 .collect::<Result<Vec<_>>>()?;
-            let payloads: Vec<Vec<u8>> = messages.into_iter().map(|m| m.payload).collect();
+            let payloads: Vec<Vec<u8>> =
+                messages.into_iter().map(|m| Vec::from(m.payload)).collect();
             let mut attempt = 0;
             let ids = loop {
                 attempt += 1;
@@ -585,10 +586,10 @@ impl Backend for PostgresBackend {
                 .fetch_all(&self.pool)
                 .await
                 .map_err(|e| self.error(context(), e))?;
+            let stream: Arc<str> = Arc::from(group.stream);
             rows.iter()
                 .map(|row| {
-                    claimed_from_row(group.stream, row)
-                        .map_err(|e| Error::backend(NAME, context(), e))
+                    claimed_from_row(&stream, row).map_err(|e| Error::backend(NAME, context(), e))
                 })
                 .collect()
         })
@@ -681,7 +682,7 @@ impl Backend for PostgresBackend {
                     .bind(id)
                     .bind(from_token(claim.token))
                     .bind(to)
-                    .bind(&message.payload)
+                    .bind(&message.payload[..])
                     .bind(&headers)
                     .fetch_one(&self.pool)
                     .await;

@@ -17,8 +17,8 @@
 //!   of up to 500 messages are one statement each.
 //!   SQLite has no `SKIP LOCKED`: claims are serialised by that lock, and a claim first
 //!   checks for work with a plain read so idle consumers never take it (skipped when the
-//!   group's previous claim came back full). Claim tokens derive from the delivery count
-//!   (`TOKEN_BASE`); the `stream_tokens` counter of migration 1 is no longer written by claims.
+//!   group's previous claim came back full). A claim's token is the pending entry's
+//!   delivery count, so no shared counter row is written per claim.
 //! - **Ids** are the global `INTEGER PRIMARY KEY AUTOINCREMENT` rowid: strictly increasing,
 //!   never reused, so strictly increasing within each stream too. Start ids are integers.
 //! - **Wake-ups**: in this process through a [`WakeupHub`] after each commit; across
@@ -32,7 +32,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sqlx::sqlite::{
@@ -59,14 +59,6 @@ const SQLITE_READONLY: i32 = 8;
 /// Connections for reads (the cheap "is there work?" check of a claim).
 const READ_CONNECTIONS: u32 = 4;
 
-/// A claim's token is `TOKEN_BASE` + the pending entry's new delivery count. A pending entry
-/// is created once per group and message (when the group's cursor passes the message) and
-/// its delivery count only grows, so no token is ever issued twice for one entry, by any
-/// process sharing the file, and no shared counter row has to be written per claim. The base
-/// keeps these tokens apart from those of the `stream_tokens` counter that earlier versions
-/// issued (which never get near 2^62), so a file shared with such a process stays fenced.
-const TOKEN_BASE: i64 = 1 << 62;
-
 /// The page cache of each connection, in KiB (allocated as pages are read, not up front).
 const CACHE_KIB: u32 = 32 * 1024;
 
@@ -75,8 +67,13 @@ const CHUNK: usize = 500;
 
 /// The schema, one migration per entry; entry `i` is version `i + 1`. Never edit an entry
 /// that has shipped: append a new one.
+///
+/// A claim's token is its pending entry's delivery count after the claim. An entry is
+/// created once per group and message (when the group's cursor passes the message) and its
+/// delivery count only grows (a release counts in `released` instead), so no token is ever
+/// issued twice for one entry, by any process sharing the file.
 pub const MIGRATIONS: &[&str] = &[
-    // 1: messages, groups, pending claims, the claim-token counter.
+    // 1: messages, groups and pending claims.
     "CREATE TABLE stream_messages (
          id         INTEGER PRIMARY KEY AUTOINCREMENT,
          stream     TEXT    NOT NULL,
@@ -84,8 +81,9 @@ pub const MIGRATIONS: &[&str] = &[
          headers    TEXT    NOT NULL,  -- JSON object of strings
          created_at INTEGER NOT NULL   -- milliseconds since the Unix epoch
      );
+     -- Age trims seek by id too: ids are assigned under the write lock, so created_at grows
+     -- with the id, and no second index has to be written per message.
      CREATE INDEX stream_messages_by_stream ON stream_messages (stream, id);
-     CREATE INDEX stream_messages_by_age ON stream_messages (stream, created_at);
      CREATE TABLE stream_groups (
          stream     TEXT    NOT NULL,
          group_name TEXT    NOT NULL,
@@ -98,31 +96,19 @@ pub const MIGRATIONS: &[&str] = &[
          id         INTEGER NOT NULL,  -- stream_messages.id
          token      INTEGER NOT NULL,  -- the current claim's token; 0 while nobody holds it
          deadline   INTEGER NOT NULL,  -- claimable again from then (ms since the Unix epoch)
-         deliveries INTEGER NOT NULL,
+         deliveries INTEGER NOT NULL,  -- claims so far; only grows
+         released   INTEGER NOT NULL DEFAULT 0,  -- claims given back by a release
          PRIMARY KEY (stream, group_name, id)
      ) WITHOUT ROWID;
      CREATE INDEX stream_pending_by_deadline ON stream_pending (stream, group_name, deadline);
-     CREATE TABLE stream_tokens (
-         only_row   INTEGER PRIMARY KEY CHECK (only_row = 1),
-         last_token INTEGER NOT NULL
-     );
-     INSERT INTO stream_tokens (only_row, last_token) VALUES (1, 0);",
-    // 2: a claim is one INSERT ... ON CONFLICT DO UPDATE into stream_pending; inserting a
-    // pending entry (a message handed to the group for the first time) advances the group's
-    // cursor past it. Never moves a cursor back, so claims that still update the cursor
-    // themselves (earlier versions sharing the file) are unaffected.
-    "CREATE TRIGGER stream_pending_advance_cursor AFTER INSERT ON stream_pending
+     -- A claim is one INSERT ... ON CONFLICT DO UPDATE into stream_pending; inserting a
+     -- pending entry (a message handed to the group for the first time) advances the
+     -- group's cursor past it (never back).
+     CREATE TRIGGER stream_pending_advance_cursor AFTER INSERT ON stream_pending
      BEGIN
          UPDATE stream_groups SET cursor = NEW.id
          WHERE stream = NEW.stream AND group_name = NEW.group_name AND cursor < NEW.id;
      END;",
-    // 3: age trims seek by id (ids are assigned under the write lock, so created_at grows
-    // with the id): one index less to write per message.
-    "DROP INDEX IF EXISTS stream_messages_by_age;",
-    // 4: deliveries given back by releases (handlers aborted by a shutdown). A claim's
-    // attempt is `deliveries - released`; `deliveries` itself only grows, so the tokens
-    // derived from it stay unique.
-    "ALTER TABLE stream_pending ADD COLUMN released INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// Streams in one SQLite database file (or in memory with `sqlite::memory:`).
@@ -357,10 +343,12 @@ impl SqliteBackend {
         }
         // A database opened read-only passes everything above once its schema exists; find
         // out now, not at the first publish. Rewriting one row costs one page.
-        sqlx::query("UPDATE stream_tokens SET last_token = last_token")
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| self.err("checking that the database is writable", e))?;
+        sqlx::query(
+            "UPDATE stream_schema_migrations SET applied_at = applied_at WHERE version = 1",
+        )
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| self.err("checking that the database is writable", e))?;
         self.commit(tx, what).await
     }
 
@@ -614,7 +602,10 @@ fn insert_query<'q>(
             serde_json::to_string(&message.headers)
                 .map_err(|e| Error::backend(NAME, what.to_owned(), e))?
         };
-        query = query.bind(stream).bind(message.payload).bind(headers);
+        query = query
+            .bind(stream)
+            .bind(Vec::from(message.payload))
+            .bind(headers);
         if let Some(created_at) = created_at {
             query = query.bind(created_at);
         }
@@ -667,7 +658,7 @@ fn explain_open_failure(url: &str, location: &str) -> String {
 }
 
 fn decode_message(
-    stream: &str,
+    stream: &Arc<str>,
     row: &SqliteRow,
     attempt: i64,
 ) -> std::result::Result<Message, String> {
@@ -679,7 +670,7 @@ fn decode_message(
     let created_at: i64 = row.try_get("created_at").map_err(|e| e.to_string())?;
     Ok(Message::new(
         MessageId::new(id.to_string()),
-        stream,
+        Arc::clone(stream),
         payload,
         headers,
         time_of(created_at),
@@ -783,26 +774,26 @@ impl Backend for SqliteBackend {
             // One statement, so atomic without a transaction: the first `max` of the expired
             // pending entries (in id order), then of the messages past the cursor. Expired
             // entries conflict with their pending row and are taken over (DO UPDATE); new
-            // ones are inserted with one delivery, and the trigger of migration 2 advances the
-            // group's cursor past each. A claim's token is TOKEN_BASE + the entry's new
-            // delivery count (see TOKEN_BASE).
+            // ones are inserted with one delivery, and the schema's trigger advances the
+            // group's cursor past each. A claim's token is the entry's new delivery count
+            // (see MIGRATIONS).
             let rows = sqlx::query(
                 "INSERT INTO stream_pending (stream, group_name, id, token, deadline, deliveries)
-                 SELECT ?1, ?2, id, ?5 + 1, ?4, 1 FROM (
+                 SELECT ?1, ?2, id, 1, ?4, 1 FROM (
                      SELECT id, 0 AS kind FROM (
                          SELECT id FROM stream_pending
                          WHERE stream = ?1 AND group_name = ?2 AND deadline <= ?3
-                         ORDER BY id LIMIT ?6)
+                         ORDER BY id LIMIT ?5)
                      UNION ALL
                      SELECT id, 1 AS kind FROM (
                          SELECT m.id AS id FROM stream_groups g JOIN stream_messages m
                            ON m.stream = g.stream AND m.id > g.cursor
                          WHERE g.stream = ?1 AND g.group_name = ?2
-                         ORDER BY m.id LIMIT ?6)
-                     ORDER BY kind, id LIMIT ?6)
+                         ORDER BY m.id LIMIT ?5)
+                     ORDER BY kind, id LIMIT ?5)
                  WHERE true
                  ON CONFLICT (stream, group_name, id) DO UPDATE
-                     SET deliveries = deliveries + 1, token = ?5 + deliveries + 1,
+                     SET deliveries = deliveries + 1, token = deliveries + 1,
                          deadline = excluded.deadline
                  RETURNING id, deliveries, deliveries - released AS attempt, token,
                      (SELECT payload FROM stream_messages m
@@ -816,7 +807,6 @@ impl Backend for SqliteBackend {
             .bind(group.group)
             .bind(now)
             .bind(deadline)
-            .bind(TOKEN_BASE)
             .bind(limit)
             .fetch_all(&self.writer)
             .await
@@ -833,6 +823,7 @@ impl Backend for SqliteBackend {
             }
             keyed.sort_unstable_by_key(|&(fresh, id, _)| (fresh, id));
             let mut claimed = Vec::with_capacity(keyed.len());
+            let stream: Arc<str> = Arc::from(group.stream);
             for (_, _, row) in keyed {
                 let attempt: i64 = row
                     .try_get("attempt")
@@ -840,7 +831,7 @@ impl Backend for SqliteBackend {
                 let token: i64 = row
                     .try_get("token")
                     .map_err(|e| self.err(what.clone(), e))?;
-                let message = decode_message(group.stream, &row, attempt).map_err(decode)?;
+                let message = decode_message(&stream, &row, attempt).map_err(decode)?;
                 claimed.push(Claimed {
                     message,
                     token: ClaimToken(u64::try_from(token).unwrap_or(0)),

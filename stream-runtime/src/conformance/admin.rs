@@ -307,7 +307,7 @@ pub async fn admin_reads_ranges(h: &Harness) {
     assert_eq!(&first[0].payload[..], b"m0");
     assert_eq!(first[0].attempt, 0);
     assert_eq!(
-        first[0].stream,
+        &*first[0].stream,
         h.service.stream_name("range").expect("name")
     );
     let after = admin
@@ -370,7 +370,7 @@ pub async fn admin_redrive_moves_back(h: &Harness) {
         .expect("publish");
     let dead = wait_dead_letters(h, "orders", 1).await;
     let dead_stream = h.service.stream_name("orders.dead").expect("name");
-    assert_eq!(dead[0].stream, dead_stream);
+    assert_eq!(&*dead[0].stream, dead_stream);
     let g = &admin.groups("orders").await.expect("groups")[0];
     assert_eq!(
         (g.group.as_str(), g.lag, g.pending, g.dead),

@@ -24,7 +24,7 @@ pub async fn round_trip(h: &Harness) {
     rec.wait_len(1, "the message").await;
     let m = &rec.messages()[0];
     assert_eq!(m.id, id);
-    assert_eq!(m.stream, h.service.stream_name("orders").expect("name"));
+    assert_eq!(&*m.stream, h.service.stream_name("orders").expect("name"));
     assert_eq!(m.payload[..], b"\x00binary\xffpayload"[..]);
     assert_eq!(m.header("k"), Some("v"));
     assert_eq!(m.attempt, 1);

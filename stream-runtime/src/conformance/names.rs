@@ -19,7 +19,7 @@ pub async fn custom_dead_letter_stream(h: &Harness) {
     publish(h, "custom", "m").await;
     dead.wait_len(1, "the dead letter").await;
     assert_eq!(
-        dead.messages()[0].stream,
+        &*dead.messages()[0].stream,
         h.service.stream_name("custom-failures").expect("name")
     );
 }
@@ -61,7 +61,7 @@ pub async fn app_namespace_overrides(h: &Harness) {
         .expect("publish");
     over.wait_payload("over").await;
     plain.wait_payload("plain").await;
-    assert_eq!(over.messages()[0].stream, format!("{app}.eu.ns"));
+    assert_eq!(&*over.messages()[0].stream, format!("{app}.eu.ns"));
     flush(h, "ns", &plain).await;
     assert_eq!(over.len(), 1);
     assert_eq!(plain.payloads()[0], "plain");
@@ -135,7 +135,7 @@ pub async fn odd_names(h: &Harness) {
             .expect("claim");
         assert_eq!(claimed.len(), 1, "{name:?}");
         assert_eq!(text(&claimed[0].message), format!("p{i}"));
-        assert_eq!(claimed[0].message.stream, *name);
+        assert_eq!(&*claimed[0].message.stream, name.as_str());
         b.ack(at(name, &group, "c"), &[claimed[0].claim()])
             .await
             .expect("ack");

@@ -130,7 +130,7 @@ pub async fn retry_then_dead_letter(h: &Harness) {
     assert_eq!(text(d), "payload");
     assert_eq!(d.header("trace"), Some("t1"));
     let full = h.service.stream_name("doomed").expect("name");
-    assert_eq!(d.stream, format!("{full}.dead"));
+    assert_eq!(&*d.stream, format!("{full}.dead"));
     assert_eq!(d.header(dlh::STREAM), Some(full.as_str()));
     assert_eq!(d.header(dlh::ID), Some(id.as_str()));
     assert_eq!(d.header(dlh::GROUP), Some(g.as_str()));

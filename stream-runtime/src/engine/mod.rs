@@ -186,6 +186,15 @@ pub(crate) struct Running {
 }
 
 impl Running {
+    /// A subscription with no dispatcher: it claims nothing and closes at once.
+    pub fn detached() -> Self {
+        Running {
+            stop: watch::channel(false).0,
+            dispatcher: tokio::sync::Mutex::new(None),
+            report: Mutex::new(None),
+        }
+    }
+
     /// Whether the dispatcher still claims: not closed, not ended.
     pub fn is_running(&self) -> bool {
         if *self.stop.borrow() {
@@ -641,7 +650,7 @@ async fn dead_letter(
         truncate(reason, MAX_REASON_BYTES).to_owned(),
     );
     let dead = NewMessage {
-        payload: original.payload.to_vec(),
+        payload: original.payload,
         headers,
     };
     match worker

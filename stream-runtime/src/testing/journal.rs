@@ -155,7 +155,9 @@ impl Journal {
             .deliveries
             .iter()
             .rev()
-            .find(|d| d.group == group && d.message.stream == stream && d.message.id.as_str() == id)
+            .find(|d| {
+                d.group == group && &*d.message.stream == stream && d.message.id.as_str() == id
+            })
             .and_then(|d| d.failure().cloned())
     }
 
@@ -170,7 +172,7 @@ impl Journal {
             outcome: Outcome::Running,
         });
         let key = (
-            message.stream.clone(),
+            message.stream.to_string(),
             group.to_owned(),
             message.id.as_str().to_owned(),
         );

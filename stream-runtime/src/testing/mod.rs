@@ -260,12 +260,7 @@ impl TestAppBuilder {
             let consumer = service
                 .subscribe_handler(def.stream, def.group, handler, resolved.options.clone())
                 .await
-                .map_err(|e| {
-                    Error::Runtime(format!(
-                        "consumer {} ({}) could not start on stream {:?}, group {:?}: {e}",
-                        def.name, def.location, def.stream, def.group
-                    ))
-                })?;
+                .map_err(|e| def.start_error(e.to_string(), e))?;
             consumers.push(AppConsumer {
                 name: def.name,
                 options: resolved.options,

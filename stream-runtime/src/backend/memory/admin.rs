@@ -1,5 +1,6 @@
 //! [`BackendAdmin`] for the memory backend: the reference for the other backends.
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use tokio::time::Instant;
@@ -137,9 +138,10 @@ impl BackendAdmin for MemoryBackend {
                     .take(max)
                     .collect(),
             };
+            let stream: Arc<str> = Arc::from(stream);
             Ok(seqs
                 .into_iter()
-                .filter_map(|seq| s.message(stream, seq, 0))
+                .filter_map(|seq| s.message(&stream, seq, 0))
                 .collect())
         })
     }

@@ -1,6 +1,7 @@
 //! A read-only view of the memory backend's streams, groups and pending claims, for the
 //! test harness ([`crate::testing`]).
 
+use std::sync::Arc;
 use tokio::time::Instant;
 
 use super::{Group, MemoryBackend, Stream};
@@ -73,8 +74,9 @@ impl MemoryBackend {
             .iter()
             .map(|(name, s)| {
                 let next = s.next_seq();
+                let shared: Arc<str> = Arc::from(name.as_str());
                 let messages = (s.first_seq..next)
-                    .filter_map(|seq| s.message(name, seq, 0))
+                    .filter_map(|seq| s.message(&shared, seq, 0))
                     .collect();
                 let mut groups: Vec<GroupView> = s
                     .groups

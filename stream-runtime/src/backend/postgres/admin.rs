@@ -3,6 +3,7 @@
 //! No migration: the statements use the tables and the `append` function as they are.
 
 use sqlx::Row;
+use std::sync::Arc;
 
 use super::{
     claimed_from_row, encode_headers, is_conflict, parse_id, quote_ident, time_of_micros,
@@ -215,9 +216,10 @@ impl BackendAdmin for PostgresBackend {
                 .fetch_all(&self.pool)
                 .await
                 .map_err(|e| self.error(what(), e))?;
+            let stream: Arc<str> = Arc::from(stream);
             rows.iter()
                 .map(|row| {
-                    claimed_from_row(stream, row)
+                    claimed_from_row(&stream, row)
                         .map(|c| c.message)
                         .map_err(|e| Error::backend(NAME, what(), e))
                 })

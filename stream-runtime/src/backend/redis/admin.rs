@@ -2,7 +2,7 @@
 //! and each change, so every figure is one consistent snapshot and every move one atomic
 //! step, from any client while consumers run.
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
 use ::redis::Value;
 
@@ -312,6 +312,7 @@ impl BackendAdmin for RedisBackend {
                 .query_async(&mut self.conn.clone())
                 .await
                 .map_err(|e| self.error(format!("reading {stream}"), e))?;
+            let shared: Arc<str> = Arc::from(stream);
             let mut messages = rows("XRANGE", reply)?
                 .into_iter()
                 .map(|cells| {
@@ -319,7 +320,7 @@ impl BackendAdmin for RedisBackend {
                         .try_into()
                         .map_err(|cells| unexpected("XRANGE", &Value::Array(cells)))?;
                     // The claim script's entry shape, with no delivery.
-                    parse_claimed(stream, Value::Array(vec![id, Value::Int(0), entry]))
+                    parse_claimed(&shared, Value::Array(vec![id, Value::Int(0), entry]))
                         .map(|c| c.message)
                 })
                 .collect::<Result<Vec<_>>>()?;

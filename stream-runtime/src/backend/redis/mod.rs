@@ -181,7 +181,8 @@ fn unexpected(what: &str, value: &Value) -> Error {
 fn fields(message: NewMessage) -> Vec<Vec<u8>> {
     let mut out = Vec::with_capacity(2 + 2 * message.headers.len());
     out.push(PAYLOAD_FIELD.as_bytes().to_vec());
-    out.push(message.payload);
+    // No copy: a published payload is the only owner of its bytes.
+    out.push(Vec::from(message.payload));
     for (name, value) in message.headers {
         out.push(format!("{HEADER_PREFIX}{name}").into_bytes());
         out.push(value.into_bytes());
@@ -205,7 +206,7 @@ fn created_at(id: &str) -> SystemTime {
 }
 
 /// One claimed entry from the claim script: `{id, deliveries, {field, value, ...}}`.
-fn parse_claimed(stream: &str, value: Value) -> Result<Claimed> {
+fn parse_claimed(stream: &Arc<str>, value: Value) -> Result<Claimed> {
     let bad = |value: &Value| unexpected("the claim script", value);
     let Value::Array(parts) = value else {
         return Err(bad(&value));
@@ -251,7 +252,7 @@ fn parse_claimed(stream: &str, value: Value) -> Result<Claimed> {
     let created_at = created_at(&id);
     let message = Message::new(
         MessageId::new(id),
-        stream,
+        Arc::clone(stream),
         payload,
         headers,
         created_at,
@@ -645,10 +646,13 @@ impl Backend for RedisBackend {
                 }
             };
             match reply {
-                Value::Array(entries) => entries
-                    .into_iter()
-                    .map(|entry| parse_claimed(group.stream, entry))
-                    .collect(),
+                Value::Array(entries) => {
+                    let stream: Arc<str> = Arc::from(group.stream);
+                    entries
+                        .into_iter()
+                        .map(|entry| parse_claimed(&stream, entry))
+                        .collect()
+                }
                 Value::Nil => Ok(Vec::new()),
                 other => Err(unexpected("the claim script", &other)),
             }

@@ -3,6 +3,7 @@
 //! process sharing the file while consumers run.
 
 use sqlx::Row;
+use std::sync::Arc;
 
 use super::{decode_message, time_of, SqliteBackend, NAME};
 use crate::admin::{GroupStats, PendingEntry, ReadFrom, StreamInfo};
@@ -143,9 +144,10 @@ impl BackendAdmin for SqliteBackend {
                 .fetch_all(&self.reader)
                 .await
                 .map_err(|e| self.err(what.clone(), e))?;
+            let stream: Arc<str> = Arc::from(stream);
             rows.iter()
                 .map(|row| {
-                    decode_message(stream, row, 0)
+                    decode_message(&stream, row, 0)
                         .map_err(|e| Error::backend(NAME, what.clone(), e))
                 })
                 .collect()
