@@ -673,7 +673,8 @@ async fn version_1_schema_is_upgraded() {
     };
     let schema = unique_name("pgup_");
     let s = format!("\"{schema}\"");
-    let v1 = include_str!("../stream-runtime/src/backend/postgres_schema.sql").replace("{S}", &s);
+    let v1 = include_str!("../stream-runtime/src/backend/postgres/migrations/0001_initial.sql")
+        .replace("{S}", &s);
     let setup = format!(
         "CREATE SCHEMA {s}; \
          CREATE TABLE {s}.schema_version (version integer PRIMARY KEY, \
