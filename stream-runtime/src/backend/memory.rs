@@ -4,7 +4,6 @@
 mod admin;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
@@ -12,6 +11,7 @@ use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 
 use super::{Backend, BoxFuture, Claim, ClaimToken, Claimed, GroupRef, Wakeup, WakeupHub};
+use crate::backend::closed::Closed;
 use crate::error::{Error, Result};
 use crate::message::{Bytes, Headers, Message, MessageId, NewMessage};
 use crate::options::{StartPosition, Trim};
@@ -24,7 +24,7 @@ pub(crate) mod inspect;
 pub struct MemoryBackend {
     state: Mutex<State>,
     wakeups: WakeupHub,
-    closed: AtomicBool,
+    closed: Closed,
 }
 
 #[derive(Debug, Default)]
@@ -164,7 +164,7 @@ impl MemoryBackend {
     }
 
     fn lock(&self) -> Result<MutexGuard<'_, State>> {
-        if self.closed.load(Ordering::Acquire) {
+        if self.closed.is_closed() {
             return Err(Error::Closed);
         }
         Ok(self.state.lock().unwrap_or_else(PoisonError::into_inner))
@@ -279,7 +279,7 @@ impl Backend for MemoryBackend {
                 return Ok(Vec::new());
             };
             let now = Instant::now();
-            let deadline = crate::engine::after(visibility);
+            let deadline = crate::time::after(visibility);
             let mut claimed = Vec::new();
             let mut take = |seq: u64, pending: &mut Pending, s: &Stream| {
                 *last_token += 1;
@@ -359,7 +359,7 @@ impl Backend for MemoryBackend {
                     .and_then(|g| g.pending.get_mut(&seq))
                 {
                     p.token = 0;
-                    p.deadline = crate::engine::after(delay);
+                    p.deadline = crate::time::after(delay);
                 }
             })?;
             Ok(done.is_some())
@@ -442,7 +442,7 @@ impl Backend for MemoryBackend {
     }
 
     fn close(&self) -> BoxFuture<'_, Result<()>> {
-        self.closed.store(true, Ordering::Release);
+        self.closed.close();
         self.wakeups.notify_all();
         Box::pin(async { Ok(()) })
     }

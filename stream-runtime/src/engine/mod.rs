@@ -26,6 +26,7 @@ use crate::backend::{BoxFuture, Claim, Claimed, GroupRef, SharedBackend, Wakeup}
 use crate::error::HandlerError;
 use crate::message::{Bytes, Headers, Message, NewMessage};
 use crate::options::{MaxRetries, RetryDelay};
+use crate::time::after;
 
 use catch_unwind::CatchUnwind;
 use telemetry::{Outcome, SubscriptionMetrics};
@@ -99,16 +100,6 @@ struct Worker {
     /// wakes for them instead of waiting for the next poll.
     retries_due: Mutex<BinaryHeap<Reverse<Instant>>>,
     retry_scheduled: Notify,
-}
-
-/// `Instant::now() + d`, or a time a century away when that overflows: durations such as
-/// `Duration::MAX` ("never poll", "wait forever") must not panic the dispatcher.
-pub(crate) fn after(d: Duration) -> Instant {
-    const FAR: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
-    let now = Instant::now();
-    now.checked_add(d)
-        .or_else(|| now.checked_add(FAR))
-        .unwrap_or(now)
 }
 
 /// The most messages one claim asks for.

@@ -1,7 +1,6 @@
 //! Connecting: the URL's own parameters, the first direct connection (a clear error when the
 //! server is unreachable), the migration, then the pool and the `LISTEN` task.
 
-use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -11,6 +10,7 @@ use sqlx::Connection;
 use super::{
     check_schema, listen, migrate, quote_ident, PostgresBackend, Sql, DEFAULT_SCHEMA, NAME,
 };
+use crate::backend::closed::Closed;
 use crate::backend::{hint_refused, no_answer, redact_url, ConnectOptions, WakeupHub};
 use crate::error::{Error, Result};
 
@@ -131,7 +131,7 @@ impl PostgresBackend {
             pool,
             wakeups,
             listener: Mutex::new(Some(listener)),
-            closed: AtomicBool::new(false),
+            closed: Closed::default(),
         })
     }
 }

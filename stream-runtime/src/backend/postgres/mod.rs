@@ -22,7 +22,6 @@ mod connect;
 mod listen;
 mod schema;
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
@@ -31,6 +30,7 @@ use sqlx::Row;
 use tokio::task::JoinHandle;
 
 use super::{Backend, BoxFuture, Claim, ClaimToken, Claimed, GroupRef, Wakeup, WakeupHub};
+use crate::backend::closed::Closed;
 use crate::error::{Error, Result};
 use crate::message::{Headers, Message, MessageId, NewMessage};
 use crate::options::{StartPosition, Trim};
@@ -55,7 +55,7 @@ pub struct PostgresBackend {
     sql: Sql,
     wakeups: Arc<WakeupHub>,
     listener: Mutex<Option<JoinHandle<()>>>,
-    closed: AtomicBool,
+    closed: Closed,
 }
 
 impl std::fmt::Debug for PostgresBackend {
@@ -134,16 +134,8 @@ impl PostgresBackend {
         &self.pool
     }
 
-    fn check_open(&self) -> Result<()> {
-        if self.closed.load(Ordering::Acquire) {
-            Err(Error::Closed)
-        } else {
-            Ok(())
-        }
-    }
-
     fn error(&self, context: String, e: sqlx::Error) -> Error {
-        if self.closed.load(Ordering::Acquire) && matches!(e, sqlx::Error::PoolClosed) {
+        if self.closed.is_closed() && matches!(e, sqlx::Error::PoolClosed) {
             return Error::Closed;
         }
         Error::backend(NAME, context, e)
@@ -239,7 +231,7 @@ impl Backend for PostgresBackend {
         trim: Trim,
     ) -> BoxFuture<'a, Result<Vec<MessageId>>> {
         Box::pin(async move {
-            self.check_open()?;
+            self.closed.check()?;
             if messages.is_empty() {
                 return Ok(Vec::new());
             }
@@ -286,7 +278,7 @@ impl Backend for PostgresBackend {
                 StartPosition::Earliest => ("earliest", 0),
                 StartPosition::FromId(id) => ("id", super::integer_start_id(NAME, id)?),
             };
-            self.check_open()?;
+            self.closed.check()?;
             sqlx::query(&self.sql.ensure_group)
                 .bind(stream)
                 .bind(group)
@@ -306,7 +298,7 @@ impl Backend for PostgresBackend {
         visibility: Duration,
     ) -> BoxFuture<'a, Result<Vec<Claimed>>> {
         Box::pin(async move {
-            self.check_open()?;
+            self.closed.check()?;
             if max == 0 {
                 return Ok(Vec::new());
             }
@@ -336,7 +328,7 @@ impl Backend for PostgresBackend {
 
     fn ack<'a>(&'a self, group: GroupRef<'a>, claims: &'a [Claim]) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
-            self.check_open()?;
+            self.closed.check()?;
             let (ids, tokens) = claim_arrays(claims);
             if ids.is_empty() {
                 return Ok(());
@@ -368,7 +360,7 @@ impl Backend for PostgresBackend {
         delay: Duration,
     ) -> BoxFuture<'a, Result<bool>> {
         Box::pin(async move {
-            self.check_open()?;
+            self.closed.check()?;
             let Some(id) = parse_id(claim.id.as_str()) else {
                 return Ok(false);
             };
@@ -401,7 +393,7 @@ impl Backend for PostgresBackend {
         message: NewMessage,
     ) -> BoxFuture<'a, Result<bool>> {
         Box::pin(async move {
-            self.check_open()?;
+            self.closed.check()?;
             let Some(id) = parse_id(claim.id.as_str()) else {
                 return Ok(false);
             };
@@ -444,7 +436,7 @@ impl Backend for PostgresBackend {
         claims: &'a [Claim],
     ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
-            self.check_open()?;
+            self.closed.check()?;
             let (ids, tokens) = claim_arrays(claims);
             if ids.is_empty() {
                 return Ok(());
@@ -472,7 +464,7 @@ impl Backend for PostgresBackend {
 
     fn ping(&self) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
-            self.check_open()?;
+            self.closed.check()?;
             sqlx::query("SELECT 1")
                 .execute(&self.pool)
                 .await
@@ -487,7 +479,7 @@ impl Backend for PostgresBackend {
 
     fn close(&self) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
-            if self.closed.swap(true, Ordering::AcqRel) {
+            if !self.closed.close() {
                 return Ok(());
             }
             let listener = self

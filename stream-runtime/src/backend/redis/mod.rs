@@ -38,7 +38,6 @@ mod watch;
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -49,6 +48,7 @@ use super::{
     hint_refused, no_answer, redact_url, Backend, BoxFuture, Claim, ClaimToken, Claimed,
     ConnectOptions, GroupRef, Wakeup, WakeupHub,
 };
+use crate::backend::closed::Closed;
 use crate::error::{Error, Result};
 use crate::message::{Headers, Message, MessageId, NewMessage};
 use crate::options::{StartPosition, Trim};
@@ -89,14 +89,14 @@ pub struct RedisBackend {
     /// The consumers this backend claimed for, and when each last claimed.
     consumers: Mutex<Consumers>,
     idle_consumer_timeout: Duration,
-    closed: AtomicBool,
+    closed: Closed,
 }
 
 impl fmt::Debug for RedisBackend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisBackend")
             .field("url", &self.url)
-            .field("closed", &self.closed.load(Ordering::Relaxed))
+            .field("closed", &self.closed.is_closed())
             .finish_non_exhaustive()
     }
 }
@@ -337,20 +337,13 @@ impl RedisBackend {
                 last_sweep: Instant::now(),
             }),
             idle_consumer_timeout: DEFAULT_IDLE_CONSUMER_TIMEOUT,
-            closed: AtomicBool::new(false),
+            closed: Closed::default(),
         })
     }
 
     /// A backend error naming the server (password redacted).
     fn error(&self, what: String, e: RedisError) -> Error {
         Error::backend(NAME, format!("{what} on {}", self.url), e)
-    }
-
-    fn check_open(&self) -> Result<()> {
-        if self.closed.load(Ordering::Acquire) {
-            return Err(Error::Closed);
-        }
-        Ok(())
     }
 
     /// Runs a fenced (so repeatable) script, retrying a few times while the connection is
@@ -533,7 +526,7 @@ impl Backend for RedisBackend {
         trim: Trim,
     ) -> BoxFuture<'a, Result<Vec<MessageId>>> {
         Box::pin(async move {
-            self.check_open()?;
+            self.closed.check()?;
             if messages.is_empty() {
                 return Ok(Vec::new());
             }
@@ -574,7 +567,7 @@ impl Backend for RedisBackend {
                 StartPosition::Earliest => "0".to_owned(),
                 StartPosition::FromId(id) => parse_start_id(id)?,
             };
-            self.check_open()?;
+            self.closed.check()?;
             let result: ::redis::RedisResult<Value> = ::redis::cmd("XGROUP")
                 .arg("CREATE")
                 .arg(stream_key(stream))
@@ -598,7 +591,7 @@ impl Backend for RedisBackend {
         visibility: Duration,
     ) -> BoxFuture<'a, Result<Vec<Claimed>>> {
         Box::pin(async move {
-            self.check_open()?;
+            self.closed.check()?;
             if max == 0 {
                 return Ok(Vec::new());
             }
@@ -657,7 +650,7 @@ impl Backend for RedisBackend {
 
     fn ack<'a>(&'a self, group: GroupRef<'a>, claims: &'a [Claim]) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
-            self.check_open()?;
+            self.closed.check()?;
             if claims.is_empty() {
                 return Ok(());
             }
@@ -686,7 +679,7 @@ impl Backend for RedisBackend {
         delay: Duration,
     ) -> BoxFuture<'a, Result<bool>> {
         Box::pin(async move {
-            self.check_open()?;
+            self.closed.check()?;
             Ok(self
                 .park(group, std::slice::from_ref(claim), delay, false)
                 .await?
@@ -702,7 +695,7 @@ impl Backend for RedisBackend {
         message: NewMessage,
     ) -> BoxFuture<'a, Result<bool>> {
         Box::pin(async move {
-            self.check_open()?;
+            self.closed.check()?;
             let mut invocation = self.scripts.dead_letter.prepare_invoke();
             invocation
                 .key(stream_key(group.stream))
@@ -732,7 +725,7 @@ impl Backend for RedisBackend {
         claims: &'a [Claim],
     ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
-            self.check_open()?;
+            self.closed.check()?;
             if claims.is_empty() {
                 return Ok(());
             }
@@ -744,7 +737,7 @@ impl Backend for RedisBackend {
 
     fn ping(&self) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
-            self.check_open()?;
+            self.closed.check()?;
             let _: String = ::redis::cmd("PING")
                 .query_async(&mut self.conn.clone())
                 .await
@@ -755,7 +748,7 @@ impl Backend for RedisBackend {
 
     fn wakeup(&self, stream: &str) -> Wakeup {
         let wakeup = self.wakeups.subscribe(stream);
-        if self.closed.load(Ordering::Acquire) {
+        if self.closed.is_closed() {
             return wakeup;
         }
         let mut watchers = self.watchers.lock().unwrap_or_else(PoisonError::into_inner);
@@ -776,7 +769,7 @@ impl Backend for RedisBackend {
 
     fn close(&self) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
-            if self.closed.swap(true, Ordering::AcqRel) {
+            if !self.closed.close() {
                 return Ok(());
             }
             let watchers =

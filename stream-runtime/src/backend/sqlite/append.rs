@@ -41,7 +41,7 @@ impl SqliteBackend {
         messages: Vec<NewMessage>,
         what: &str,
     ) -> Result<Vec<i64>> {
-        self.check_open()?;
+        self.closed.check()?;
         // created_at read by the statement under the write lock, as `insert` does within its
         // transaction: ids and created_at grow together (age trims rely on it).
         let sql = insert_sql(messages.len(), true);

@@ -36,7 +36,7 @@ impl SqliteBackend {
             return Ok(Vec::new());
         }
         if self.was_full(group) {
-            self.check_open()?;
+            self.closed.check()?;
         } else if !self.has_work(group, now_ms(), &what).await? {
             return Ok(Vec::new());
         }
@@ -144,7 +144,7 @@ impl SqliteBackend {
     /// Whether a claim could find anything: an expired pending entry or a message past the
     /// cursor. A plain read, so idle consumers never take the write lock.
     async fn has_work(&self, group: GroupRef<'_>, now: i64, what: &str) -> Result<bool> {
-        self.check_open()?;
+        self.closed.check()?;
         sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM stream_pending
                             WHERE stream = ?1 AND group_name = ?2 AND deadline <= ?3)

@@ -35,7 +35,6 @@ mod settle;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -45,6 +44,7 @@ use sqlx::sqlite::{
 use sqlx::{Sqlite, Transaction};
 
 use super::{redact_url, Backend, BoxFuture, Claim, Claimed, GroupRef, Wakeup, WakeupHub};
+use crate::backend::closed::Closed;
 use crate::error::{Error, Result};
 use crate::message::{MessageId, NewMessage};
 use crate::options::{StartPosition, Trim};
@@ -80,7 +80,7 @@ pub struct SqliteBackend {
     /// The URL as given (no secrets in SQLite URLs), for error messages.
     location: String,
     wakeups: WakeupHub,
-    closed: AtomicBool,
+    closed: Closed,
     /// Groups (stream -> group names) whose last claim here came back full: their next claim
     /// skips the `has_work` read, as there is most likely more.
     full: Mutex<HashMap<String, HashSet<String>>>,
@@ -143,7 +143,7 @@ impl SqliteBackend {
             reader,
             location,
             wakeups: WakeupHub::new(),
-            closed: AtomicBool::new(false),
+            closed: Closed::default(),
             full: Mutex::new(HashMap::new()),
         };
         backend.migrate().await?;
@@ -197,17 +197,9 @@ impl SqliteBackend {
         )
     }
 
-    fn check_open(&self) -> Result<()> {
-        if self.closed.load(Ordering::Acquire) {
-            Err(Error::Closed)
-        } else {
-            Ok(())
-        }
-    }
-
     /// Starts a write transaction holding the database's write lock.
     async fn begin(&self, what: &str) -> Result<Transaction<'static, Sqlite>> {
-        self.check_open()?;
+        self.closed.check()?;
         self.writer
             .begin_with("BEGIN IMMEDIATE")
             .await
@@ -286,7 +278,7 @@ impl Backend for SqliteBackend {
                 StartPosition::FromId(id) => Some(super::integer_start_id(NAME, id)?),
                 _ => None,
             };
-            self.check_open()?;
+            self.closed.check()?;
             let what = format!("creating group {group} of {stream}");
             // One statement: atomic, and a no-op when another process created it first.
             let cursor_sql = match (start, from_id) {
@@ -365,7 +357,7 @@ impl Backend for SqliteBackend {
 
     fn ping(&self) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
-            self.check_open()?;
+            self.closed.check()?;
             sqlx::query("SELECT 1")
                 .execute(&self.reader)
                 .await
@@ -380,7 +372,7 @@ impl Backend for SqliteBackend {
 
     fn close(&self) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
-            if !self.closed.swap(true, Ordering::AcqRel) {
+            if self.closed.close() {
                 self.wakeups.notify_all();
                 self.reader.close().await;
                 self.writer.close().await;

@@ -55,7 +55,7 @@ impl SqliteBackend {
         settle: Settle,
         what: &str,
     ) -> Result<()> {
-        self.check_open()?;
+        self.closed.check()?;
         let pairs = parse_claims(claims);
         if pairs.is_empty() {
             return Ok(());
@@ -104,7 +104,7 @@ impl SqliteBackend {
         claim: &Claim,
         delay: Duration,
     ) -> Result<bool> {
-        self.check_open()?;
+        self.closed.check()?;
         let Some(&(id, token)) = parse_claims(std::slice::from_ref(claim)).first() else {
             return Ok(false);
         };
@@ -133,7 +133,7 @@ impl SqliteBackend {
         to: &str,
         message: NewMessage,
     ) -> Result<bool> {
-        self.check_open()?;
+        self.closed.check()?;
         let Some(&(id, token)) = parse_claims(std::slice::from_ref(claim)).first() else {
             return Ok(false);
         };
