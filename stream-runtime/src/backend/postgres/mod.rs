@@ -166,6 +166,38 @@ impl PostgresBackend {
             .collect::<std::result::Result<_, _>>()
             .map_err(|e| (Sent::Yes, e))
     }
+    /// Runs `sql` (the `ack` or `release` statement) on the claims' ids and tokens; false
+    /// when there was nothing to settle.
+    async fn settle(
+        &self,
+        sql: &str,
+        group: GroupRef<'_>,
+        claims: &[Claim],
+        doing: &str,
+    ) -> Result<bool> {
+        self.closed.check()?;
+        let (ids, tokens) = claim_arrays(claims);
+        if ids.is_empty() {
+            return Ok(false);
+        }
+        sqlx::query(sql)
+            .bind(group.stream)
+            .bind(group.group)
+            .bind(&ids)
+            .bind(&tokens)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| {
+                self.error(
+                    format!(
+                        "{doing} messages of {} for group {}",
+                        group.stream, group.group
+                    ),
+                    e,
+                )
+            })?;
+        Ok(true)
+    }
 }
 
 /// Whether a failed call had reached the server.
@@ -328,28 +360,9 @@ impl Backend for PostgresBackend {
 
     fn ack<'a>(&'a self, group: GroupRef<'a>, claims: &'a [Claim]) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
-            self.closed.check()?;
-            let (ids, tokens) = claim_arrays(claims);
-            if ids.is_empty() {
-                return Ok(());
-            }
-            sqlx::query(&self.sql.ack)
-                .bind(group.stream)
-                .bind(group.group)
-                .bind(&ids)
-                .bind(&tokens)
-                .execute(&self.pool)
+            self.settle(&self.sql.ack, group, claims, "acknowledging")
                 .await
-                .map_err(|e| {
-                    self.error(
-                        format!(
-                            "acknowledging messages of {} for group {}",
-                            group.stream, group.group
-                        ),
-                        e,
-                    )
-                })?;
-            Ok(())
+                .map(drop)
         })
     }
 
@@ -436,28 +449,12 @@ impl Backend for PostgresBackend {
         claims: &'a [Claim],
     ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
-            self.closed.check()?;
-            let (ids, tokens) = claim_arrays(claims);
-            if ids.is_empty() {
-                return Ok(());
+            if self
+                .settle(&self.sql.release, group, claims, "releasing")
+                .await?
+            {
+                self.wakeups.notify(group.stream);
             }
-            sqlx::query(&self.sql.release)
-                .bind(group.stream)
-                .bind(group.group)
-                .bind(&ids)
-                .bind(&tokens)
-                .execute(&self.pool)
-                .await
-                .map_err(|e| {
-                    self.error(
-                        format!(
-                            "releasing messages of {} for group {}",
-                            group.stream, group.group
-                        ),
-                        e,
-                    )
-                })?;
-            self.wakeups.notify(group.stream);
             Ok(())
         })
     }
