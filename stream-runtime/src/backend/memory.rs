@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use super::{Backend, BoxFuture, Claim, ClaimToken, Claimed, GroupRef, Wakeup, WakeupHub};
 use crate::backend::closed::Closed;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::message::{Bytes, Headers, Message, MessageId, NewMessage};
 use crate::options::{StartPosition, Trim};
 
@@ -164,9 +164,7 @@ impl MemoryBackend {
     }
 
     fn lock(&self) -> Result<MutexGuard<'_, State>> {
-        if self.closed.is_closed() {
-            return Err(Error::Closed);
-        }
+        self.closed.check()?;
         Ok(self.state.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
