@@ -73,7 +73,7 @@ impl TestAppBuilder {
     }
 
     /// How long [`TestApp::settle`] waits in wall-clock time (default
-    /// [`DEFAULT_SETTLE_TIMEOUT`]).
+    /// [`DEFAULT_SETTLE_TIMEOUT`](super::DEFAULT_SETTLE_TIMEOUT)).
     pub fn settle_timeout(mut self, timeout: Duration) -> Self {
         self.settle_timeout = timeout;
         self
