@@ -172,6 +172,7 @@ mod publisher;
 pub mod registry;
 pub mod runtime;
 mod service;
+mod time;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;

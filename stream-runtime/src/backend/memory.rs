@@ -4,7 +4,6 @@
 mod admin;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
@@ -12,7 +11,8 @@ use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 
 use super::{Backend, BoxFuture, Claim, ClaimToken, Claimed, GroupRef, Wakeup, WakeupHub};
-use crate::error::{Error, Result};
+use crate::backend::closed::Closed;
+use crate::error::Result;
 use crate::message::{Bytes, Headers, Message, MessageId, NewMessage};
 use crate::options::{StartPosition, Trim};
 
@@ -24,7 +24,7 @@ pub(crate) mod inspect;
 pub struct MemoryBackend {
     state: Mutex<State>,
     wakeups: WakeupHub,
-    closed: AtomicBool,
+    closed: Closed,
 }
 
 #[derive(Debug, Default)]
@@ -164,9 +164,7 @@ impl MemoryBackend {
     }
 
     fn lock(&self) -> Result<MutexGuard<'_, State>> {
-        if self.closed.load(Ordering::Acquire) {
-            return Err(Error::Closed);
-        }
+        self.closed.check()?;
         Ok(self.state.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
@@ -279,7 +277,7 @@ impl Backend for MemoryBackend {
                 return Ok(Vec::new());
             };
             let now = Instant::now();
-            let deadline = crate::engine::after(visibility);
+            let deadline = crate::time::after(visibility);
             let mut claimed = Vec::new();
             let stream: Arc<str> = Arc::from(group.stream);
             let mut take = |seq: u64, pending: &mut Pending, s: &Stream| {
@@ -360,7 +358,7 @@ impl Backend for MemoryBackend {
                     .and_then(|g| g.pending.get_mut(&seq))
                 {
                     p.token = 0;
-                    p.deadline = crate::engine::after(delay);
+                    p.deadline = crate::time::after(delay);
                 }
             })?;
             Ok(done.is_some())
@@ -443,7 +441,7 @@ impl Backend for MemoryBackend {
     }
 
     fn close(&self) -> BoxFuture<'_, Result<()>> {
-        self.closed.store(true, Ordering::Release);
+        self.closed.close();
         self.wakeups.notify_all();
         Box::pin(async { Ok(()) })
     }

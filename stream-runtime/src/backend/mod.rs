@@ -25,6 +25,7 @@ pub use connecting::{ConnectOptions, DEFAULT_CONNECT_TIMEOUT};
 pub use redact::redact_url;
 pub(crate) use redact::{redact_in, redact_text};
 
+mod closed;
 mod connecting;
 pub mod memory;
 #[cfg(feature = "postgres")]

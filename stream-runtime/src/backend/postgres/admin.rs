@@ -109,7 +109,7 @@ impl PostgresBackend {
 impl BackendAdmin for PostgresBackend {
     fn list_streams<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<StreamInfo>>> {
         Box::pin(async move {
-            self.check_open()?;
+            self.closed.check()?;
             let what = || "listing streams".to_owned();
             let rows = sqlx::query(&self.admin_sql(
                 "SELECT s.name, count(m.id) AS length, min(m.id) AS first_id, max(m.id) AS last_id,
@@ -144,7 +144,7 @@ impl BackendAdmin for PostgresBackend {
 
     fn list_groups<'a>(&'a self, stream: &'a str) -> BoxFuture<'a, Result<Vec<GroupStats>>> {
         Box::pin(async move {
-            self.check_open()?;
+            self.closed.check()?;
             let what = || format!("listing the groups of {stream}");
             let rows = sqlx::query(&self.admin_sql(
                 "SELECT g.name, g.cursor_id,
@@ -190,7 +190,7 @@ impl BackendAdmin for PostgresBackend {
         max: usize,
     ) -> BoxFuture<'a, Result<Vec<Message>>> {
         Box::pin(async move {
-            self.check_open()?;
+            self.closed.check()?;
             let what = || format!("reading {stream}");
             let sql = match from {
                 ReadFrom::Last => self.admin_sql(
@@ -234,7 +234,7 @@ impl BackendAdmin for PostgresBackend {
         max: usize,
     ) -> BoxFuture<'a, Result<Vec<PendingEntry>>> {
         Box::pin(async move {
-            self.check_open()?;
+            self.closed.check()?;
             let what = || format!("listing the pending messages of {stream} for group {group}");
             let rows = sqlx::query(&self.admin_sql(
                 "SELECT p.msg_id, p.token, p.deliveries, p.consumer,
@@ -273,7 +273,7 @@ impl BackendAdmin for PostgresBackend {
         message: NewMessage,
     ) -> BoxFuture<'a, Result<Option<MessageId>>> {
         Box::pin(async move {
-            self.check_open()?;
+            self.closed.check()?;
             let Some(id) = parse_id(id.as_str()) else {
                 return Ok(None);
             };
@@ -305,7 +305,7 @@ impl BackendAdmin for PostgresBackend {
         ids: &'a [MessageId],
     ) -> BoxFuture<'a, Result<Vec<MessageId>>> {
         Box::pin(async move {
-            self.check_open()?;
+            self.closed.check()?;
             let ids: Vec<i64> = ids.iter().filter_map(|id| parse_id(id.as_str())).collect();
             if ids.is_empty() {
                 return Ok(Vec::new());

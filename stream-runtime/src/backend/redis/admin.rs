@@ -203,7 +203,7 @@ fn rows(what: &str, reply: Value) -> Result<Vec<Vec<Value>>> {
 impl BackendAdmin for RedisBackend {
     fn list_streams<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<StreamInfo>>> {
         Box::pin(async move {
-            self.check_open()?;
+            self.closed.check()?;
             let mut conn = self.conn.clone();
             let pattern = format!("streams:{{{}*", glob_literal(&escape(prefix)));
             let mut cursor = 0u64;
@@ -254,7 +254,7 @@ impl BackendAdmin for RedisBackend {
 
     fn list_groups<'a>(&'a self, stream: &'a str) -> BoxFuture<'a, Result<Vec<GroupStats>>> {
         Box::pin(async move {
-            self.check_open()?;
+            self.closed.check()?;
             let what = "the groups script";
             let reply: Value = GROUPS
                 .key(stream_key(stream))
@@ -288,7 +288,7 @@ impl BackendAdmin for RedisBackend {
         max: usize,
     ) -> BoxFuture<'a, Result<Vec<Message>>> {
         Box::pin(async move {
-            self.check_open()?;
+            self.closed.check()?;
             if max == 0 {
                 return Ok(Vec::new());
             }
@@ -338,7 +338,7 @@ impl BackendAdmin for RedisBackend {
         max: usize,
     ) -> BoxFuture<'a, Result<Vec<PendingEntry>>> {
         Box::pin(async move {
-            self.check_open()?;
+            self.closed.check()?;
             if max == 0 {
                 return Ok(Vec::new());
             }
@@ -391,7 +391,7 @@ impl BackendAdmin for RedisBackend {
         message: NewMessage,
     ) -> BoxFuture<'a, Result<Option<MessageId>>> {
         Box::pin(async move {
-            self.check_open()?;
+            self.closed.check()?;
             let Ok(id) = parse_start_id(id.as_str()) else {
                 return Ok(None);
             };
@@ -418,7 +418,7 @@ impl BackendAdmin for RedisBackend {
         ids: &'a [MessageId],
     ) -> BoxFuture<'a, Result<Vec<MessageId>>> {
         Box::pin(async move {
-            self.check_open()?;
+            self.closed.check()?;
             let ids: Vec<String> = ids
                 .iter()
                 .filter_map(|id| parse_start_id(id.as_str()).ok())

@@ -33,26 +33,33 @@
 //! (`XREADGROUP`). See `scripts.rs`.
 
 mod admin;
+mod consumers;
+mod entries;
+mod keys;
 mod scripts;
 mod watch;
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use ::redis::aio::ConnectionManager;
 use ::redis::{ErrorKind, RedisError, ServerErrorKind, Value};
 
 use super::{
-    hint_refused, no_answer, redact_url, Backend, BoxFuture, Claim, ClaimToken, Claimed,
-    ConnectOptions, GroupRef, Wakeup, WakeupHub,
+    hint_refused, no_answer, redact_url, Backend, BoxFuture, Claim, Claimed, ConnectOptions,
+    GroupRef, Wakeup, WakeupHub,
 };
+use crate::backend::closed::Closed;
 use crate::error::{Error, Result};
-use crate::message::{Headers, Message, MessageId, NewMessage};
+use crate::message::{MessageId, NewMessage};
 use crate::options::{StartPosition, Trim};
 
+use consumers::Consumers;
+use entries::{created_at, parse_claimed, parse_start_id};
+pub use keys::stream_key;
+use keys::{deadlines_key, escape, retry_key};
 use scripts::Scripts;
 
 const NAME: &str = "redis";
@@ -69,15 +76,6 @@ const MIN_VERSION: (u32, u32) = (7, 0);
 /// The default of [`RedisBackend::idle_consumer_timeout`].
 pub const DEFAULT_IDLE_CONSUMER_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// (stream, group, consumer name).
-type ConsumerKey = (String, String, String);
-
-#[derive(Debug)]
-struct Consumers {
-    last_claim: HashMap<ConsumerKey, Instant>,
-    last_sweep: Instant,
-}
-
 /// Streams, groups and claims in Redis, with push wake-ups from blocking reads.
 pub struct RedisBackend {
     client: ::redis::Client,
@@ -89,63 +87,15 @@ pub struct RedisBackend {
     /// The consumers this backend claimed for, and when each last claimed.
     consumers: Mutex<Consumers>,
     idle_consumer_timeout: Duration,
-    closed: AtomicBool,
+    closed: Closed,
 }
 
 impl fmt::Debug for RedisBackend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisBackend")
             .field("url", &self.url)
-            .field("closed", &self.closed.load(Ordering::Relaxed))
+            .field("closed", &self.closed.is_closed())
             .finish_non_exhaustive()
-    }
-}
-
-/// The key of a stream: `streams:{N}`.
-pub fn stream_key(stream: &str) -> String {
-    format!("streams:{{{}}}", escape(stream))
-}
-
-fn retry_key(stream: &str, group: &str) -> String {
-    format!("streams:{{{}}}:retry:{group}", escape(stream))
-}
-
-fn deadlines_key(stream: &str, group: &str) -> String {
-    format!("streams:{{{}}}:deadlines:{group}", escape(stream))
-}
-
-/// Percent-encodes `%`, `{` and `}`, so a name can never end the hash tag early.
-fn escape(name: &str) -> std::borrow::Cow<'_, str> {
-    if !name.contains(['%', '{', '}']) {
-        return name.into();
-    }
-    let mut out = String::with_capacity(name.len() + 8);
-    for c in name.chars() {
-        match c {
-            '%' => out.push_str("%25"),
-            '{' => out.push_str("%7B"),
-            '}' => out.push_str("%7D"),
-            c => out.push(c),
-        }
-    }
-    out.into()
-}
-
-/// Checks a start id: `<ms>-<seq>` (or `<ms>`, meaning `<ms>-0`), both unsigned 64-bit.
-fn parse_start_id(id: &str) -> Result<String> {
-    let invalid = || Error::InvalidStartId {
-        id: id.to_owned(),
-        reason: "Redis stream ids look like \"1700000000000-0\" (milliseconds-sequence)".to_owned(),
-    };
-    let number = |s: &str| {
-        if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(invalid());
-        }
-        s.parse::<u64>().map_err(|_| invalid())
-    };
-    match id.split_once('-') {
-        Some((ms, seq)) => Ok(format!("{}-{}", number(ms)?, number(seq)?)),
-        None => Ok(format!("{}-0", number(id)?)),
     }
 }
 
@@ -194,74 +144,6 @@ fn fields(message: NewMessage) -> Vec<Vec<u8>> {
 /// (`Duration::MAX`) is capped instead of failing every call with "invalid min-idle-time".
 fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
-/// The time part of an id as a time.
-fn created_at(id: &str) -> SystemTime {
-    let ms = id
-        .split_once('-')
-        .and_then(|(ms, _)| ms.parse::<u64>().ok())
-        .unwrap_or_default();
-    UNIX_EPOCH + Duration::from_millis(ms)
-}
-
-/// One claimed entry from the claim script: `{id, deliveries, {field, value, ...}}`.
-fn parse_claimed(stream: &Arc<str>, value: Value) -> Result<Claimed> {
-    let bad = |value: &Value| unexpected("the claim script", value);
-    let Value::Array(parts) = value else {
-        return Err(bad(&value));
-    };
-    let parts: [Value; 3] = match parts.try_into() {
-        Ok(parts) => parts,
-        Err(parts) => return Err(bad(&Value::Array(parts))),
-    };
-    let [id, deliveries, entry_fields] = parts;
-    let id = match id {
-        Value::BulkString(b) => String::from_utf8(b)
-            .map_err(|e| Error::backend(NAME, "reading the reply of the claim script", e))?,
-        other => return Err(bad(&other)),
-    };
-    let deliveries = match deliveries {
-        Value::Int(n) => u32::try_from(n).map_err(|_| bad(&deliveries))?,
-        other => return Err(bad(&other)),
-    };
-    let Value::Array(entry_fields) = entry_fields else {
-        return Err(bad(&entry_fields));
-    };
-    let mut payload = Vec::new();
-    let mut headers = Headers::new();
-    let mut entry_fields = entry_fields.into_iter();
-    while let (Some(field), Some(value)) = (entry_fields.next(), entry_fields.next()) {
-        let (Value::BulkString(field), Value::BulkString(value)) = (field, value) else {
-            return Err(Error::backend(
-                NAME,
-                "reading the reply of the claim script",
-                format!("entry {id} has a field that is not a string"),
-            ));
-        };
-        if field == PAYLOAD_FIELD.as_bytes() {
-            payload = value;
-        } else if let Some(name) = field.strip_prefix(HEADER_PREFIX.as_bytes()) {
-            headers.insert(
-                String::from_utf8_lossy(name).into_owned(),
-                String::from_utf8(value)
-                    .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
-            );
-        }
-    }
-    let created_at = created_at(&id);
-    let message = Message::new(
-        MessageId::new(id),
-        Arc::clone(stream),
-        payload,
-        headers,
-        created_at,
-        deliveries,
-    );
-    Ok(Claimed {
-        message,
-        token: ClaimToken(u64::from(deliveries)),
-    })
 }
 
 /// A URL the redis crate refused, said in words (its own text ends in a Debug-printed
@@ -338,20 +220,13 @@ impl RedisBackend {
                 last_sweep: Instant::now(),
             }),
             idle_consumer_timeout: DEFAULT_IDLE_CONSUMER_TIMEOUT,
-            closed: AtomicBool::new(false),
+            closed: Closed::default(),
         })
     }
 
     /// A backend error naming the server (password redacted).
     fn error(&self, what: String, e: RedisError) -> Error {
         Error::backend(NAME, format!("{what} on {}", self.url), e)
-    }
-
-    fn check_open(&self) -> Result<()> {
-        if self.closed.load(Ordering::Acquire) {
-            return Err(Error::Closed);
-        }
-        Ok(())
     }
 
     /// Runs a fenced (so repeatable) script, retrying a few times while the connection is
@@ -376,46 +251,6 @@ impl RedisBackend {
                 Err(e) => return Err(self.error(what(), e)),
             }
         }
-    }
-
-    /// How long a consumer of this backend may go without claiming before it is removed
-    /// from its group, if it holds no pending entries (default 60 s). Removing an empty
-    /// consumer is always safe (Redis recreates it on its next read); this only keeps
-    /// `XINFO CONSUMERS` free of subscriptions that stopped while the backend stays open.
-    pub fn idle_consumer_timeout(mut self, timeout: Duration) -> Self {
-        self.idle_consumer_timeout = timeout;
-        self
-    }
-
-    /// Records a claim by `group.consumer`; returns the consumers due for removal when a
-    /// sweep is due.
-    fn remember_consumer(&self, group: GroupRef<'_>) -> Vec<ConsumerKey> {
-        let now = Instant::now();
-        let mut consumers = self
-            .consumers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let key = (
-            group.stream.to_owned(),
-            group.group.to_owned(),
-            group.consumer.to_owned(),
-        );
-        consumers.last_claim.insert(key, now);
-        if now.duration_since(consumers.last_sweep) < self.idle_consumer_timeout {
-            return Vec::new();
-        }
-        consumers.last_sweep = now;
-        let timeout = self.idle_consumer_timeout;
-        let stale: Vec<ConsumerKey> = consumers
-            .last_claim
-            .iter()
-            .filter(|(_, at)| now.duration_since(**at) >= timeout)
-            .map(|(key, _)| key.clone())
-            .collect();
-        for key in &stale {
-            consumers.last_claim.remove(key);
-        }
-        stale
     }
 
     /// Parks claims until `now + delay` (retry and release).
@@ -450,42 +285,6 @@ impl RedisBackend {
             format!("{what} in {}/{}", group.stream, group.group)
         })
         .await
-    }
-
-    /// Deletes those of `consumers` that hold no pending entries; the others are kept in
-    /// the list for a later sweep (their entries get reclaimed by other consumers).
-    async fn remove_idle_consumers(&self, consumers: Vec<ConsumerKey>) {
-        let mut conn = self.conn.clone();
-        let mut kept = Vec::new();
-        for key in consumers {
-            let (stream, group, consumer) = &key;
-            let result: ::redis::RedisResult<i64> = self
-                .scripts
-                .remove_idle_consumer
-                .key(stream_key(stream))
-                .arg(group)
-                .arg(consumer)
-                .invoke_async(&mut conn)
-                .await;
-            match result {
-                Ok(1) => {}
-                Ok(_) => kept.push(key),
-                Err(e) => {
-                    tracing::debug!(%stream, %group, %consumer, error = %e, "could not remove an idle consumer");
-                    kept.push(key);
-                }
-            }
-        }
-        if !kept.is_empty() {
-            let mut consumers = self
-                .consumers
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            let long_ago = consumers.last_sweep;
-            for key in kept {
-                consumers.last_claim.entry(key).or_insert(long_ago);
-            }
-        }
     }
 }
 
@@ -534,7 +333,7 @@ impl Backend for RedisBackend {
         trim: Trim,
     ) -> BoxFuture<'a, Result<Vec<MessageId>>> {
         Box::pin(async move {
-            self.check_open()?;
+            self.closed.check()?;
             if messages.is_empty() {
                 return Ok(Vec::new());
             }
@@ -575,7 +374,7 @@ impl Backend for RedisBackend {
                 StartPosition::Earliest => "0".to_owned(),
                 StartPosition::FromId(id) => parse_start_id(id)?,
             };
-            self.check_open()?;
+            self.closed.check()?;
             let result: ::redis::RedisResult<Value> = ::redis::cmd("XGROUP")
                 .arg("CREATE")
                 .arg(stream_key(stream))
@@ -599,7 +398,7 @@ impl Backend for RedisBackend {
         visibility: Duration,
     ) -> BoxFuture<'a, Result<Vec<Claimed>>> {
         Box::pin(async move {
-            self.check_open()?;
+            self.closed.check()?;
             if max == 0 {
                 return Ok(Vec::new());
             }
@@ -661,7 +460,7 @@ impl Backend for RedisBackend {
 
     fn ack<'a>(&'a self, group: GroupRef<'a>, claims: &'a [Claim]) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
-            self.check_open()?;
+            self.closed.check()?;
             if claims.is_empty() {
                 return Ok(());
             }
@@ -690,7 +489,7 @@ impl Backend for RedisBackend {
         delay: Duration,
     ) -> BoxFuture<'a, Result<bool>> {
         Box::pin(async move {
-            self.check_open()?;
+            self.closed.check()?;
             Ok(self
                 .park(group, std::slice::from_ref(claim), delay, false)
                 .await?
@@ -706,7 +505,7 @@ impl Backend for RedisBackend {
         message: NewMessage,
     ) -> BoxFuture<'a, Result<bool>> {
         Box::pin(async move {
-            self.check_open()?;
+            self.closed.check()?;
             let mut invocation = self.scripts.dead_letter.prepare_invoke();
             invocation
                 .key(stream_key(group.stream))
@@ -736,7 +535,7 @@ impl Backend for RedisBackend {
         claims: &'a [Claim],
     ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
-            self.check_open()?;
+            self.closed.check()?;
             if claims.is_empty() {
                 return Ok(());
             }
@@ -748,7 +547,7 @@ impl Backend for RedisBackend {
 
     fn ping(&self) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
-            self.check_open()?;
+            self.closed.check()?;
             let _: String = ::redis::cmd("PING")
                 .query_async(&mut self.conn.clone())
                 .await
@@ -759,7 +558,7 @@ impl Backend for RedisBackend {
 
     fn wakeup(&self, stream: &str) -> Wakeup {
         let wakeup = self.wakeups.subscribe(stream);
-        if self.closed.load(Ordering::Acquire) {
+        if self.closed.is_closed() {
             return wakeup;
         }
         let mut watchers = self.watchers.lock().unwrap_or_else(PoisonError::into_inner);
@@ -780,7 +579,7 @@ impl Backend for RedisBackend {
 
     fn close(&self) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
-            if self.closed.swap(true, Ordering::AcqRel) {
+            if !self.closed.close() {
                 return Ok(());
             }
             let watchers =
@@ -808,60 +607,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn keys_keep_the_hash_tag_whole() {
-        assert_eq!(
-            stream_key("app.default.orders"),
-            "streams:{app.default.orders}"
-        );
-        assert_eq!(stream_key("a}b{c%"), "streams:{a%7Db%7Bc%25}");
-        assert_eq!(
-            retry_key("a.b.C", "billing"),
-            "streams:{a.b.C}:retry:billing"
-        );
-        assert_eq!(
-            deadlines_key("a.b.c", "billing"),
-            "streams:{a.b.c}:deadlines:billing"
-        );
-    }
-
-    #[test]
-    fn start_ids_are_validated() {
-        assert_eq!(
-            parse_start_id("1700000000000-3").ok().as_deref(),
-            Some("1700000000000-3")
-        );
-        assert_eq!(parse_start_id("42").ok().as_deref(), Some("42-0"));
-        for bad in [
-            "",
-            "-",
-            "1-",
-            "-1",
-            "a-1",
-            "1-b",
-            "not an id",
-            "1-2-3",
-            "+1-0",
-            "99999999999999999999-0",
-        ] {
-            assert!(
-                matches!(parse_start_id(bad), Err(Error::InvalidStartId { .. })),
-                "{bad:?} accepted"
-            );
-        }
-    }
-
-    #[test]
     fn old_servers_are_refused() {
         assert!(check_version("redis_version:7.0.15\r\n", "x").is_ok());
         assert!(check_version("redis_version:7.2.4\r\n", "x").is_ok());
         assert!(check_version("redis_version:6.2.14\r\n", "x").is_err());
-    }
-
-    #[test]
-    fn created_at_is_the_id_time() {
-        assert_eq!(
-            created_at("1700000000123-4"),
-            UNIX_EPOCH + Duration::from_millis(1_700_000_000_123)
-        );
     }
 }

@@ -43,7 +43,7 @@ impl SqliteBackend {
 impl BackendAdmin for SqliteBackend {
     fn list_streams<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<StreamInfo>>> {
         Box::pin(async move {
-            self.check_open()?;
+            self.closed.check()?;
             let what = "listing streams";
             let rows = sqlx::query(
                 "SELECT s.stream AS stream, count(m.id) AS length, min(m.id) AS first_id,
@@ -77,7 +77,7 @@ impl BackendAdmin for SqliteBackend {
 
     fn list_groups<'a>(&'a self, stream: &'a str) -> BoxFuture<'a, Result<Vec<GroupStats>>> {
         Box::pin(async move {
-            self.check_open()?;
+            self.closed.check()?;
             let what = format!("listing the groups of {stream}");
             let rows = sqlx::query(
                 "SELECT g.group_name AS group_name, g.cursor AS cursor,
@@ -116,7 +116,7 @@ impl BackendAdmin for SqliteBackend {
         max: usize,
     ) -> BoxFuture<'a, Result<Vec<Message>>> {
         Box::pin(async move {
-            self.check_open()?;
+            self.closed.check()?;
             let what = format!("reading {stream}");
             let query = match from {
                 ReadFrom::Last => sqlx::query(
@@ -161,7 +161,7 @@ impl BackendAdmin for SqliteBackend {
         max: usize,
     ) -> BoxFuture<'a, Result<Vec<PendingEntry>>> {
         Box::pin(async move {
-            self.check_open()?;
+            self.closed.check()?;
             let what = format!("listing the pending messages of {stream} for group {group}");
             let rows = sqlx::query(
                 "SELECT id, token, deadline, deliveries - released AS deliveries FROM stream_pending
@@ -196,7 +196,7 @@ impl BackendAdmin for SqliteBackend {
         message: NewMessage,
     ) -> BoxFuture<'a, Result<Option<MessageId>>> {
         Box::pin(async move {
-            self.check_open()?;
+            self.closed.check()?;
             let Ok(id) = id.as_str().parse::<i64>() else {
                 return Ok(None);
             };
@@ -219,7 +219,7 @@ impl BackendAdmin for SqliteBackend {
         ids: &'a [MessageId],
     ) -> BoxFuture<'a, Result<Vec<MessageId>>> {
         Box::pin(async move {
-            self.check_open()?;
+            self.closed.check()?;
             let ids: Vec<i64> = ids
                 .iter()
                 .filter_map(|id| id.as_str().parse().ok())

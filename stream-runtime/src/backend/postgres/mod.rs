@@ -18,22 +18,26 @@
 //! `LISTEN`/`NOTIFY` on one fixed channel with the stream name as payload.
 
 mod admin;
+mod connect;
+mod listen;
+mod schema;
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
-use sqlx::{Connection, Executor, Row};
+use sqlx::postgres::{PgPool, PgRow};
+use sqlx::Row;
 use tokio::task::JoinHandle;
 
-use super::{
-    hint_refused, no_answer, redact_url, Backend, BoxFuture, Claim, ClaimToken, Claimed,
-    ConnectOptions, GroupRef, Wakeup, WakeupHub,
-};
+use super::{Backend, BoxFuture, Claim, ClaimToken, Claimed, GroupRef, Wakeup, WakeupHub};
+use crate::backend::closed::Closed;
 use crate::error::{Error, Result};
 use crate::message::{Headers, Message, MessageId, NewMessage};
 use crate::options::{StartPosition, Trim};
+
+use listen::listen;
+pub use schema::MIGRATIONS;
+use schema::{check_schema, migrate, quote_ident};
 
 const NAME: &str = "postgres";
 
@@ -44,14 +48,6 @@ pub const DEFAULT_SCHEMA: &str = "streams";
 /// stream names of any case and length work (channel names are identifiers of 63 bytes).
 pub const WAKEUP_CHANNEL: &str = "stream_runtime_wakeup";
 
-/// The migrations, in order; `{S}` stands for the quoted schema name.
-/// Never edit an applied one: add the next file.
-pub const MIGRATIONS: &[&str] = &[
-    include_str!("postgres_schema.sql"),
-    include_str!("postgres_schema_2.sql"),
-    include_str!("postgres_schema_3.sql"),
-];
-
 /// Streams, groups and pending claims in Postgres tables.
 pub struct PostgresBackend {
     pool: PgPool,
@@ -59,7 +55,7 @@ pub struct PostgresBackend {
     sql: Sql,
     wakeups: Arc<WakeupHub>,
     listener: Mutex<Option<JoinHandle<()>>>,
-    closed: AtomicBool,
+    closed: Closed,
 }
 
 impl std::fmt::Debug for PostgresBackend {
@@ -104,58 +100,6 @@ impl Sql {
     }
 }
 
-/// `"name"` with embedded quotes doubled: a safe SQL identifier.
-fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-fn check_schema(schema: &str) -> Result<()> {
-    let ok = !schema.is_empty()
-        && schema.len() <= 63
-        && schema
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_')
-        && !schema.starts_with(|c: char| c.is_ascii_digit());
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::Config(format!(
-            "postgres schema {schema:?} is not valid: use 1 to 63 ASCII letters, digits and \
-             underscores, not starting with a digit"
-        )))
-    }
-}
-
-/// Takes our own parameters (`schema`, `max_connections`) out of the URL's query.
-fn split_params(url: &str) -> Result<(String, Option<String>, Option<u32>)> {
-    let Some((base, query)) = url.split_once('?') else {
-        return Ok((url.to_owned(), None, None));
-    };
-    let (mut schema, mut max_connections, mut rest) = (None, None, Vec::new());
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        match pair.split_once('=') {
-            Some(("schema", value)) => schema = Some(value.to_owned()),
-            Some(("max_connections", value)) => {
-                max_connections = Some(value.parse::<u32>().ok().filter(|n| *n > 0).ok_or_else(
-                    || {
-                        Error::Config(format!(
-                            "backend URL {}: max_connections must be a positive integer, got {value:?}",
-                            redact_url(url)
-                        ))
-                    },
-                )?);
-            }
-            _ => rest.push(pair),
-        }
-    }
-    let url = if rest.is_empty() {
-        base.to_owned()
-    } else {
-        format!("{base}?{}", rest.join("&"))
-    };
-    Ok((url, schema, max_connections))
-}
-
 fn micros(d: Duration) -> i64 {
     // Capped at about 100 years: Postgres intervals have a finite range.
     const CAP: u128 = 100 * 365 * 24 * 3600 * 1_000_000;
@@ -180,96 +124,6 @@ fn is_conflict(error: &sqlx::Error) -> bool {
 }
 
 impl PostgresBackend {
-    /// Connects, creates or migrates the schema named by the URL's `schema` parameter
-    /// (default `streams`) and starts the `LISTEN` task. Errors show the URL redacted.
-    pub async fn connect(url: &str) -> Result<Self> {
-        Self::connect_with(url, ConnectOptions::default()).await
-    }
-
-    /// Like [`connect`](Self::connect), with options (the connect timeout).
-    pub async fn connect_with(url: &str, options: ConnectOptions) -> Result<Self> {
-        let (sqlx_url, schema, max_connections) = split_params(url)?;
-        let schema = schema.unwrap_or_else(|| DEFAULT_SCHEMA.to_owned());
-        let max_connections = max_connections.unwrap_or(10);
-        Self::open(url, &sqlx_url, &schema, max_connections, options).await
-    }
-
-    /// Like [`connect`](Self::connect), with the schema given here (it wins over the URL's).
-    pub async fn connect_with_schema(url: &str, schema: &str) -> Result<Self> {
-        let (sqlx_url, _, max_connections) = split_params(url)?;
-        let max_connections = max_connections.unwrap_or(10);
-        Self::open(
-            url,
-            &sqlx_url,
-            schema,
-            max_connections,
-            ConnectOptions::default(),
-        )
-        .await
-    }
-
-    async fn open(
-        url: &str,
-        sqlx_url: &str,
-        schema: &str,
-        max_connections: u32,
-        connect: ConnectOptions,
-    ) -> Result<Self> {
-        let timeout = connect.connect_timeout;
-        check_schema(schema)?;
-        let redacted = redact_url(url);
-        let options: PgConnectOptions = sqlx_url.parse().map_err(|e| {
-            Error::Config(format!(
-                "backend URL {redacted} is not a valid Postgres URL: {e}"
-            ))
-        })?;
-
-        // One direct connection first: a clear error at once when the server is unreachable
-        // or refuses us (a pool would retry until its acquire timeout), and the migration.
-        let timed_out =
-            |what: &str| Error::backend(NAME, format!("{what} {redacted}"), no_answer(timeout));
-        let mut conn = tokio::time::timeout(
-            timeout,
-            sqlx::postgres::PgConnection::connect_with(&options),
-        )
-        .await
-        .map_err(|_| timed_out("connecting to"))?
-        .map_err(|e| {
-            let refused = matches!(&e, sqlx::Error::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused);
-            Error::backend(NAME, format!("connecting to {redacted}"), hint_refused(e, refused))
-        })?;
-        let migrating = async {
-            migrate(&mut conn, schema).await?;
-            conn.close().await
-        };
-        tokio::time::timeout(timeout, migrating)
-            .await
-            .map_err(|_| timed_out("migrating the schema at"))?
-            .map_err(|e| {
-                Error::backend(
-                    NAME,
-                    format!("creating or migrating schema {schema:?} at {redacted}"),
-                    e,
-                )
-            })?;
-
-        // One more connection than asked for: the LISTEN task keeps one for itself.
-        let pool = PgPoolOptions::new()
-            .max_connections(max_connections.saturating_add(1))
-            .acquire_timeout(Duration::from_secs(10))
-            .connect_lazy_with(options);
-        let wakeups = Arc::new(WakeupHub::new());
-        let listener = tokio::spawn(listen(pool.clone(), wakeups.clone()));
-        Ok(PostgresBackend {
-            sql: Sql::new(&quote_ident(schema)),
-            schema: schema.to_owned(),
-            pool,
-            wakeups,
-            listener: Mutex::new(Some(listener)),
-            closed: AtomicBool::new(false),
-        })
-    }
-
     /// The schema holding this backend's tables.
     pub fn schema(&self) -> &str {
         &self.schema
@@ -280,16 +134,8 @@ impl PostgresBackend {
         &self.pool
     }
 
-    fn check_open(&self) -> Result<()> {
-        if self.closed.load(Ordering::Acquire) {
-            Err(Error::Closed)
-        } else {
-            Ok(())
-        }
-    }
-
     fn error(&self, context: String, e: sqlx::Error) -> Error {
-        if self.closed.load(Ordering::Acquire) && matches!(e, sqlx::Error::PoolClosed) {
+        if self.closed.is_closed() && matches!(e, sqlx::Error::PoolClosed) {
             return Error::Closed;
         }
         Error::backend(NAME, context, e)
@@ -320,6 +166,38 @@ impl PostgresBackend {
             .collect::<std::result::Result<_, _>>()
             .map_err(|e| (Sent::Yes, e))
     }
+    /// Runs `sql` (the `ack` or `release` statement) on the claims' ids and tokens; false
+    /// when there was nothing to settle.
+    async fn settle(
+        &self,
+        sql: &str,
+        group: GroupRef<'_>,
+        claims: &[Claim],
+        doing: &str,
+    ) -> Result<bool> {
+        self.closed.check()?;
+        let (ids, tokens) = claim_arrays(claims);
+        if ids.is_empty() {
+            return Ok(false);
+        }
+        sqlx::query(sql)
+            .bind(group.stream)
+            .bind(group.group)
+            .bind(&ids)
+            .bind(&tokens)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| {
+                self.error(
+                    format!(
+                        "{doing} messages of {} for group {}",
+                        group.stream, group.group
+                    ),
+                    e,
+                )
+            })?;
+        Ok(true)
+    }
 }
 
 /// Whether a failed call had reached the server.
@@ -327,120 +205,6 @@ impl PostgresBackend {
 enum Sent {
     No,
     Yes,
-}
-
-/// Applies missing migrations in one transaction under an advisory lock on the schema's
-/// name, so processes starting at once migrate it exactly once.
-fn migrate<'a>(
-    conn: &'a mut sqlx::postgres::PgConnection,
-    schema: &'a str,
-) -> BoxFuture<'a, sqlx::Result<()>> {
-    // Boxed as `dyn Send`, which keeps `connect` spawnable (sqlx executors trip the
-    // compiler's higher-ranked Send inference otherwise).
-    Box::pin(async move {
-        let s = quote_ident(schema);
-        let mut tx = conn.begin().await?;
-        // `IF NOT EXISTS` on every start would otherwise log a server NOTICE ("schema ...
-        // already exists, skipping") at INFO through sqlx: noise in every application's log.
-        (&mut *tx)
-            .execute("SET LOCAL client_min_messages = warning")
-            .await?;
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-            .bind(format!("stream_runtime migrate {schema}"))
-            .execute(&mut *tx)
-            .await?;
-        let create = format!(
-            "CREATE SCHEMA IF NOT EXISTS {s}; \
-             CREATE TABLE IF NOT EXISTS {s}.schema_version ( \
-                 version integer PRIMARY KEY, \
-                 applied_at timestamptz NOT NULL DEFAULT now())"
-        );
-        (&mut *tx).execute(sqlx::raw_sql(&create)).await?;
-        let current: i32 = sqlx::query_scalar(&format!(
-            "SELECT coalesce(max(version), 0) FROM {s}.schema_version"
-        ))
-        .fetch_one(&mut *tx)
-        .await?;
-        let known = i32::try_from(MIGRATIONS.len()).unwrap_or(i32::MAX);
-        if current > known {
-            return Err(sqlx::Error::Protocol(format!(
-                "schema {schema:?} is at version {current}, newer than this build knows ({known}); \
-                 upgrade stream-runtime"
-            )));
-        }
-        for (version, migration) in (1..)
-            .zip(MIGRATIONS)
-            .skip(usize::try_from(current).unwrap_or(0))
-        {
-            let sql = migration.replace("{S}", &s);
-            (&mut *tx).execute(sqlx::raw_sql(&sql)).await?;
-            sqlx::query(&format!(
-                "INSERT INTO {s}.schema_version (version) VALUES ($1)"
-            ))
-            .bind(version)
-            .execute(&mut *tx)
-            .await?;
-            tracing::info!(schema, version, "applied postgres schema migration");
-        }
-        tx.commit().await
-    })
-}
-
-/// Feeds `NOTIFY`s into the hub. After every (re)connect, when notifications may have been
-/// missed, wakes every local waiter.
-async fn listen(pool: PgPool, hub: Arc<WakeupHub>) {
-    let mut failures = 0u32;
-    loop {
-        let mut listener = match PgListener::connect_with(&pool).await {
-            Ok(l) => l,
-            Err(sqlx::Error::PoolClosed) => return,
-            Err(e) => {
-                failures += 1;
-                tracing::warn!(error = %e, "postgres LISTEN connection failed; retrying");
-                tokio::time::sleep(backoff(failures)).await;
-                continue;
-            }
-        };
-        if let Err(e) = listener.listen(WAKEUP_CHANNEL).await {
-            failures += 1;
-            tracing::warn!(error = %e, "postgres LISTEN failed; retrying");
-            tokio::time::sleep(backoff(failures)).await;
-            continue;
-        }
-        if failures > 0 {
-            tracing::info!("postgres LISTEN connection restored");
-        }
-        // Whatever was notified while we were not listening is lost: wake everyone.
-        hub.notify_all();
-        let listening_since = std::time::Instant::now();
-        loop {
-            match listener.try_recv().await {
-                Ok(Some(n)) => hub.notify(n.payload()),
-                Ok(None) => {
-                    tracing::warn!("postgres LISTEN connection lost; reconnecting");
-                    break;
-                }
-                Err(sqlx::Error::PoolClosed) => return,
-                Err(e) => {
-                    tracing::warn!(error = %e, "postgres LISTEN connection failed; reconnecting");
-                    break;
-                }
-            }
-        }
-        // Reconnect at once, unless connections keep dropping right after LISTEN.
-        if listening_since.elapsed() < Duration::from_secs(1) {
-            failures += 1;
-            tokio::time::sleep(backoff(failures)).await;
-        } else {
-            failures = 1;
-        }
-    }
-}
-
-fn backoff(failures: u32) -> Duration {
-    Duration::from_millis(50)
-        .saturating_mul(1 << failures.min(6))
-        .min(Duration::from_secs(2))
 }
 
 fn claimed_from_row(stream: &Arc<str>, row: &PgRow) -> std::result::Result<Claimed, BoxedError> {
@@ -499,7 +263,7 @@ impl Backend for PostgresBackend {
         trim: Trim,
     ) -> BoxFuture<'a, Result<Vec<MessageId>>> {
         Box::pin(async move {
-            self.check_open()?;
+            self.closed.check()?;
             if messages.is_empty() {
                 return Ok(Vec::new());
             }
@@ -547,7 +311,7 @@ impl Backend for PostgresBackend {
                 StartPosition::Earliest => ("earliest", 0),
                 StartPosition::FromId(id) => ("id", super::integer_start_id(NAME, id)?),
             };
-            self.check_open()?;
+            self.closed.check()?;
             sqlx::query(&self.sql.ensure_group)
                 .bind(stream)
                 .bind(group)
@@ -567,7 +331,7 @@ impl Backend for PostgresBackend {
         visibility: Duration,
     ) -> BoxFuture<'a, Result<Vec<Claimed>>> {
         Box::pin(async move {
-            self.check_open()?;
+            self.closed.check()?;
             if max == 0 {
                 return Ok(Vec::new());
             }
@@ -597,28 +361,9 @@ impl Backend for PostgresBackend {
 
     fn ack<'a>(&'a self, group: GroupRef<'a>, claims: &'a [Claim]) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
-            self.check_open()?;
-            let (ids, tokens) = claim_arrays(claims);
-            if ids.is_empty() {
-                return Ok(());
-            }
-            sqlx::query(&self.sql.ack)
-                .bind(group.stream)
-                .bind(group.group)
-                .bind(&ids)
-                .bind(&tokens)
-                .execute(&self.pool)
+            self.settle(&self.sql.ack, group, claims, "acknowledging")
                 .await
-                .map_err(|e| {
-                    self.error(
-                        format!(
-                            "acknowledging messages of {} for group {}",
-                            group.stream, group.group
-                        ),
-                        e,
-                    )
-                })?;
-            Ok(())
+                .map(drop)
         })
     }
 
@@ -629,7 +374,7 @@ impl Backend for PostgresBackend {
         delay: Duration,
     ) -> BoxFuture<'a, Result<bool>> {
         Box::pin(async move {
-            self.check_open()?;
+            self.closed.check()?;
             let Some(id) = parse_id(claim.id.as_str()) else {
                 return Ok(false);
             };
@@ -662,7 +407,7 @@ impl Backend for PostgresBackend {
         message: NewMessage,
     ) -> BoxFuture<'a, Result<bool>> {
         Box::pin(async move {
-            self.check_open()?;
+            self.closed.check()?;
             let Some(id) = parse_id(claim.id.as_str()) else {
                 return Ok(false);
             };
@@ -705,35 +450,19 @@ impl Backend for PostgresBackend {
         claims: &'a [Claim],
     ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
-            self.check_open()?;
-            let (ids, tokens) = claim_arrays(claims);
-            if ids.is_empty() {
-                return Ok(());
+            if self
+                .settle(&self.sql.release, group, claims, "releasing")
+                .await?
+            {
+                self.wakeups.notify(group.stream);
             }
-            sqlx::query(&self.sql.release)
-                .bind(group.stream)
-                .bind(group.group)
-                .bind(&ids)
-                .bind(&tokens)
-                .execute(&self.pool)
-                .await
-                .map_err(|e| {
-                    self.error(
-                        format!(
-                            "releasing messages of {} for group {}",
-                            group.stream, group.group
-                        ),
-                        e,
-                    )
-                })?;
-            self.wakeups.notify(group.stream);
             Ok(())
         })
     }
 
     fn ping(&self) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
-            self.check_open()?;
+            self.closed.check()?;
             sqlx::query("SELECT 1")
                 .execute(&self.pool)
                 .await
@@ -748,7 +477,7 @@ impl Backend for PostgresBackend {
 
     fn close(&self) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
-            if self.closed.swap(true, Ordering::AcqRel) {
+            if !self.closed.close() {
                 return Ok(());
             }
             let listener = self
@@ -776,40 +505,5 @@ impl Drop for PostgresBackend {
         {
             listener.abort();
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn schema_and_pool_params_are_taken_out_of_the_url() {
-        let (url, schema, max) =
-            split_params("postgres://u:p@h/db?schema=s1&application_name=x&max_connections=3")
-                .expect("valid");
-        assert_eq!(url, "postgres://u:p@h/db?application_name=x");
-        assert_eq!(schema.as_deref(), Some("s1"));
-        assert_eq!(max, Some(3));
-        let (url, schema, max) = split_params("postgres://h/db").expect("valid");
-        assert_eq!((url.as_str(), schema, max), ("postgres://h/db", None, None));
-        let err =
-            split_params("postgres://u:secret@h/db?max_connections=x").expect_err("not a number");
-        assert!(!err.to_string().contains("secret"), "{err}");
-    }
-
-    #[test]
-    fn schema_names_are_checked() {
-        assert!(check_schema("streams_1").is_ok());
-        for bad in ["", "1x", "a-b", "a\"b", &"x".repeat(64)] {
-            assert!(check_schema(bad).is_err(), "{bad}");
-        }
-        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
-    }
-
-    #[test]
-    fn connect_is_send() {
-        fn is_send<T: Send>(_: T) {}
-        is_send(PostgresBackend::connect(""));
     }
 }

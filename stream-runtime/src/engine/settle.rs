@@ -1,0 +1,103 @@
+//! Settling outcomes: acks in batches (a settler task per subscription) and dead-letter
+//! moves with their headers.
+
+use tokio::sync::mpsc;
+
+use super::{dead_letter_headers, Subscription, SubscriptionState, MAX_REASON_BYTES};
+use crate::backend::{Claim, GroupRef};
+use crate::message::{Bytes, Headers, NewMessage};
+
+/// Acks handled messages in batches: whatever is queued when the previous batch finishes.
+pub(super) async fn settle_acks(
+    sub: Subscription,
+    consumer: String,
+    mut rx: mpsc::UnboundedReceiver<Claim>,
+) {
+    const MAX_BATCH: usize = 512;
+    let group = GroupRef {
+        stream: &sub.stream,
+        group: &sub.group,
+        consumer: &consumer,
+    };
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        if let Err(e) = sub.backend.ack(group, &batch).await {
+            tracing::warn!(
+                stream = %sub.stream, group = %sub.group, error = %e,
+                count = batch.len(), "acknowledging failed; these messages will be redelivered"
+            );
+        }
+        batch.clear();
+    }
+}
+
+/// What a dead letter keeps of the original message.
+pub(super) struct Original {
+    pub(super) payload: Bytes,
+    pub(super) headers: Headers,
+}
+
+pub(super) async fn dead_letter(
+    state: &SubscriptionState,
+    claim: &Claim,
+    original: Original,
+    attempts: u32,
+    reason: &str,
+) {
+    use dead_letter_headers as h;
+    let mut headers = original.headers;
+    headers.insert(h::STREAM.to_owned(), state.sub.stream.clone());
+    headers.insert(h::ID.to_owned(), claim.id.to_string());
+    headers.insert(h::GROUP.to_owned(), state.sub.group.clone());
+    headers.insert(h::ATTEMPTS.to_owned(), attempts.to_string());
+    headers.insert(
+        h::REASON.to_owned(),
+        truncate(reason, MAX_REASON_BYTES).to_owned(),
+    );
+    let dead = NewMessage {
+        payload: original.payload,
+        headers,
+    };
+    match state
+        .sub
+        .backend
+        .dead_letter(state.group(), claim, &state.sub.dead_letter, dead)
+        .await
+    {
+        Ok(true) => tracing::warn!(
+            stream = %state.sub.stream, group = %state.sub.group, id = %claim.id, attempts,
+            dead_letter = %state.sub.dead_letter, "message moved to the dead-letter stream"
+        ),
+        Ok(false) => tracing::debug!(
+            id = %claim.id, "claim was taken over before the dead-letter move; left to its new owner"
+        ),
+        Err(e) => tracing::warn!(
+            stream = %state.sub.stream, group = %state.sub.group, id = %claim.id, error = %e,
+            "moving to the dead-letter stream failed; the message comes back after the visibility timeout"
+        ),
+    }
+}
+
+/// The longest prefix of `s` of at most `max` bytes that ends on a char boundary.
+pub(crate) fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncate_respects_char_boundaries() {
+        assert_eq!(truncate("héllo", 2), "h");
+        assert_eq!(truncate("héllo", 3), "hé");
+        assert_eq!(truncate("abc", 10), "abc");
+    }
+}

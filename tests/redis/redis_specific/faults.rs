@@ -1,0 +1,302 @@
+//! Faults: an unreachable server, and reconnects after `CLIENT KILL`, a restart and a crash
+//! of a throwaway server of the test's own.
+
+use super::*;
+
+#[tokio::test]
+async fn unreachable_server_is_reported_redacted() {
+    let err = RedisBackend::connect("redis://:hunter2@127.0.0.1:1/0")
+        .await
+        .expect_err("port 1 has no redis");
+    let text = err.to_string();
+    assert!(text.contains("redis://:***@127.0.0.1:1/0"), "{text}");
+    assert!(!text.contains("hunter2"), "{text}");
+}
+
+/// A redis-server of this test's own, with AOF, on a free port in a temp directory.
+struct Throwaway {
+    child: Option<Child>,
+    port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl Throwaway {
+    async fn start() -> Option<Throwaway> {
+        let mut port = 0;
+        for _ in 0..50 {
+            let candidate = 16390 + (rand() % 2000) as u16;
+            if std::net::TcpListener::bind(("127.0.0.1", candidate)).is_ok() {
+                port = candidate;
+                break;
+            }
+        }
+        if port == 0 {
+            return stream_runtime::conformance::skip_or_fail("redis-server", "no free port");
+        }
+        let dir = stream_tests::temp_dir("redis-server");
+        let mut server = Throwaway {
+            child: None,
+            port,
+            dir,
+        };
+        if let Err(e) = server.spawn().await {
+            return stream_runtime::conformance::skip_or_fail("redis-server", &e);
+        }
+        Some(server)
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    async fn spawn(&mut self) -> Result<(), String> {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+            ])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start redis-server: {e}"))?;
+        self.child = Some(child);
+        let url = self.url();
+        let answers = eventually(Duration::from_secs(10), || async {
+            let Ok(client) = redis::Client::open(url.as_str()) else {
+                return false;
+            };
+            let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+                return false;
+            };
+            let pong: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut conn).await;
+            pong.is_ok()
+        })
+        .await;
+        if answers {
+            Ok(())
+        } else {
+            Err("redis-server did not answer within 10 s".to_owned())
+        }
+    }
+
+    /// Stops the server (SHUTDOWN, which finishes the AOF, or SIGKILL for a crash), waits
+    /// for the process, and starts it again on the same directory.
+    async fn restart(&mut self, crash: bool, down_for: Duration) {
+        if crash {
+            if let Some(child) = self.child.as_mut() {
+                let _ = child.kill();
+            }
+        } else {
+            let mut conn = raw(&self.url()).await;
+            let _: redis::RedisResult<()> = redis::cmd("SHUTDOWN").query_async(&mut conn).await;
+        }
+        if let Some(mut child) = self.child.take() {
+            let _ = child.wait();
+        }
+        // Time is the subject: the server stays down this long.
+        tokio::time::sleep(down_for).await;
+        self.spawn().await.expect("restart redis-server");
+    }
+}
+
+impl Drop for Throwaway {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn rand() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default(),
+    );
+    h.finish()
+}
+
+/// Publishes `n` messages one by one, retrying each until the publish returns Ok, and
+/// returns the payloads whose publish was acknowledged.
+async fn publish_through_faults(svc: &Service, stream: &str, n: usize) -> HashSet<String> {
+    let mut acked = HashSet::new();
+    for i in 0..n {
+        let payload = format!("m{i}");
+        let last_error = Mutex::new(None);
+        let published = eventually(Duration::from_secs(30), || async {
+            match svc
+                .publish(stream, payload.clone(), PublishOptions::new())
+                .await
+            {
+                Ok(_) => true,
+                Err(e) => {
+                    *last_error.lock().unwrap_or_else(PoisonError::into_inner) = Some(e);
+                    false
+                }
+            }
+        })
+        .await;
+        if !published {
+            let e = last_error
+                .into_inner()
+                .unwrap_or_else(PoisonError::into_inner);
+            panic!("publish {payload} kept failing: {e:?}");
+        }
+        acked.insert(payload);
+        // Paced, so the fault lands in the middle of the publishing.
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    acked
+}
+
+async fn run_through_fault(fault: impl AsyncFnOnce(&mut Throwaway)) {
+    let Some(mut server) = Throwaway::start().await else {
+        return;
+    };
+    let backend: SharedBackend = Arc::new(
+        RedisBackend::connect(&server.url())
+            .await
+            .expect("connect to the throwaway server"),
+    );
+    let svc = service(backend);
+    let handled = Arc::new(Mutex::new(HashSet::<String>::new()));
+    let handler = {
+        let handled = handled.clone();
+        move |m: Message| {
+            handled
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(String::from_utf8_lossy(&m.payload).into_owned());
+            async { Ok(()) }
+        }
+    };
+    svc.subscribe(
+        "faults",
+        "g",
+        handler,
+        fast()
+            .concurrency(4)
+            .visibility_timeout(Duration::from_secs(1))
+            .poll_interval(Duration::from_millis(50)),
+    )
+    .await
+    .expect("subscribe");
+    let publisher = {
+        let svc = svc.clone();
+        tokio::spawn(async move { publish_through_faults(&svc, "faults", 400).await })
+    };
+    let count = || handled.lock().unwrap_or_else(PoisonError::into_inner).len();
+    wait_for("the first hundred messages", || count() >= 100).await;
+    fault(&mut server).await;
+    let acked = publisher.await.expect("publisher");
+    let missing = || -> Vec<String> {
+        let handled = handled.lock().unwrap_or_else(PoisonError::into_inner);
+        acked
+            .iter()
+            .filter(|p| !handled.contains(*p))
+            .cloned()
+            .collect()
+    };
+    if !eventually(Duration::from_secs(30), || {
+        std::future::ready(missing().is_empty())
+    })
+    .await
+    {
+        let missing = missing();
+        panic!(
+            "{} acknowledged messages never handled, e.g. {:?}",
+            missing.len(),
+            &missing[..missing.len().min(5)]
+        );
+    }
+    svc.close().await.expect("close");
+}
+
+/// `CLIENT KILL TYPE normal` mid-stream: connections come back by themselves and every
+/// acknowledged message is handled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn survives_client_kill() {
+    run_through_fault(async |server: &mut Throwaway| {
+        let mut conn = raw(&server.url()).await;
+        for _ in 0..3 {
+            let killed: i64 = redis::cmd("CLIENT")
+                .arg("KILL")
+                .arg("TYPE")
+                .arg("normal")
+                .query_async(&mut conn)
+                .await
+                .expect("CLIENT KILL");
+            assert!(killed > 0, "no client was killed");
+            // Time is the subject: the kills spread over the run.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+}
+
+/// A server restart mid-run (SHUTDOWN, then start again from the AOF): the group, its
+/// cursor and pending claims survive, and every acknowledged message is handled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn survives_server_restart() {
+    run_through_fault(async |server: &mut Throwaway| {
+        server.restart(false, Duration::from_secs(3)).await;
+    })
+    .await;
+}
+
+/// A server crash mid-run (SIGKILL; the throwaway server runs `appendfsync always`):
+/// nothing acknowledged is lost, and every acknowledged message is handled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn survives_server_crash() {
+    run_through_fault(async |server: &mut Throwaway| {
+        server.restart(true, Duration::from_millis(300)).await;
+    })
+    .await;
+}
+
+/// Data lost under a running consumer (a restart without persistence, an old snapshot,
+/// a deleted key) does not stall the consumer silently forever: it recreates its group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_goes_on_after_its_group_is_lost() {
+    let Some(backend) = shared_redis().await else {
+        return;
+    };
+    let service = service(backend);
+    let rec = Recorder::new();
+    let consumer = service
+        .subscribe("lost", "g", rec.handler(), fast())
+        .await
+        .expect("subscribe");
+    service
+        .publish("lost", "before", PublishOptions::new())
+        .await
+        .expect("publish");
+    rec.wait_payload("before").await;
+    // The server loses the stream with its group.
+    let full = service.stream_name("lost").expect("name");
+    let mut raw = raw(&redis_url()).await;
+    let _: i64 = redis::cmd("DEL")
+        .arg(stream_key(&full))
+        .query_async(&mut raw)
+        .await
+        .expect("DEL");
+    service
+        .publish("lost", "after", PublishOptions::new())
+        .await
+        .expect("publish after the loss");
+    rec.wait_payload("after").await;
+    consumer.close().await;
+    service.close().await.expect("close");
+}
