@@ -4,15 +4,13 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
-use std::time::Duration;
 
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use metrics_util::CompositeKey;
 use stream_runtime::conformance::{unique_name, wait_for, Recorder};
 use stream_runtime::engine::telemetry::names;
-use stream_runtime::{
-    HandlerError, Message, PublishOptions, RetryDelay, Service, ServiceConfig, SubscribeOptions,
-};
+use stream_runtime::{PublishOptions, Service, ServiceConfig};
+use stream_tests::{fails_bad, fast_options};
 
 /// The process's recorder: installed once, before any subscription of this binary.
 fn snapshotter() -> &'static Snapshotter {
@@ -91,26 +89,6 @@ fn gauge(m: &HashMap<Key, Total>, name: &str) -> f64 {
     of(m, name, None).map(|t| t.gauge).sum()
 }
 
-fn fast() -> SubscribeOptions {
-    SubscribeOptions::new()
-        .poll_interval(Duration::from_millis(25))
-        .retry_delay(RetryDelay::Fixed(Duration::from_millis(10)))
-}
-
-/// A handler that fails every attempt of "bad" and handles the rest.
-fn scripted(
-    handled: Arc<AtomicU32>,
-) -> impl Fn(Message) -> std::future::Ready<Result<(), HandlerError>> + Send + Sync + 'static {
-    move |m: Message| {
-        handled.fetch_add(1, Ordering::SeqCst);
-        std::future::ready(if &m.payload[..] == b"bad" {
-            Err(HandlerError::retry("bad payload"))
-        } else {
-            Ok(())
-        })
-    }
-}
-
 /// 3 messages handled ok, one failing twice and then dead-lettered (max_retries = 2):
 /// exactly 3 ok, 2 retries and 1 dead letter, 6 handler timings and delivery delays, 4
 /// published, nothing in flight afterwards.
@@ -128,13 +106,13 @@ async fn metrics_count_every_outcome() {
         .subscribe(
             "orders",
             "billing",
-            scripted(handled.clone()),
-            fast().max_retries(2),
+            fails_bad(handled.clone()),
+            fast_options().max_retries(2),
         )
         .await
         .expect("subscribe");
     service
-        .subscribe("orders.dead", "audit", dead.handler(), fast())
+        .subscribe("orders.dead", "audit", dead.handler(), fast_options())
         .await
         .expect("subscribe to the dead letters");
     for payload in ["ok1", "bad", "ok2", "ok3"] {

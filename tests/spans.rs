@@ -3,38 +3,16 @@
 //! callsites' cached interest.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::AtomicU32;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
 
 use stream_runtime::conformance::{unique_name, wait_for, Recorder};
-use stream_runtime::{
-    HandlerError, Message, PublishOptions, RetryDelay, Service, ServiceConfig, SubscribeOptions,
-};
+use stream_runtime::{PublishOptions, Service, ServiceConfig};
+use stream_tests::{fails_bad, fast_options};
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::Layer;
-
-fn fast() -> SubscribeOptions {
-    SubscribeOptions::new()
-        .poll_interval(Duration::from_millis(25))
-        .retry_delay(RetryDelay::Fixed(Duration::from_millis(10)))
-}
-
-/// A handler that fails every attempt of "bad" and handles the rest.
-fn scripted(
-    handled: Arc<AtomicU32>,
-) -> impl Fn(Message) -> std::future::Ready<Result<(), HandlerError>> + Send + Sync + 'static {
-    move |m: Message| {
-        handled.fetch_add(1, Ordering::SeqCst);
-        std::future::ready(if &m.payload[..] == b"bad" {
-            Err(HandlerError::retry("bad payload"))
-        } else {
-            Ok(())
-        })
-    }
-}
 
 /// The spans a test saw close: name and fields.
 #[derive(Clone, Default)]
@@ -119,13 +97,13 @@ async fn spans_carry_the_delivery() {
         .subscribe(
             "orders",
             "billing",
-            scripted(handled.clone()),
-            fast().max_retries(1).name("bill"),
+            fails_bad(handled.clone()),
+            fast_options().max_retries(1).name("bill"),
         )
         .await
         .expect("subscribe");
     service
-        .subscribe("orders.dead", "audit", dead.handler(), fast())
+        .subscribe("orders.dead", "audit", dead.handler(), fast_options())
         .await
         .expect("subscribe to the dead letters");
     let ok_id = service

@@ -2,19 +2,10 @@
 //! exporter. A test binary of its own: its subscriber is the only one in the process, so no
 //! other test's threads share the callsites' cached interest.
 
-use std::time::Duration;
-
 use stream_runtime::conformance::{unique_name, wait_for, Recorder};
-use stream_runtime::{
-    HandlerError, Message, PublishOptions, RetryDelay, Service, ServiceConfig, SubscribeOptions,
-};
+use stream_runtime::{HandlerError, Message, PublishOptions, Service, ServiceConfig};
+use stream_tests::fast_options;
 use tracing_subscriber::layer::SubscriberExt;
-
-fn fast() -> SubscribeOptions {
-    SubscribeOptions::new()
-        .poll_interval(Duration::from_millis(25))
-        .retry_delay(RetryDelay::Fixed(Duration::from_millis(10)))
-}
 
 /// With feature `opentelemetry`: a request span publishes to `orders`, whose handler
 /// publishes to `invoices`, whose handler runs: every span of the chain has one trace id.
@@ -51,12 +42,12 @@ async fn one_trace_across_two_hops() {
                     Ok(())
                 }
             },
-            fast(),
+            fast_options(),
         )
         .await
         .expect("subscribe orders");
     service
-        .subscribe("invoices", "mail", invoiced.handler(), fast())
+        .subscribe("invoices", "mail", invoiced.handler(), fast_options())
         .await
         .expect("subscribe invoices");
     {

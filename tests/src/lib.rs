@@ -161,3 +161,30 @@ impl std::io::Write for Logs {
         Ok(())
     }
 }
+
+/// Subscribe options for telemetry tests: a 25 ms poll and a 10 ms retry delay.
+pub fn fast_options() -> stream_runtime::SubscribeOptions {
+    stream_runtime::SubscribeOptions::new()
+        .poll_interval(std::time::Duration::from_millis(25))
+        .retry_delay(stream_runtime::RetryDelay::Fixed(
+            std::time::Duration::from_millis(10),
+        ))
+}
+
+/// A handler that fails every attempt of the payload `bad` (retryable, "bad payload") and
+/// handles the rest, counting its calls in `handled`.
+pub fn fails_bad(
+    handled: Arc<std::sync::atomic::AtomicU32>,
+) -> impl Fn(stream_runtime::Message) -> std::future::Ready<Result<(), stream_runtime::HandlerError>>
+       + Send
+       + Sync
+       + 'static {
+    move |m: stream_runtime::Message| {
+        handled.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        std::future::ready(if &m.payload[..] == b"bad" {
+            Err(stream_runtime::HandlerError::retry("bad payload"))
+        } else {
+            Ok(())
+        })
+    }
+}
