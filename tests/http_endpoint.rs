@@ -3,13 +3,13 @@
 //! 200 again once it is back.
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use stream_runtime::config::Config;
 use stream_runtime::conformance::unique_name;
 use stream_runtime::prelude::*;
 use stream_runtime::{PublishOptions, Runtime};
+use stream_tests::ThrowawayRedis;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -44,69 +44,6 @@ async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
     (status, body)
 }
 
-/// A redis-server of this test's own on a free loopback port, stopped by pid.
-struct Throwaway {
-    child: Option<Child>,
-    port: u16,
-}
-
-impl Throwaway {
-    fn free_port() -> u16 {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free port")
-    }
-
-    fn start(port: u16) -> Option<Throwaway> {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-            ])
-            .args(["--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn();
-        match child {
-            Ok(child) => Some(Throwaway {
-                child: Some(child),
-                port,
-            }),
-            Err(e) => stream_runtime::conformance::skip_or_fail("redis-server", &e.to_string()),
-        }
-    }
-
-    /// Waits until the server accepts connections.
-    async fn wait_up(&self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", self.port)).await.is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not start within 10 s"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Throwaway {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
 async fn wait_for_status(addr: SocketAddr, path: &str, status: u16) -> String {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -124,17 +61,16 @@ async fn wait_for_status(addr: SocketAddr, path: &str, status: u16) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_follows_the_backend_and_metrics_are_served() {
-    let port = Throwaway::free_port();
-    let Some(mut redis) = Throwaway::start(port) else {
+    let Some(mut redis) = ThrowawayRedis::start().await else {
         return;
     };
     let app = unique_name("http");
     let toml = format!(
-        "backend = \"redis://127.0.0.1:{port}\"\napp = \"{app}\"\nmetrics_interval = \"50ms\"\n\
-         [http]\naddr = \"127.0.0.1:0\"\n"
+        "backend = \"{}\"\napp = \"{app}\"\nmetrics_interval = \"50ms\"\n\
+         [http]\naddr = \"127.0.0.1:0\"\n",
+        redis.url()
     );
     let config = Config::from_toml_str(&toml).expect("config");
-    redis.wait_up().await;
     let started = Runtime::new()
         .config(config)
         .start()
@@ -201,8 +137,9 @@ async fn readyz_follows_the_backend_and_metrics_are_served() {
         "the process is still up"
     );
 
-    let redis = Throwaway::start(port).expect("restart redis-server");
-    redis.wait_up().await;
+    if let Err(e) = redis.spawn().await {
+        panic!("restarting redis-server: {e}");
+    }
     wait_for_status(addr, "/readyz", 200).await;
 
     started.shutdown().await.expect("shutdown");

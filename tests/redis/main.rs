@@ -12,7 +12,6 @@ mod redis_specific {
     mod streams;
 
     use std::collections::{BTreeSet, HashSet};
-    use std::process::{Child, Command, Stdio};
     use std::sync::{Arc, Mutex, PoisonError};
     use std::time::{Duration, Instant};
 

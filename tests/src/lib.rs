@@ -188,3 +188,115 @@ pub fn fails_bad(
         })
     }
 }
+
+/// A redis-server of a test's own, with AOF, on a free loopback port in a temp directory,
+/// stopped by pid (never the shared server).
+#[derive(Debug)]
+pub struct ThrowawayRedis {
+    child: Option<std::process::Child>,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl ThrowawayRedis {
+    /// Starts one and waits until it answers, or `None` (a loud skip) when it cannot.
+    pub async fn start() -> Option<ThrowawayRedis> {
+        let port = match std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()) {
+            Ok(addr) => addr.port(),
+            Err(e) => return skip_or_fail("redis-server", &format!("no free port: {e}")),
+        };
+        let mut server = ThrowawayRedis {
+            child: None,
+            port,
+            dir: temp_dir("redis-server"),
+        };
+        if let Err(e) = server.spawn().await {
+            return skip_or_fail("redis-server", &e);
+        }
+        Some(server)
+    }
+
+    /// Its URL.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server process (again, after [`stop`](Self::stop)) on the same port and
+    /// directory, and waits until it answers `PING`.
+    pub async fn spawn(&mut self) -> Result<(), String> {
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+            ])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start redis-server: {e}"))?;
+        self.child = Some(child);
+        let url = self.url();
+        let answers =
+            stream_runtime::conformance::eventually(std::time::Duration::from_secs(10), || async {
+                let Ok(client) = redis::Client::open(url.as_str()) else {
+                    return false;
+                };
+                let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+                    return false;
+                };
+                let pong: redis::RedisResult<String> =
+                    redis::cmd("PING").query_async(&mut conn).await;
+                pong.is_ok()
+            })
+            .await;
+        if answers {
+            Ok(())
+        } else {
+            Err("redis-server did not answer within 10 s".to_owned())
+        }
+    }
+
+    /// Kills the server process (a crash) and waits for it.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops the server (`SHUTDOWN`, which finishes the AOF, or SIGKILL for a crash), keeps
+    /// it down for `down_for`, and starts it again on the same directory.
+    pub async fn restart(&mut self, crash: bool, down_for: std::time::Duration) {
+        if crash {
+            self.stop();
+        } else {
+            if let Ok(client) = redis::Client::open(self.url()) {
+                if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
+                    let _: redis::RedisResult<()> =
+                        redis::cmd("SHUTDOWN").query_async(&mut conn).await;
+                }
+            }
+            if let Some(mut child) = self.child.take() {
+                let _ = child.wait();
+            }
+        }
+        // Time is the subject: the server stays down this long.
+        tokio::time::sleep(down_for).await;
+        if let Err(e) = self.spawn().await {
+            panic!("restarting redis-server: {e}");
+        }
+    }
+}
+
+impl Drop for ThrowawayRedis {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -1,6 +1,8 @@
 //! Faults: an unreachable server, and reconnects after `CLIENT KILL`, a restart and a crash
 //! of a throwaway server of the test's own.
 
+use stream_tests::ThrowawayRedis;
+
 use super::*;
 
 #[tokio::test]
@@ -11,121 +13,6 @@ async fn unreachable_server_is_reported_redacted() {
     let text = err.to_string();
     assert!(text.contains("redis://:***@127.0.0.1:1/0"), "{text}");
     assert!(!text.contains("hunter2"), "{text}");
-}
-
-/// A redis-server of this test's own, with AOF, on a free port in a temp directory.
-struct Throwaway {
-    child: Option<Child>,
-    port: u16,
-    dir: std::path::PathBuf,
-}
-
-impl Throwaway {
-    async fn start() -> Option<Throwaway> {
-        let mut port = 0;
-        for _ in 0..50 {
-            let candidate = 16390 + (rand() % 2000) as u16;
-            if std::net::TcpListener::bind(("127.0.0.1", candidate)).is_ok() {
-                port = candidate;
-                break;
-            }
-        }
-        if port == 0 {
-            return stream_runtime::conformance::skip_or_fail("redis-server", "no free port");
-        }
-        let dir = stream_tests::temp_dir("redis-server");
-        let mut server = Throwaway {
-            child: None,
-            port,
-            dir,
-        };
-        if let Err(e) = server.spawn().await {
-            return stream_runtime::conformance::skip_or_fail("redis-server", &e);
-        }
-        Some(server)
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    async fn spawn(&mut self) -> Result<(), String> {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args([
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-                "--save",
-                "",
-            ])
-            .arg("--dir")
-            .arg(&self.dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("cannot start redis-server: {e}"))?;
-        self.child = Some(child);
-        let url = self.url();
-        let answers = eventually(Duration::from_secs(10), || async {
-            let Ok(client) = redis::Client::open(url.as_str()) else {
-                return false;
-            };
-            let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
-                return false;
-            };
-            let pong: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut conn).await;
-            pong.is_ok()
-        })
-        .await;
-        if answers {
-            Ok(())
-        } else {
-            Err("redis-server did not answer within 10 s".to_owned())
-        }
-    }
-
-    /// Stops the server (SHUTDOWN, which finishes the AOF, or SIGKILL for a crash), waits
-    /// for the process, and starts it again on the same directory.
-    async fn restart(&mut self, crash: bool, down_for: Duration) {
-        if crash {
-            if let Some(child) = self.child.as_mut() {
-                let _ = child.kill();
-            }
-        } else {
-            let mut conn = raw(&self.url()).await;
-            let _: redis::RedisResult<()> = redis::cmd("SHUTDOWN").query_async(&mut conn).await;
-        }
-        if let Some(mut child) = self.child.take() {
-            let _ = child.wait();
-        }
-        // Time is the subject: the server stays down this long.
-        tokio::time::sleep(down_for).await;
-        self.spawn().await.expect("restart redis-server");
-    }
-}
-
-impl Drop for Throwaway {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn rand() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default(),
-    );
-    h.finish()
 }
 
 /// Publishes `n` messages one by one, retrying each until the publish returns Ok, and
@@ -161,8 +48,8 @@ async fn publish_through_faults(svc: &Service, stream: &str, n: usize) -> HashSe
     acked
 }
 
-async fn run_through_fault(fault: impl AsyncFnOnce(&mut Throwaway)) {
-    let Some(mut server) = Throwaway::start().await else {
+async fn run_through_fault(fault: impl AsyncFnOnce(&mut ThrowawayRedis)) {
+    let Some(mut server) = ThrowawayRedis::start().await else {
         return;
     };
     let backend: SharedBackend = Arc::new(
@@ -228,7 +115,7 @@ async fn run_through_fault(fault: impl AsyncFnOnce(&mut Throwaway)) {
 /// acknowledged message is handled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn survives_client_kill() {
-    run_through_fault(async |server: &mut Throwaway| {
+    run_through_fault(async |server: &mut ThrowawayRedis| {
         let mut conn = raw(&server.url()).await;
         for _ in 0..3 {
             let killed: i64 = redis::cmd("CLIENT")
@@ -250,7 +137,7 @@ async fn survives_client_kill() {
 /// cursor and pending claims survive, and every acknowledged message is handled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn survives_server_restart() {
-    run_through_fault(async |server: &mut Throwaway| {
+    run_through_fault(async |server: &mut ThrowawayRedis| {
         server.restart(false, Duration::from_secs(3)).await;
     })
     .await;
@@ -260,7 +147,7 @@ async fn survives_server_restart() {
 /// nothing acknowledged is lost, and every acknowledged message is handled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn survives_server_crash() {
-    run_through_fault(async |server: &mut Throwaway| {
+    run_through_fault(async |server: &mut ThrowawayRedis| {
         server.restart(true, Duration::from_millis(300)).await;
     })
     .await;
