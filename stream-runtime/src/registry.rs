@@ -66,8 +66,16 @@ impl ConsumerDef {
 
 impl ConsumerDef {
     /// Builds the handler from `states`; the error names the consumer and its place.
-    pub(crate) fn handler(&self, states: &States) -> Result<Handler> {
-        (self.build)(states).map_err(|e| {
+    /// Builds the handler with the application's `states` plus `publisher`, which a
+    /// `Publisher` argument receives (bound to the consumer's app and namespace).
+    pub(crate) fn handler(
+        &self,
+        states: &States,
+        publisher: crate::publisher::Publisher,
+    ) -> Result<Handler> {
+        let mut states = states.clone();
+        states.insert(publisher);
+        (self.build)(&states).map_err(|e| {
             Error::Runtime(format!(
                 "consumer {} ({}) could not be built: {e}",
                 self.name, self.location

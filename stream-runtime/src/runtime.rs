@@ -178,13 +178,12 @@ impl Runtime {
                 );
                 continue;
             }
-            let mut states = self.states.clone();
-            states.insert(Publisher::pending(
+            let publisher = Publisher::pending(
                 connected.clone(),
                 resolved.options.app.as_deref(),
                 resolved.options.namespace.as_deref(),
-            ));
-            let handler = def.handler(&states)?;
+            );
+            let handler = def.handler(&self.states, publisher)?;
             plan.push((*def, resolved.options, handler));
         }
 

@@ -146,14 +146,12 @@ impl TestAppBuilder {
                 }
                 continue;
             }
-            // A `Publisher` argument publishes to this app, bound like the runtime binds it.
-            let mut states = self.states.clone();
-            states.insert(crate::publisher::Publisher::new(
+            let publisher = crate::publisher::Publisher::new(
                 service.clone(),
                 resolved.options.app.as_deref(),
                 resolved.options.namespace.as_deref(),
-            ));
-            let handler = def.handler(&states)?;
+            );
+            let handler = def.handler(&self.states, publisher)?;
             let handler = journal::record(journal.clone(), def.name, def.group, handler);
             let consumer = service
                 .subscribe_handler(def.stream, def.group, handler, resolved.options.clone())
