@@ -1,5 +1,6 @@
 //! Bad input on the SQLite backend: paths that cannot be opened, files that are not
-//! databases, read-only databases. Every error names the path.
+//! databases, read-only databases. Every error names the path. And schema versions: a newer
+//! one is refused, an older one upgraded.
 
 use std::path::PathBuf;
 
@@ -197,4 +198,87 @@ async fn newer_schema_is_refused() {
         error.contains("version 999, newer than this build"),
         "{error}"
     );
+}
+
+/// A file created by migration 1 alone (an older build) is upgraded on connect: a claim
+/// pending from before gets its message's append time as its claim time (an upper bound of
+/// its age), and new claims record their own.
+#[tokio::test]
+async fn version_1_file_is_upgraded() {
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+    use stream_runtime::backend::{BackendAdmin, GroupRef};
+
+    let path = scratch_dir().join("streams.db");
+    let url = format!("sqlite://{}?mode=rwc", path.display());
+    let pool = sqlx::SqlitePool::connect(&url)
+        .await
+        .expect("creating the file with sqlx");
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as i64;
+    let appended = now_ms - 60_000;
+    let setup = format!(
+        "{v1};
+         CREATE TABLE stream_schema_migrations (version INTEGER PRIMARY KEY,
+                                                applied_at INTEGER NOT NULL);
+         INSERT INTO stream_schema_migrations VALUES (1, 0);
+         INSERT INTO stream_groups VALUES ('old', 'g', 0);
+         INSERT INTO stream_messages (stream, payload, headers, created_at)
+             VALUES ('old', x'61', '{{}}', {appended}), ('old', x'62', '{{}}', {appended});
+         INSERT INTO stream_pending (stream, group_name, id, token, deadline, deliveries)
+             VALUES ('old', 'g', 1, 1, {deadline}, 1);",
+        v1 = include_str!("../stream-runtime/src/backend/sqlite/migrations/0001_initial.sql"),
+        deadline = now_ms + 3_600_000,
+    );
+    sqlx::raw_sql(&setup)
+        .execute(&pool)
+        .await
+        .expect("a version 1 file");
+    pool.close().await;
+
+    let backend = SqliteBackend::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .expect("connect and upgrade");
+    let groups = backend.list_groups("old").await.expect("list_groups");
+    assert_eq!(groups.len(), 1);
+    assert_eq!((groups[0].lag, groups[0].pending), (1, 1));
+    let claimed_before = UNIX_EPOCH + Duration::from_millis(appended as u64);
+    assert_eq!(groups[0].oldest_claimed_at, Some(claimed_before));
+
+    // Message 1 is still held; claiming takes message 2, now; acking it leaves message 1's.
+    let group = GroupRef {
+        stream: "old",
+        group: "g",
+        consumer: "c",
+    };
+    let before = SystemTime::now() - Duration::from_millis(1);
+    let claimed = backend
+        .claim(group, 10, Duration::from_secs(60))
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].message.id.as_str(), "2");
+    let pool = sqlx::SqlitePool::connect(&url)
+        .await
+        .expect("opening with sqlx");
+    let rows: Vec<(i64, i64)> =
+        sqlx::query_as("SELECT id, claimed_at FROM stream_pending ORDER BY id")
+            .fetch_all(&pool)
+            .await
+            .expect("pending rows");
+    pool.close().await;
+    assert_eq!(rows[0], (1, appended));
+    let second = UNIX_EPOCH + Duration::from_millis(rows[1].1 as u64);
+    assert!(
+        second >= before,
+        "claim time {second:?} is before the claim"
+    );
+    let groups = backend.list_groups("old").await.expect("list_groups");
+    assert_eq!(groups[0].oldest_claimed_at, Some(claimed_before));
+    backend
+        .ack(group, &[claimed[0].claim()])
+        .await
+        .expect("ack");
+    backend.close().await.expect("close");
 }

@@ -86,8 +86,9 @@ pub struct GroupStats {
     pub lag: u64,
     /// Messages handed out and not yet settled (claimed, or waiting for a retry).
     pub pending: u64,
-    /// When the oldest pending message was appended, if any is pending.
-    pub oldest_pending_at: Option<SystemTime>,
+    /// When the pending entry claimed the longest ago was last claimed, if any is pending
+    /// (an entry waiting for a retry counts from the claim that failed).
+    pub oldest_claimed_at: Option<SystemTime>,
 }
 
 /// One group of a stream, with its dead letters: what [`Admin::groups`] returns.
@@ -102,8 +103,9 @@ pub struct GroupInfo {
     pub lag: u64,
     /// Messages handed out and not yet settled.
     pub pending: u64,
-    /// How long the oldest pending message has been in the stream (an upper bound of how
-    /// long it has been pending), if any is pending.
+    /// The age of the oldest pending claim: how long ago the pending entry claimed the
+    /// longest ago was last claimed (an entry waiting for a retry counts from the claim that
+    /// failed), if any is pending. A handler stuck on a message shows here as a growing age.
     pub oldest_pending_age: Option<Duration>,
     /// The group's messages in the stream's dead-letter stream.
     pub dead: u64,
@@ -338,7 +340,7 @@ impl Admin {
             .map(|g| GroupInfo {
                 dead: dead.get(&g.group).copied().unwrap_or(0),
                 oldest_pending_age: g
-                    .oldest_pending_at
+                    .oldest_claimed_at
                     .map(|at| now.duration_since(at).unwrap_or(Duration::ZERO)),
                 group: g.group,
                 cursor: g.cursor,

@@ -235,6 +235,18 @@ async fn version_1_schema_is_upgraded() {
     .expect("versions");
     let all: Vec<i32> = (1..=MIGRATIONS.len() as i32).collect();
     assert_eq!(versions, all);
+    // The claim pending from before the upgrade is dated at its message's append.
+    let backfilled: bool = sqlx::query_scalar(&format!(
+        "SELECT p.claimed_at = m.created_at FROM {s}.pending p JOIN {s}.messages m
+         ON m.id = p.msg_id WHERE p.msg_id = 1"
+    ))
+    .fetch_one(backend.pool())
+    .await
+    .expect("claimed_at of the old claim");
+    assert!(
+        backfilled,
+        "the old claim's claimed_at is not its message's created_at"
+    );
     // Message 1 is still held by the old claim; message 2 is next.
     let group = group_ref("old", "g");
     let claimed = backend

@@ -64,6 +64,8 @@ struct Pending {
     token: u64,
     deadline: Instant,
     deliveries: u32,
+    /// When the entry was last claimed (a retry or release keeps it).
+    claimed_at: SystemTime,
 }
 
 impl Stream {
@@ -278,6 +280,7 @@ impl Backend for MemoryBackend {
             };
             let now = Instant::now();
             let deadline = crate::time::after(visibility);
+            let claimed_at = SystemTime::now();
             let mut claimed = Vec::new();
             let stream: Arc<str> = Arc::from(group.stream);
             let mut take = |seq: u64, pending: &mut Pending, s: &Stream| {
@@ -285,6 +288,7 @@ impl Backend for MemoryBackend {
                 pending.token = *last_token;
                 pending.deadline = deadline;
                 pending.deliveries += 1;
+                pending.claimed_at = claimed_at;
                 s.message(&stream, seq, pending.deliveries)
                     .map(|message| Claimed {
                         message,
@@ -306,6 +310,7 @@ impl Backend for MemoryBackend {
                     token: 0,
                     deadline,
                     deliveries: 0,
+                    claimed_at,
                 };
                 if let Some(message) = take(seq, &mut pending, s) {
                     claimed.push(message);

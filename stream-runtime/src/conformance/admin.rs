@@ -23,6 +23,7 @@ macro_rules! __conformance_admin_cases {
         $crate::__conformance_cases!($factory; in admin;
             admin_lists_streams,
             admin_lag_and_pending_are_exact,
+            admin_oldest_pending_age_is_the_claims,
             admin_pending_entries,
             admin_reads_ranges,
             admin_redrive_moves_back,
@@ -214,6 +215,95 @@ pub async fn admin_lag_and_pending_are_exact(h: &Harness) {
     let names: Vec<&str> = groups.iter().map(|g| g.group.as_str()).collect();
     assert_eq!(names, ["late", "work"]);
     assert_eq!((groups[0].lag, groups[0].pending), (0, 0));
+}
+
+/// The oldest pending age is the age of the oldest pending claim: it counts from the claim,
+/// not from the append (a message appended long ago and claimed just now is young), grows
+/// while the claim is held, survives a retry (counted from the claim that failed), and is
+/// the oldest claim's when several are pending.
+pub async fn admin_oldest_pending_age_is_the_claims(h: &Harness) {
+    // Clock steps: SQLite and Redis keep milliseconds.
+    const TOLERANCE: Duration = Duration::from_millis(25);
+    const MESSAGE_AGE: Duration = Duration::from_millis(500);
+    const HELD: Duration = Duration::from_millis(300);
+    let admin = h.service.admin();
+    let stream = h.service.stream_name("age").expect("name");
+    let published = Instant::now();
+    let ids = publish_n(h, "age", 2).await;
+    h.backend
+        .ensure_group(&stream, "work", &StartPosition::Earliest)
+        .await
+        .expect("ensure_group");
+    // The messages must be older than any claim age this case can see right after a claim.
+    tokio::time::sleep(MESSAGE_AGE.saturating_sub(published.elapsed())).await;
+    let age = || async {
+        admin.groups("age").await.expect("groups")[0]
+            .oldest_pending_age
+            .expect("an entry is pending")
+    };
+    let group = GroupRef {
+        stream: &stream,
+        group: "work",
+        consumer: "c1",
+    };
+    let visibility = Duration::from_secs(60);
+
+    let first_claimed = Instant::now();
+    let first = h.backend.claim(group, 1, visibility).await.expect("claim");
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].message.id, ids[0]);
+    let young = age().await;
+    assert!(
+        young <= first_claimed.elapsed() + TOLERANCE,
+        "a claim made {:?} ago of a message appended {:?} ago reports {young:?}",
+        first_claimed.elapsed(),
+        published.elapsed()
+    );
+
+    // Held for at least HELD: reports at least HELD, never more than the time since the claim.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (age, since) = (age().await, first_claimed.elapsed());
+        assert!(
+            age <= since + TOLERANCE,
+            "claim age {age:?} exceeds the {since:?} since the claim"
+        );
+        if age >= HELD {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after {WAIT:?} the claim age is still {age:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // A retry keeps the time of the claim that failed.
+    assert!(h
+        .backend
+        .retry(group, &first[0].claim(), Duration::from_secs(60))
+        .await
+        .expect("retry"));
+    let parked = age().await;
+    assert!(
+        parked >= HELD && parked <= first_claimed.elapsed() + TOLERANCE,
+        "after the retry the claim age is {parked:?}, expected {HELD:?} to {:?}",
+        first_claimed.elapsed()
+    );
+
+    // A newer claim does not hide the older one; once settled, the older one is still there.
+    let second = h.backend.claim(group, 1, visibility).await.expect("claim");
+    assert_eq!(second.len(), 1);
+    assert_eq!(second[0].message.id, ids[1]);
+    let both = age().await;
+    assert!(both >= HELD, "with two claims pending the age is {both:?}");
+    h.backend
+        .ack(group, &[second[0].claim()])
+        .await
+        .expect("ack");
+    let g = &admin.groups("age").await.expect("groups")[0];
+    assert_eq!(g.pending, 1);
+    assert!(g.oldest_pending_age.is_some_and(|age| age >= HELD));
 }
 
 /// Pending entries list id, attempt, and the claim's deadline while held or the retry

@@ -96,12 +96,7 @@ impl BackendAdmin for MemoryBackend {
                     cursor: MessageId::new(g.cursor.to_string()),
                     lag: s.seqs().rev().take_while(|&seq| seq > g.cursor).count() as u64,
                     pending: g.pending.len() as u64,
-                    oldest_pending_at: g
-                        .pending
-                        .keys()
-                        .next()
-                        .and_then(|&seq| s.entry(seq))
-                        .map(|e| e.created_at),
+                    oldest_claimed_at: g.pending.values().map(|p| p.claimed_at).min(),
                 })
                 .collect();
             groups.sort_by(|a, b| a.group.cmp(&b.group));

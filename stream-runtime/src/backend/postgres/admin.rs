@@ -152,10 +152,9 @@ impl BackendAdmin for PostgresBackend {
                       WHERE m.stream_id = g.stream_id AND m.id > g.cursor_id) AS lag,
                      (SELECT count(*) FROM {S}.pending p
                       WHERE p.group_id = g.group_id AND {PENDING_EXISTS}) AS pending,
-                     (SELECT (extract(epoch FROM m.created_at) * 1000000)::bigint
-                      FROM {S}.pending p JOIN {S}.messages m
-                        ON m.stream_id = g.stream_id AND m.id = p.msg_id
-                      WHERE p.group_id = g.group_id ORDER BY p.msg_id LIMIT 1) AS oldest_us
+                     (SELECT (extract(epoch FROM min(p.claimed_at)) * 1000000)::bigint
+                      FROM {S}.pending p
+                      WHERE p.group_id = g.group_id AND {PENDING_EXISTS}) AS oldest_us
                  FROM {S}.groups g JOIN {S}.streams s ON s.stream_id = g.stream_id
                  WHERE s.name = $1",
             ))
@@ -171,7 +170,7 @@ impl BackendAdmin for PostgresBackend {
                         cursor: MessageId::new(row.try_get::<i64, _>("cursor_id")?.to_string()),
                         lag: row.try_get::<i64, _>("lag")?.unsigned_abs(),
                         pending: row.try_get::<i64, _>("pending")?.unsigned_abs(),
-                        oldest_pending_at: row
+                        oldest_claimed_at: row
                             .try_get::<Option<i64>, _>("oldest_us")?
                             .map(time_of_micros),
                     })

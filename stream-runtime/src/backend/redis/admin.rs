@@ -3,6 +3,7 @@
 //! step, from any client while consumers run.
 
 use std::sync::{Arc, LazyLock};
+use std::time::{Duration, SystemTime};
 
 use ::redis::Value;
 
@@ -28,7 +29,8 @@ return {redis.call('XLEN', key), first[1] and first[1][1] or false, last[1] and 
     )
 });
 
-/// Per group: `{name, last-delivered-id, lag, pending, oldest pending id or nil}`.
+/// Per group: `{name, last-delivered-id, lag, pending, longest idle ms of the pending entries
+/// or nil}`.
 ///
 /// Redis's own lag counts entries trimmed before the group read them, and is nil after
 /// some deletions: when the stream holds nothing up to the cursor, every entry is lag;
@@ -57,7 +59,21 @@ for _, g in ipairs(redis.call('XINFO', 'GROUPS', key)) do
     end
   end
   local summary = redis.call('XPENDING', key, f['name'])
-  out[#out + 1] = {f['name'], cursor, lag, summary[1], summary[2] or false}
+  -- The longest idle time of the pending entries: since their last claim (XCLAIM and
+  -- XREADGROUP reset it; parking keeps it).
+  local idle = false
+  if summary[1] > 0 then
+    local from = '-'
+    while true do
+      local page = redis.call('XPENDING', key, f['name'], from, '+', 1000)
+      for _, e in ipairs(page) do
+        if not idle or e[3] > idle then idle = e[3] end
+      end
+      if #page < 1000 then break end
+      from = '(' .. page[#page][1]
+    end
+  end
+  out[#out + 1] = {f['name'], cursor, lag, summary[1], idle}
 end
 return out
 ",
@@ -261,6 +277,7 @@ impl BackendAdmin for RedisBackend {
                 .invoke_async(&mut self.conn.clone())
                 .await
                 .map_err(|e| self.error(format!("listing the groups of {stream}"), e))?;
+            let now = SystemTime::now();
             let mut groups = rows(what, reply)?
                 .into_iter()
                 .map(|cells| {
@@ -272,7 +289,10 @@ impl BackendAdmin for RedisBackend {
                         cursor: MessageId::new(string(cursor).ok_or_else(bad)?),
                         lag: int(&lag).ok_or_else(bad)?,
                         pending: int(&pending).ok_or_else(bad)?,
-                        oldest_pending_at: string(oldest).as_deref().map(created_at),
+                        oldest_claimed_at: int(&oldest).map(|idle_ms| {
+                            now.checked_sub(Duration::from_millis(idle_ms))
+                                .unwrap_or(SystemTime::UNIX_EPOCH)
+                        }),
                     })
                 })
                 .collect::<Result<Vec<_>>>()?;

@@ -5,12 +5,14 @@
 //! record (`XPENDING key group id id 1`) must name our consumer and carry the delivery count
 //! our claim got. A claim taken over since has another consumer or a higher count.
 
-/// `held(stream, group, consumer, id, token)`: whether the claim is still ours.
+/// `held(stream, group, consumer, id, token)`: the entry's pending record
+/// `{id, consumer, idle ms, deliveries}` if the claim is still ours, else false.
 const HELD: &str = r"
 local function held(stream, group, consumer, id, token)
   local p = redis.pcall('XPENDING', stream, group, id, id, 1)
   if type(p) ~= 'table' or p.err or not p[1] then return false end
-  return p[1][2] == consumer and tonumber(p[1][4]) == tonumber(token)
+  if p[1][2] == consumer and tonumber(p[1][4]) == tonumber(token) then return p[1] end
+  return false
 end
 ";
 
@@ -172,7 +174,7 @@ return acked
 /// Parks held claims until a retry time: the retry and release of the contract.
 ///
 /// The entry stays pending but moves to the parking consumer (`XCLAIM ... JUSTID`, which
-/// keeps the delivery count), so the old claim's token no longer holds, and its retry time
+/// keeps the delivery count, with `IDLE` keeping its time since the claim), so the old claim's token no longer holds, and its retry time
 /// goes into the group's retry schedule, which `CLAIM` consults.
 ///
 /// A release (`refund` = 1) also gives the delivery back (`RETRYCOUNT` one less than the
@@ -191,12 +193,16 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local n = 0
 for i = 6, #ARGV, 2 do
   local id = ARGV[i]
-  if held(stream, group, consumer, id, ARGV[i + 1]) then
+  local entry = held(stream, group, consumer, id, ARGV[i + 1])
+  if entry then
+    -- `IDLE` keeps the entry's idle time: the admin API's claim age counts from the claim.
+    local idle = entry[3]
     if refund then
       local count = math.max(tonumber(ARGV[i + 1]) - 1, 0)
-      redis.call('XCLAIM', stream, group, parked, 0, id, 'RETRYCOUNT', count, 'JUSTID')
+      redis.call('XCLAIM', stream, group, parked, 0, id, 'IDLE', idle, 'RETRYCOUNT', count,
+        'JUSTID')
     else
-      redis.call('XCLAIM', stream, group, parked, 0, id, 'JUSTID')
+      redis.call('XCLAIM', stream, group, parked, 0, id, 'IDLE', idle, 'JUSTID')
     end
     redis.call('ZADD', retries, now + delay, id)
     redis.call('ZREM', deadlines, id)

@@ -85,9 +85,8 @@ impl BackendAdmin for SqliteBackend {
                       WHERE m.stream = g.stream AND m.id > g.cursor) AS lag,
                      (SELECT count(*) FROM stream_pending p
                       WHERE p.stream = g.stream AND p.group_name = g.group_name) AS pending,
-                     (SELECT m.created_at FROM stream_pending p JOIN stream_messages m ON m.id = p.id
-                      WHERE p.stream = g.stream AND p.group_name = g.group_name
-                      ORDER BY p.id LIMIT 1) AS oldest_at
+                     (SELECT min(p.claimed_at) FROM stream_pending p
+                      WHERE p.stream = g.stream AND p.group_name = g.group_name) AS oldest_at
                  FROM stream_groups g WHERE g.stream = ?1 ORDER BY g.group_name",
             )
             .bind(stream)
@@ -101,7 +100,7 @@ impl BackendAdmin for SqliteBackend {
                         cursor: MessageId::new(row.try_get::<i64, _>("cursor")?.to_string()),
                         lag: row.try_get::<i64, _>("lag")?.unsigned_abs(),
                         pending: row.try_get::<i64, _>("pending")?.unsigned_abs(),
-                        oldest_pending_at: row.try_get::<Option<i64>, _>("oldest_at")?.map(time_of),
+                        oldest_claimed_at: row.try_get::<Option<i64>, _>("oldest_at")?.map(time_of),
                     })
                 })
                 .collect::<Result<_, sqlx::Error>>()

@@ -41,10 +41,11 @@ impl SqliteBackend {
         // entries conflict with their pending row and are taken over (DO UPDATE); new
         // ones are inserted with one delivery, and the schema's trigger advances the
         // group's cursor past each. A claim's token is the entry's new delivery count
-        // (see migrations/0001_initial.sql).
+        // (see migrations/0001_initial.sql); `claimed_at` is now (migrations/0002).
         let rows = sqlx::query(
-            "INSERT INTO stream_pending (stream, group_name, id, token, deadline, deliveries)
-             SELECT ?1, ?2, id, 1, ?4, 1 FROM (
+            "INSERT INTO stream_pending
+                 (stream, group_name, id, token, deadline, deliveries, claimed_at)
+             SELECT ?1, ?2, id, 1, ?4, 1, ?3 FROM (
                  SELECT id, 0 AS kind FROM (
                      SELECT id FROM stream_pending
                      WHERE stream = ?1 AND group_name = ?2 AND deadline <= ?3
@@ -59,7 +60,7 @@ impl SqliteBackend {
              WHERE true
              ON CONFLICT (stream, group_name, id) DO UPDATE
                  SET deliveries = deliveries + 1, token = deliveries + 1,
-                     deadline = excluded.deadline
+                     deadline = excluded.deadline, claimed_at = excluded.claimed_at
              RETURNING id, deliveries, deliveries - released AS attempt, token,
                  (SELECT payload FROM stream_messages m
                   WHERE m.id = stream_pending.id) AS payload,

@@ -8,7 +8,10 @@ use crate::error::{Error, Result};
 
 /// The schema, one migration per entry; entry `i` is version `i + 1`. Never edit an entry
 /// that has shipped: append a new one.
-pub const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_initial.sql")];
+pub const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/0001_initial.sql"),
+    include_str!("migrations/0002_claimed_at.sql"),
+];
 
 impl SqliteBackend {
     /// Applies every migration this database lacks, in one transaction.
