@@ -53,9 +53,10 @@ pub struct Args {
     #[arg(long)]
     pub no_warmup: bool,
 
-    /// Run with telemetry on: a Prometheus `metrics` recorder and/or a `tracing` fmt
-    /// subscriber at INFO (writing to nowhere), so every handler call builds its span and
-    /// updates its metrics (`--telemetry` alone: both). Compare with a run without it.
+    /// Run with telemetry on: a Prometheus `metrics` recorder and/or a `tracing` subscriber
+    /// at INFO (fmt writing to nowhere, a bare registry, or an OpenTelemetry layer), so every
+    /// handler call builds its span and updates its metrics (`--telemetry` alone: metrics
+    /// and fmt spans). Compare with a run without it.
     #[arg(long, value_enum, num_args = 0..=1, default_missing_value = "all")]
     pub telemetry: Option<Telemetry>,
 
@@ -77,6 +78,11 @@ pub enum Telemetry {
     Spans,
     /// A bare `tracing` registry (spans kept, nothing formatted) only.
     Registry,
+    /// The tracing subscriber as `spans`, without ANSI colours (as when logging to a file).
+    SpansPlain,
+    /// An OpenTelemetry layer (`tracing-opentelemetry` over the SDK's batch span processor,
+    /// exporting to nowhere) on a registry only: what shipping traces costs in-process.
+    Otel,
     /// Both.
     All,
 }

@@ -60,6 +60,36 @@ impl Kind {
     }
 }
 
+/// An exporter that drops every batch: the in-process cost of OpenTelemetry tracing
+/// (span data built, queued and handed over in batches) without a collector.
+#[derive(Debug)]
+struct NoExporter;
+
+impl opentelemetry_sdk::trace::SpanExporter for NoExporter {
+    async fn export(
+        &self,
+        _batch: Vec<opentelemetry_sdk::trace::SpanData>,
+    ) -> opentelemetry_sdk::error::OTelSdkResult {
+        Ok(())
+    }
+}
+
+/// Installs a registry with a `tracing-opentelemetry` layer at INFO over the SDK's batch
+/// span processor (the production setup) exporting to [`NoExporter`].
+fn install_otel() -> Result<opentelemetry_sdk::trace::SdkTracerProvider, BoxError> {
+    use opentelemetry::trace::TracerProvider as _;
+    use tracing_subscriber::layer::SubscriberExt;
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_batch_exporter(NoExporter)
+        .build();
+    let subscriber = tracing_subscriber::registry()
+        .with(tracing_subscriber::filter::LevelFilter::INFO)
+        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("stream-bench")));
+    tracing::subscriber::set_global_default(subscriber)
+        .map_err(|e| format!("installing the OpenTelemetry layer: {e}"))?;
+    Ok(provider)
+}
+
 fn main() -> Result<(), BoxError> {
     let args = args::Args::parse();
     let plan = args.plan();
@@ -77,12 +107,20 @@ fn main() -> Result<(), BoxError> {
         tracing::subscriber::set_global_default(subscriber)
             .map_err(|e| format!("installing the tracing registry: {e}"))?;
     }
-    if matches!(args.telemetry, Some(Telemetry::Spans | Telemetry::All)) {
+    if matches!(
+        args.telemetry,
+        Some(Telemetry::Spans | Telemetry::SpansPlain | Telemetry::All)
+    ) {
         tracing_subscriber::fmt()
             .with_writer(std::io::sink)
             .with_max_level(tracing::Level::INFO)
+            .with_ansi(args.telemetry != Some(Telemetry::SpansPlain))
             .init();
     }
+    // Kept until the end, then shut down (which flushes the batch processor).
+    let otel = (args.telemetry == Some(Telemetry::Otel))
+        .then(install_otel)
+        .transpose()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -143,6 +181,11 @@ fn main() -> Result<(), BoxError> {
     report::print(&rows, plan.cap);
     println!("total {:.0?}; JSON lines in {json_path}", started.elapsed());
     runtime.shutdown_timeout(Duration::from_secs(5));
+    if let Some(provider) = otel {
+        provider
+            .shutdown()
+            .map_err(|e| format!("shutting down the OpenTelemetry provider: {e}"))?;
+    }
     if failed {
         return Err("some backends failed; see above".into());
     }

@@ -108,7 +108,8 @@ pub(super) async fn run_one(
         ));
         Box::pin(std::future::ready(Err(error)))
     });
-    let mut handler = CatchUnwind(future).instrument(span.clone());
+    // The span moves into the future (no clone): `handler.span()` records the outcome.
+    let mut handler = CatchUnwind(future).instrument(span);
     let mut permit = Some(permit);
     let outcome = tokio::select! {
         biased;
@@ -120,14 +121,14 @@ pub(super) async fn run_one(
                 "handler passed its visibility timeout; the message may be redelivered"
             );
             drop(permit.take());
-            handler.await
+            (&mut handler).await
         }
     };
     let took = state.metrics.finished(started_at);
     let error = match outcome {
         Ok(Ok(())) => {
             state.metrics.outcome(Outcome::Ok);
-            telemetry::record(&span, Outcome::Ok, None, took);
+            telemetry::record(handler.span(), Outcome::Ok, None, took);
             let claim = guard.settle().clone();
             // The settler outlives every handler task, so this send only fails after a
             // panic in the settler; the message is then redelivered.
@@ -144,8 +145,8 @@ pub(super) async fn run_one(
         Outcome::Retry
     };
     state.metrics.outcome(outcome);
-    telemetry::record(&span, outcome, Some(error.message()), took);
-    span.in_scope(|| {
+    telemetry::record(handler.span(), outcome, Some(error.message()), took);
+    handler.span().in_scope(|| {
         tracing::warn!(
             stream = %state.sub.stream, group = %state.sub.group, %id,
             attempt, permanent = error.is_permanent(), error = %error, "handler failed"

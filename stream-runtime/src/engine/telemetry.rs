@@ -138,16 +138,27 @@ pub(crate) async fn sample_groups(
     }
 }
 
-/// Records how a delivery ended on its span: outcome, reason (for failures) and duration.
+/// Records how a delivery ended on its span: outcome, reason (for failures) and duration,
+/// in one call, so a subscriber sees (and a formatting layer formats) one record, not three.
 pub(crate) fn record(span: &tracing::Span, outcome: Outcome, reason: Option<&str>, took: Duration) {
-    if span.is_disabled() {
+    use tracing::field::Value;
+    let Some(fields) = span.metadata().map(|m| m.fields()) else {
+        return; // disabled: no subscriber wants it
+    };
+    let (Some(outcome_field), Some(reason_field), Some(duration_field)) = (
+        fields.field("outcome"),
+        fields.field("reason"),
+        fields.field("duration_ms"),
+    ) else {
         return;
-    }
-    span.record("outcome", outcome.as_str());
-    if let Some(reason) = reason {
-        span.record("reason", reason);
-    }
-    span.record("duration_ms", took.as_secs_f64() * 1000.0);
+    };
+    let duration_ms = took.as_secs_f64() * 1000.0;
+    let outcome = outcome.as_str();
+    span.record_all(&fields.value_set(&[
+        (&outcome_field, Some(&outcome as &dyn Value)),
+        (&reason_field, reason.as_ref().map(|r| r as &dyn Value)),
+        (&duration_field, Some(&duration_ms as &dyn Value)),
+    ]));
 }
 
 /// W3C trace context in message headers (feature `opentelemetry`): publish writes the
