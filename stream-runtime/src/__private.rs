@@ -15,6 +15,23 @@ pub use crate::options::{MaxRetries, RetryDelay};
 pub use crate::publisher::Publisher;
 pub use crate::registry::{Attributes, ConsumerDef, Location, State, States};
 
+/// The handler of a `transactional` consumer taking `&mut T`.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub fn transactional_handler<T, F>(
+    publisher: &Publisher,
+    group: &'static str,
+    handler: F,
+) -> Handler
+where
+    T: crate::transaction::DatabaseTx,
+    F: for<'t> Fn(Message, &'t mut T) -> crate::backend::BoxFuture<'t, Result<(), HandlerError>>
+        + Send
+        + Sync
+        + 'static,
+{
+    crate::transaction::wrap(publisher.slot(), std::sync::Arc::from(group), handler)
+}
+
 /// Decodes a payload; a failure is permanent (D8): dead-lettered on the first attempt.
 pub fn decode<T: Payload>(message: &Message, type_name: &str) -> Result<T, HandlerError> {
     T::decode(&message.payload).map_err(|error| {
@@ -129,6 +146,11 @@ impl Attributes {
     #[doc(hidden)]
     pub const fn __namespace(mut self, value: &'static str) -> Self {
         self.namespace = Some(value);
+        self
+    }
+    #[doc(hidden)]
+    pub const fn __transactional(mut self) -> Self {
+        self.transactional = true;
         self
     }
 }

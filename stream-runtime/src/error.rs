@@ -94,6 +94,23 @@ pub enum Error {
         url: String,
     },
 
+    /// A transaction (a publish inside the caller's transaction, a transactional handler,
+    /// [`Service::begin`](crate::Service::begin)) on a backend that keeps its streams
+    /// elsewhere than the transaction's database.
+    #[error(
+        "{what} needs the streams in the transaction's database: this service's backend is \
+         {backend}, the transaction is a {requested} one; transactions work on the postgres \
+         and sqlite backends, with a transaction of the same kind on the service's database"
+    )]
+    TransactionsUnsupported {
+        /// What was asked: `"publishing inside a transaction"`, `"a transactional handler"`.
+        what: &'static str,
+        /// This service's backend: `"memory"`, `"redis"`, `"sqlite"` or `"postgres"`.
+        backend: &'static str,
+        /// The transaction's database: `"postgres"` or `"sqlite"`.
+        requested: &'static str,
+    },
+
     /// A backend URL whose scheme names no backend.
     #[error(
         "backend URL {url} has an unknown scheme; use memory://, sqlite://PATH, \

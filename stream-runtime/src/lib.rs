@@ -173,6 +173,8 @@ pub mod registry;
 pub mod runtime;
 mod service;
 mod time;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub mod transaction;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
@@ -191,14 +193,20 @@ pub use naming::{
     dead_letter_stream, format_stream, DEFAULT_APP, DEFAULT_NAMESPACE, MAX_NAME_BYTES,
 };
 pub use options::{
-    MaxRetries, PublishOptions, RetryDelay, ServiceConfig, StartPosition, SubscribeOptions, Trim,
-    DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_MAX_RETRIES, DEFAULT_POLL_INTERVAL,
+    Isolation, MaxRetries, PublishOptions, RetryDelay, ServiceConfig, StartPosition,
+    SubscribeOptions, Trim, DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_MAX_RETRIES, DEFAULT_POLL_INTERVAL,
     DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_VISIBILITY_TIMEOUT,
 };
 pub use publisher::Publisher;
 pub use registry::State;
 pub use runtime::{run, Runtime};
 pub use service::{Consumer, Producer, Service, Subscriber};
+#[cfg(feature = "postgres")]
+pub use transaction::PostgresTx;
+#[cfg(feature = "sqlite")]
+pub use transaction::SqliteTx;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub use transaction::{DatabaseTx, TxConnection};
 
 /// Registers an `async fn` as a consumer of a stream (D1-D3).
 ///

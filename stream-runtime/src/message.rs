@@ -64,6 +64,9 @@ pub struct Message {
     pub created_at: SystemTime,
     /// 1 on first delivery, growing by 1 on every redelivery.
     pub attempt: u32,
+    /// The token of the claim this delivery holds (zero outside a delivery): what a
+    /// transactional handler's ack is fenced by.
+    pub(crate) token: crate::backend::ClaimToken,
 }
 
 impl Message {
@@ -83,6 +86,7 @@ impl Message {
             headers,
             created_at,
             attempt,
+            token: crate::backend::ClaimToken(0),
         }
     }
 

@@ -35,6 +35,37 @@ pub struct ServiceConfig {
     /// How long [`Service::connect`](crate::Service::connect) waits for a server (Postgres,
     /// Redis) before it fails with "no answer within ..." (default 15 s).
     pub connect_timeout: Duration,
+    /// The isolation level of the transactions the service begins: those of transactional
+    /// handlers and of [`Service::begin`](crate::Service::begin) (default read committed).
+    /// Postgres only: a SQLite transaction is always serializable.
+    pub transaction_isolation: Isolation,
+}
+
+/// The isolation level of a transaction the service begins (Postgres; SQLite transactions
+/// are always serializable). Config key `transaction_isolation`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Isolation {
+    /// `READ COMMITTED`, Postgres's default.
+    #[default]
+    ReadCommitted,
+    /// `REPEATABLE READ`.
+    RepeatableRead,
+    /// `SERIALIZABLE`: a conflict fails the handler with a serialization error, and the
+    /// message is retried as usual.
+    Serializable,
+}
+
+impl Isolation {
+    /// The statement that begins a Postgres transaction at this level.
+    pub(crate) fn postgres_begin(self) -> &'static str {
+        match self {
+            Isolation::ReadCommitted => "BEGIN ISOLATION LEVEL READ COMMITTED",
+            Isolation::RepeatableRead => "BEGIN ISOLATION LEVEL REPEATABLE READ",
+            Isolation::Serializable => "BEGIN ISOLATION LEVEL SERIALIZABLE",
+        }
+    }
 }
 
 impl Default for ServiceConfig {
@@ -46,6 +77,7 @@ impl Default for ServiceConfig {
             max_age: Duration::ZERO,
             max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
             connect_timeout: crate::backend::DEFAULT_CONNECT_TIMEOUT,
+            transaction_isolation: Isolation::ReadCommitted,
         }
     }
 }
@@ -84,6 +116,12 @@ impl ServiceConfig {
     /// Sets how long connecting to a server may take.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
+        self
+    }
+
+    /// Sets the isolation level of the transactions the service begins.
+    pub fn transaction_isolation(mut self, isolation: Isolation) -> Self {
+        self.transaction_isolation = isolation;
         self
     }
 }
@@ -280,6 +318,8 @@ pub struct SubscribeOptions {
     /// The consumer's name in spans (the `consumer` field); the runtime sets it to the
     /// `#[consumer]`'s name. Default: the group's name.
     pub name: Option<String>,
+    /// Set for transactional handlers, which ack inside their own transaction.
+    pub(crate) transactional: bool,
 }
 
 impl Default for SubscribeOptions {
@@ -296,6 +336,7 @@ impl Default for SubscribeOptions {
             retry_delay: RetryDelay::VisibilityTimeout,
             dead_letter: None,
             name: None,
+            transactional: false,
         }
     }
 }

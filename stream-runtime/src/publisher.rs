@@ -74,6 +74,11 @@ impl Publisher {
         }
     }
 
+    /// Where this publisher finds its service.
+    pub(crate) fn slot(&self) -> Arc<OnceLock<Service>> {
+        self.service.clone()
+    }
+
     fn service(&self) -> Result<&Service> {
         self.service.get().ok_or_else(|| {
             Error::Runtime(
@@ -115,6 +120,50 @@ impl Publisher {
     ) -> Result<MessageId> {
         self.service()?
             .publish(stream, payload, self.bind(options))
+            .await
+    }
+
+    /// Appends one message inside the caller's transaction on `conn`, as
+    /// [`Service::publish_in`]: in a transactional handler, `publish_in(&mut **tx, ...)`
+    /// makes the publish part of the handler's commit.
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
+    pub async fn publish_in<C: crate::transaction::TxConnection>(
+        &self,
+        conn: &mut C,
+        stream: &str,
+        payload: impl Into<Vec<u8>>,
+        options: PublishOptions,
+    ) -> Result<MessageId> {
+        self.service()?
+            .publish_in(conn, stream, payload, self.bind(options))
+            .await
+    }
+
+    /// [`publish_in`](Self::publish_in) with `value` serialized as JSON.
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
+    pub async fn publish_json_in<C: crate::transaction::TxConnection, T: Serialize + ?Sized>(
+        &self,
+        conn: &mut C,
+        stream: &str,
+        value: &T,
+        options: PublishOptions,
+    ) -> Result<MessageId> {
+        self.service()?
+            .publish_json_in(conn, stream, value, self.bind(options))
+            .await
+    }
+
+    /// Many messages inside the caller's transaction, as [`Service::publish_batch_in`].
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
+    pub async fn publish_batch_in<C: crate::transaction::TxConnection, M: Into<NewMessage>>(
+        &self,
+        conn: &mut C,
+        stream: &str,
+        messages: impl IntoIterator<Item = M>,
+        options: PublishOptions,
+    ) -> Result<Vec<MessageId>> {
+        self.service()?
+            .publish_batch_in(conn, stream, messages, self.bind(options))
             .await
     }
 

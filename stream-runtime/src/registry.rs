@@ -121,6 +121,8 @@ pub struct Attributes {
     pub app: Option<&'static str>,
     /// `namespace = "..."`.
     pub namespace: Option<&'static str>,
+    /// `transactional`: the handler runs in a transaction that commits with its ack.
+    pub transactional: bool,
 }
 
 impl Attributes {
@@ -136,6 +138,7 @@ impl Attributes {
         dead_letter: None,
         app: None,
         namespace: None,
+        transactional: false,
     };
 }
 

@@ -187,6 +187,37 @@ impl Service {
         messages: impl IntoIterator<Item = M>,
         options: PublishOptions,
     ) -> Result<Vec<MessageId>> {
+        let Some(batch) = self.prepare(stream, messages, &options)? else {
+            return Ok(Vec::new());
+        };
+        let state = self.inner.state.read().await;
+        if state.closed {
+            return Err(Error::Closed);
+        }
+        let count = batch.messages.len();
+        let ids = self
+            .inner
+            .backend
+            .append(&batch.stream, batch.messages, batch.trim)
+            .instrument(batch.span)
+            .await;
+        if ids.is_ok() {
+            metrics::counter!(crate::engine::telemetry::names::PUBLISHED, "stream" => batch.stream)
+                .increment(count as u64);
+        }
+        drop(state);
+        ids
+    }
+
+    /// What a publish appends: the full stream name, the messages with the options' headers
+    /// (checked against the payload limit), the trim, and the publish's span. `None` for no
+    /// message at all.
+    fn prepare<M: Into<NewMessage>>(
+        &self,
+        stream: &str,
+        messages: impl IntoIterator<Item = M>,
+        options: &PublishOptions,
+    ) -> Result<Option<Batch>> {
         let config = &self.inner.config;
         let full = format_stream(
             naming::pick(options.app.as_deref(), &config.app),
@@ -217,30 +248,19 @@ impl Service {
             })
             .collect::<Result<Vec<_>>>()?;
         if messages.is_empty() {
-            return Ok(Vec::new());
+            return Ok(None);
         }
+        span.record("count", messages.len());
         let trim = Trim {
             max_len: options.max_len.unwrap_or(config.max_len),
             max_age: options.max_age.unwrap_or(config.max_age),
         };
-        let state = self.inner.state.read().await;
-        if state.closed {
-            return Err(Error::Closed);
-        }
-        let count = messages.len();
-        span.record("count", count);
-        let ids = self
-            .inner
-            .backend
-            .append(&full, messages, trim)
-            .instrument(span)
-            .await;
-        if ids.is_ok() {
-            metrics::counter!(crate::engine::telemetry::names::PUBLISHED, "stream" => full)
-                .increment(count as u64);
-        }
-        drop(state);
-        ids
+        Ok(Some(Batch {
+            stream: full,
+            messages,
+            trim,
+            span,
+        }))
     }
 
     /// The error for a backend that stored one message but returned no id for it.
@@ -249,6 +269,142 @@ impl Service {
             backend: self.inner.backend.name(),
             what: "returned no id for a published message".to_owned(),
         }
+    }
+
+    /// Appends one message inside the caller's transaction on `conn` (a `sqlx::PgConnection`
+    /// on the Postgres backend, a `sqlx::SqliteConnection` on SQLite; pass `&mut *tx` for a
+    /// `sqlx::Transaction`) and returns its id. The message exists only if and when that
+    /// transaction commits; consumers are woken after the commit; a rollback leaves no
+    /// trace. The transaction must be on this service's database, e.g. from
+    /// [`begin`](Self::begin) or a pool of your own on the same database. Other backends
+    /// answer [`Error::TransactionsUnsupported`].
+    ///
+    /// Until the transaction ends, other publishes to the same stream wait for it (that is
+    /// what keeps ids committing in order): keep such transactions short.
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
+    pub async fn publish_in<C: crate::transaction::TxConnection>(
+        &self,
+        conn: &mut C,
+        stream: &str,
+        payload: impl Into<Vec<u8>>,
+        options: PublishOptions,
+    ) -> Result<MessageId> {
+        let mut ids = self
+            .publish_batch_in(conn, stream, [NewMessage::new(payload)], options)
+            .await?;
+        ids.pop().ok_or_else(|| self.no_id())
+    }
+
+    /// [`publish_in`](Self::publish_in) with `value` serialized as JSON.
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
+    pub async fn publish_json_in<C: crate::transaction::TxConnection, T: Serialize + ?Sized>(
+        &self,
+        conn: &mut C,
+        stream: &str,
+        value: &T,
+        options: PublishOptions,
+    ) -> Result<MessageId> {
+        let payload = serde_json::to_vec(value).map_err(|e| Error::Encode(Box::new(e)))?;
+        self.publish_in(conn, stream, payload, options).await
+    }
+
+    /// [`publish_batch`](Self::publish_batch) inside the caller's transaction on `conn`
+    /// (see [`publish_in`](Self::publish_in)).
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
+    pub async fn publish_batch_in<C: crate::transaction::TxConnection, M: Into<NewMessage>>(
+        &self,
+        conn: &mut C,
+        stream: &str,
+        messages: impl IntoIterator<Item = M>,
+        options: PublishOptions,
+    ) -> Result<Vec<MessageId>> {
+        let Some(batch) = self.prepare(stream, messages, &options)? else {
+            return Ok(Vec::new());
+        };
+        let state = self.inner.state.read().await;
+        if state.closed {
+            return Err(Error::Closed);
+        }
+        let ids = crate::transaction::append_in(
+            conn,
+            &self.inner.backend,
+            &batch.stream,
+            batch.messages,
+            batch.trim,
+        )
+        .instrument(batch.span)
+        .await;
+        drop(state);
+        ids
+    }
+
+    /// Begins a transaction on this service's own database, at the configured
+    /// [`transaction_isolation`](ServiceConfig::transaction_isolation): a [`PostgresTx`](crate::PostgresTx)
+    /// on Postgres, a [`SqliteTx`](crate::SqliteTx) on SQLite (`BEGIN IMMEDIATE` on the
+    /// service's one writer connection: every other write of this process waits until it
+    /// ends). Use it for your own rows and [`publish_in`](Self::publish_in) together.
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
+    pub async fn begin<T: crate::transaction::DatabaseTx>(&self) -> Result<T> {
+        crate::transaction::check_backend::<T>(&self.inner.backend, "a transaction")?;
+        crate::transaction::begin::<T>(&self.inner.backend, self.inner.config.transaction_isolation)
+            .await
+    }
+
+    /// The Postgres backend's connection pool, for your own queries and transactions on the
+    /// same database; `None` on other backends.
+    #[cfg(feature = "postgres")]
+    pub fn postgres_pool(&self) -> Option<&sqlx::PgPool> {
+        match self.inner.backend.sql() {
+            Some(crate::backend::SqlBackend::Postgres(pg)) => Some(pg.pool()),
+            _ => None,
+        }
+    }
+
+    /// The SQLite backend's writer pool (one connection, which every write of this process
+    /// goes through), for your own queries and transactions on the same database; `None`
+    /// on other backends.
+    #[cfg(feature = "sqlite")]
+    pub fn sqlite_pool(&self) -> Option<&sqlx::SqlitePool> {
+        match self.inner.backend.sql() {
+            Some(crate::backend::SqlBackend::Sqlite(lite)) => Some(lite.pool()),
+            _ => None,
+        }
+    }
+
+    /// Runs a transactional `handler` for the messages of `stream` in group `group`: the
+    /// engine begins a transaction (`T` is [`PostgresTx`](crate::PostgresTx) or
+    /// [`SqliteTx`](crate::SqliteTx), matching the backend), runs the handler with it, then
+    /// acknowledges the message in the same transaction, fenced by its claim, and commits.
+    /// The handler's writes and the ack commit together, or not at all: a claim taken
+    /// over meanwhile, an error or a panic roll the transaction back before the usual
+    /// retry or dead-letter decision. Publish from the handler with
+    /// [`publish_in`](Self::publish_in) on `&mut **tx` to make the publish part of the
+    /// same commit. Another backend is an [`Error::TransactionsUnsupported`] here.
+    ///
+    /// The handler returns a boxed future borrowing the transaction:
+    /// `|msg, tx| Box::pin(async move { ...; Ok(()) })`.
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
+    pub async fn subscribe_transactional<T, F>(
+        &self,
+        stream: &str,
+        group: &str,
+        handler: F,
+        mut options: SubscribeOptions,
+    ) -> Result<Consumer>
+    where
+        T: crate::transaction::DatabaseTx,
+        F: for<'t> Fn(Message, &'t mut T) -> BoxFuture<'t, Result<(), HandlerError>>
+            + Send
+            + Sync
+            + 'static,
+    {
+        crate::transaction::check_backend::<T>(&self.inner.backend, "a transactional handler")?;
+        let slot = Arc::new(std::sync::OnceLock::new());
+        let _ = slot.set(self.clone());
+        let handler = crate::transaction::wrap(slot, Arc::from(group), handler);
+        options.transactional = true;
+        self.subscribe_handler_inner(stream, group, handler, options)
+            .await
     }
 
     /// Adds middleware around every handler of the subscriptions made from now on (see
@@ -416,6 +572,7 @@ impl Service {
             shutdown_timeout: options.shutdown_timeout,
             retry_delay: options.retry_delay,
             name: options.name.clone().unwrap_or_else(|| group.to_owned()),
+            transactional: options.transactional,
         });
         let consumer = Consumer {
             inner: Arc::new(ConsumerInner {
@@ -480,6 +637,14 @@ impl Subscriber for Service {
     ) -> BoxFuture<'a, Result<Consumer>> {
         Box::pin(self.subscribe_handler_inner(stream, group, handler, options))
     }
+}
+
+/// A publish ready for the backend.
+struct Batch {
+    stream: String,
+    messages: Vec<NewMessage>,
+    trim: Trim,
+    span: tracing::Span,
 }
 
 /// The handle of one running subscription.

@@ -27,6 +27,7 @@ const KEYS: &[&str] = &[
     "app",
     "namespace",
     "name",
+    "transactional",
     "crate",
 ];
 
@@ -54,6 +55,8 @@ pub struct Args {
     pub dead_letter: Option<String>,
     pub app: Option<String>,
     pub namespace: Option<String>,
+    /// `transactional`: the handler takes a transaction that commits with its ack.
+    pub transactional: bool,
 }
 
 /// One value per key, with the span of the key that set it (to report duplicates).
@@ -76,6 +79,7 @@ struct Builder {
     dead_letter: Option<String>,
     app: Option<String>,
     namespace: Option<String>,
+    transactional: bool,
 }
 
 /// Parses and checks the arguments; `None` when any of them is wrong (reported in `errors`).
@@ -136,6 +140,7 @@ pub fn parse(
         dead_letter: builder.dead_letter,
         app: builder.app,
         namespace: builder.namespace,
+        transactional: builder.transactional,
     })
 }
 
@@ -157,6 +162,16 @@ impl Builder {
                 }
                 self.seen.push(("retry_delay", list.path.span()));
                 self.retry_delay = exponential(&list, errors);
+                return;
+            }
+            // A flag, given alone.
+            Meta::Path(path) if path_key(&path) == "transactional" => {
+                if self.seen.iter().any(|(k, _)| *k == "transactional") {
+                    errors.spanned(&path, "duplicate key `transactional`");
+                    return;
+                }
+                self.seen.push(("transactional", path.span()));
+                self.transactional = true;
                 return;
             }
             other => {
@@ -212,6 +227,10 @@ impl Builder {
             "retry_delay" => self.retry_delay = retry_delay(value, errors),
             "start" => self.start = start(value, errors),
             "crate" => self.krate = krate(value, errors),
+            "transactional" => errors.spanned(
+                &nv,
+                "`transactional` is a flag: write `transactional` alone, without a value",
+            ),
             _ => unreachable!("every key in KEYS has a setter"),
         }
     }

@@ -28,8 +28,13 @@ pub fn generate(function: &ItemFn, args: &Args, sig: &Signature) -> TokenStream 
     let mut fetch_states = Vec::new();
     let mut clone_states = Vec::new();
     let mut call_args = Vec::new();
+    let mut tx_type = None;
     for (index, extra) in sig.rest.iter().enumerate() {
         match extra {
+            Extra::Tx(ty) => {
+                call_args.push(quote_spanned!(span_of(ty)=> __tx));
+                tx_type = Some(ty);
+            }
             Extra::Message(ty) => {
                 call_args.push(quote_spanned!(span_of(ty)=> &__message));
             }
@@ -53,6 +58,40 @@ pub fn generate(function: &ItemFn, args: &Args, sig: &Signature) -> TokenStream 
         <#output as __sr::HandlerOutput>::into_handler_result
     };
 
+    let body = quote! {
+        let __payload = match #decode {
+            ::core::result::Result::Ok(payload) => payload,
+            ::core::result::Result::Err(error) => {
+                return ::core::result::Result::Err(error);
+            }
+        };
+        #convert(#ident(__payload #(, #call_args)*).await)
+    };
+    let build = match tx_type {
+        None => quote! {
+            ::core::result::Result::Ok(__sr::handler_fn(move |__message: __sr::Message| {
+                #(#clone_states)*
+                async move { #body }
+            }))
+        },
+        Some(tx) => {
+            let check = quote_spanned! {span_of(tx)=>
+                __sr::transactional_handler::<#tx, _>
+            };
+            quote! {
+                let __publisher = <__sr::Publisher as __sr::FromStates>::from_states(__states, #name)?;
+                ::core::result::Result::Ok(#check(
+                    &__publisher,
+                    #group,
+                    move |__message: __sr::Message, __tx: &mut #tx| {
+                        #(#clone_states)*
+                        ::std::boxed::Box::pin(async move { #body })
+                    },
+                ))
+            }
+        }
+    };
+
     quote! {
         #function
 
@@ -65,18 +104,7 @@ pub fn generate(function: &ItemFn, args: &Args, sig: &Signature) -> TokenStream 
                 __states: &__sr::States,
             ) -> __sr::Result<__sr::Handler> {
                 #(#fetch_states)*
-                ::core::result::Result::Ok(__sr::handler_fn(move |__message: __sr::Message| {
-                    #(#clone_states)*
-                    async move {
-                        let __payload = match #decode {
-                            ::core::result::Result::Ok(payload) => payload,
-                            ::core::result::Result::Err(error) => {
-                                return ::core::result::Result::Err(error);
-                            }
-                        };
-                        #convert(#ident(__payload #(, #call_args)*).await)
-                    }
-                }))
+                #build
             }
 
             __sr::inventory::submit! {
@@ -140,6 +168,9 @@ fn attributes(args: &Args) -> TokenStream {
     set("dead_letter", args.dead_letter.as_ref().map(text));
     set("app", args.app.as_ref().map(text));
     set("namespace", args.namespace.as_ref().map(text));
+    if args.transactional {
+        out = quote!(#out.__transactional());
+    }
     out
 }
 

@@ -28,7 +28,8 @@ pub fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
 
     let mut errors = Errors::default();
     let args = args::parse(args, &function.sig.ident, &mut errors);
-    let signature = signature::check(&function, &mut errors);
+    let transactional = args.as_ref().is_some_and(|a| a.transactional);
+    let signature = signature::check(&function, transactional, &mut errors);
 
     match (errors.finish(), args, signature) {
         (None, Some(args), Some(signature)) => codegen::generate(&function, &args, &signature),

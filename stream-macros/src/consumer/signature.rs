@@ -26,13 +26,15 @@ pub enum Extra {
     Message(Type),
     /// Anything else: must be `State<T>` or `Publisher` (checked by trait).
     State(Type),
+    /// `&mut T` of a transactional consumer: the transaction (`T` checked by trait).
+    Tx(Type),
 }
 
 const PAYLOAD_HELP: &str = "a consumer's first argument is the payload it decodes, e.g. \
                             `order: Order` (any `serde::Deserialize` type, or `Raw` for the bytes)";
 
 /// Checks the function; `None` when it cannot be a consumer (reported in `errors`).
-pub fn check(function: &ItemFn, errors: &mut Errors) -> Option<Signature> {
+pub fn check(function: &ItemFn, transactional: bool, errors: &mut Errors) -> Option<Signature> {
     let before = errors.count();
     let sig = &function.sig;
     if sig.asyncness.is_none() {
@@ -85,6 +87,7 @@ pub fn check(function: &ItemFn, errors: &mut Errors) -> Option<Signature> {
 
     let mut rest = Vec::new();
     let mut message_seen = false;
+    let mut tx_seen = false;
     for input in inputs {
         let ty = match input {
             FnArg::Receiver(receiver) => {
@@ -94,6 +97,25 @@ pub fn check(function: &ItemFn, errors: &mut Errors) -> Option<Signature> {
             FnArg::Typed(arg) => &*arg.ty,
         };
         match ty {
+            Type::Reference(reference)
+                if reference.mutability.is_some() && !is_message(&reference.elem) =>
+            {
+                if !transactional {
+                    errors.spanned(
+                        ty,
+                        "a `&mut` argument is the transaction of a transactional consumer: add \
+                         `transactional` to #[consumer(...)], and take `&mut PostgresTx` or \
+                         `&mut SqliteTx`",
+                    );
+                } else if let Some(lifetime) = &reference.lifetime {
+                    errors.spanned(lifetime, "take the transaction without a lifetime");
+                } else if tx_seen {
+                    errors.spanned(ty, "the transaction is taken twice; take it once");
+                } else {
+                    tx_seen = true;
+                    rest.push(Extra::Tx((*reference.elem).clone()));
+                }
+            }
             Type::Reference(reference) => {
                 if !is_message(&reference.elem) {
                     errors.spanned(
@@ -142,6 +164,14 @@ pub fn check(function: &ItemFn, errors: &mut Errors) -> Option<Signature> {
             None
         }
     };
+
+    if transactional && !tx_seen {
+        errors.push(syn::Error::new(
+            sig.paren_token.span.join(),
+            "a `transactional` consumer takes its transaction as an argument: add \
+             `tx: &mut PostgresTx` (Postgres backend) or `tx: &mut SqliteTx` (SQLite)",
+        ));
+    }
 
     if errors.count() > before {
         return None;

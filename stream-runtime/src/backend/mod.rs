@@ -163,6 +163,28 @@ pub trait Backend: BackendAdmin + Send + Sync + 'static {
 
     /// Releases connections and background tasks. Called once, after every consumer closed.
     fn close(&self) -> BoxFuture<'_, Result<()>>;
+
+    /// The SQL database holding the streams, for transactions ([`crate::transaction`]):
+    /// `Some` on Postgres and SQLite, `None` (the default) on backends without them.
+    /// A backend wrapping another one returns the inner one's.
+    fn sql(&self) -> Option<SqlBackend<'_>> {
+        None
+    }
+}
+
+/// A backend whose streams live in a SQL database, so a caller's transaction on that
+/// database can publish and settle messages ([`Backend::sql`]).
+#[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
+pub enum SqlBackend<'a> {
+    /// The Postgres backend.
+    #[cfg(feature = "postgres")]
+    Postgres(&'a postgres::PostgresBackend),
+    /// The SQLite backend.
+    #[cfg(feature = "sqlite")]
+    Sqlite(&'a sqlite::SqliteBackend),
+    #[doc(hidden)]
+    __Lifetime(std::marker::PhantomData<&'a ()>),
 }
 
 /// What operators need beside delivery: read-only views of streams, groups and pending

@@ -305,6 +305,7 @@ impl Config {
             namespace: pick!(namespace),
             retry_delay: pick!(retry_delay).unwrap_or(builtin.retry_delay),
             name: Some(name.to_owned()),
+            transactional: attributes.transactional,
         };
         let enabled = file
             .and_then(|f| f.enabled)

@@ -146,6 +146,10 @@ impl<I: Intercept> Backend for Intercepted<I> {
         self.inner.name()
     }
 
+    fn sql(&self) -> Option<crate::backend::SqlBackend<'_>> {
+        self.inner.sql()
+    }
+
     fn append<'a>(
         &'a self,
         stream: &'a str,

@@ -52,7 +52,8 @@ pub(super) async fn run_one(
         settling: false,
         state: &state,
     };
-    let message = claimed.message;
+    let mut message = claimed.message;
+    message.token = claimed.token;
     let attempt = message.attempt;
     let max_attempts = state.sub.max_retries.max_attempts();
 
@@ -130,9 +131,12 @@ pub(super) async fn run_one(
             state.metrics.outcome(Outcome::Ok);
             telemetry::record(handler.span(), Outcome::Ok, None, took);
             let claim = guard.settle().clone();
-            // The settler outlives every handler task, so this send only fails after a
-            // panic in the settler; the message is then redelivered.
-            let _ = state.acks.send(claim);
+            // A transactional handler acked inside its own transaction.
+            if !state.sub.transactional {
+                // The settler outlives every handler task, so this send only fails after a
+                // panic in the settler; the message is then redelivered.
+                let _ = state.acks.send(claim);
+            }
             return;
         }
         Ok(Err(error)) => error,
@@ -218,6 +222,7 @@ mod tests {
                 shutdown_timeout: Duration::from_secs(1),
                 retry_delay: policy,
                 name: String::new(),
+                transactional: false,
             };
             let d = retry_delay(&sub, attempt);
             assert!(

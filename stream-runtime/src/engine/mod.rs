@@ -87,6 +87,8 @@ pub(crate) struct Subscription {
     pub retry_delay: RetryDelay,
     /// The consumer's name in spans.
     pub name: String,
+    /// The handler acks inside its own transaction: a success sends no ack.
+    pub transactional: bool,
 }
 
 /// What a subscription's dispatcher, handler tasks and settler share.

@@ -25,7 +25,7 @@ mod schema;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use sqlx::postgres::{PgPool, PgRow};
+use sqlx::postgres::{PgConnection, PgPool, PgRow};
 use sqlx::Row;
 use tokio::task::JoinHandle;
 
@@ -76,6 +76,9 @@ struct Sql {
     retry: String,
     release: String,
     dead_letter: String,
+    /// One fenced ack as a plain statement, for a caller's transaction: the `ack` function
+    /// would turn that whole transaction's commit asynchronous.
+    ack_one: String,
 }
 
 impl Sql {
@@ -96,6 +99,12 @@ impl Sql {
             retry: format!("SELECT {s}.retry($1, $2, $3, $4, $5 * interval '1 microsecond')"),
             release: format!("SELECT {s}.release($1, $2, $3::bigint[], $4::bigint[])"),
             dead_letter: format!("SELECT {s}.dead_letter($1, $2, $3, $4, $5, $6, $7::text::jsonb)"),
+            ack_one: format!(
+                "DELETE FROM {s}.pending p USING {s}.groups g, {s}.streams st \
+                 WHERE st.name = $1 AND g.stream_id = st.stream_id AND g.name = $2 \
+                 AND p.group_id = g.group_id AND p.msg_id = $3 AND p.token = $4 \
+                 AND p.token <> 0"
+            ),
         }
     }
 }
@@ -152,6 +161,22 @@ impl PostgresBackend {
         trim: Trim,
     ) -> std::result::Result<Vec<i64>, (Sent, sqlx::Error)> {
         let mut conn = self.pool.acquire().await.map_err(|e| (Sent::No, e))?;
+        self.append_on(&mut conn, stream, payloads, headers, trim)
+            .await
+            .map_err(|e| (Sent::Yes, e))
+    }
+
+    /// The append statement on `conn`, in whatever transaction it is in: on its own (one
+    /// transaction), or inside a caller's, where its row lock and `NOTIFY` last until that
+    /// transaction ends.
+    async fn append_on(
+        &self,
+        conn: &mut PgConnection,
+        stream: &str,
+        payloads: &[Vec<u8>],
+        headers: &[String],
+        trim: Trim,
+    ) -> std::result::Result<Vec<i64>, sqlx::Error> {
         let rows = sqlx::query(&self.sql.append)
             .bind(stream)
             .bind(payloads)
@@ -159,12 +184,77 @@ impl PostgresBackend {
             .bind(i64::try_from(trim.max_len).unwrap_or(i64::MAX))
             .bind(micros(trim.max_age))
             .fetch_all(&mut *conn)
+            .await?;
+        rows.iter().map(|r| r.try_get::<i64, _>(0)).collect()
+    }
+
+    /// Appends inside the caller's transaction on `conn`. The stream's row stays locked
+    /// until that transaction ends, so later appends to the stream wait for it and its ids
+    /// commit in order (no cursor skips a late commit); the `NOTIFY` is delivered at commit;
+    /// a rollback leaves no trace.
+    pub(crate) async fn append_in(
+        &self,
+        conn: &mut PgConnection,
+        stream: &str,
+        messages: Vec<NewMessage>,
+        trim: Trim,
+    ) -> Result<Vec<MessageId>> {
+        self.closed.check()?;
+        if messages.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (payloads, headers) = encode_messages(messages)?;
+        let ids = self
+            .append_on(conn, stream, &payloads, &headers, trim)
             .await
-            .map_err(|e| (Sent::Yes, e))?;
-        rows.iter()
-            .map(|r| r.try_get::<i64, _>(0))
-            .collect::<std::result::Result<_, _>>()
-            .map_err(|e| (Sent::Yes, e))
+            .map_err(|e| self.error(format!("appending to {stream} in a transaction"), e))?;
+        Ok(ids
+            .into_iter()
+            .map(|id| MessageId::new(id.to_string()))
+            .collect())
+    }
+
+    /// Begins a transaction for a transactional handler or [`crate::Service::begin`].
+    pub(crate) async fn begin(
+        &self,
+        isolation: crate::options::Isolation,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>> {
+        self.closed.check()?;
+        self.pool
+            .begin_with(isolation.postgres_begin())
+            .await
+            .map_err(|e| self.error("beginning a transaction".to_owned(), e))
+    }
+
+    /// Acknowledges `claim` inside the caller's transaction on `conn`, fenced by its token:
+    /// false (nothing done) when the claim is no longer held. The pending row stays locked
+    /// until the transaction ends, so no other worker can take the claim over meanwhile.
+    pub(crate) async fn ack_in(
+        &self,
+        conn: &mut PgConnection,
+        stream: &str,
+        group: &str,
+        claim: &Claim,
+    ) -> Result<bool> {
+        self.closed.check()?;
+        let Some(id) = parse_id(claim.id.as_str()) else {
+            return Ok(false);
+        };
+        let done = sqlx::query(&self.sql.ack_one)
+            .bind(stream)
+            .bind(group)
+            .bind(id)
+            .bind(from_token(claim.token))
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| {
+                self.error(
+                    format!("acknowledging {stream} {id} for group {group} in a transaction"),
+                    e,
+                )
+            })?
+            .rows_affected();
+        Ok(done > 0)
     }
     /// Runs `sql` (the `ack` or `release` statement) on the claims' ids and tokens; false
     /// when there was nothing to settle.
@@ -247,6 +337,16 @@ fn claim_arrays(claims: &[Claim]) -> (Vec<i64>, Vec<i64>) {
         .unzip()
 }
 
+/// Payloads and JSON headers of `messages`, as the append statement takes them.
+fn encode_messages(messages: Vec<NewMessage>) -> Result<(Vec<Vec<u8>>, Vec<String>)> {
+    let headers = messages
+        .iter()
+        .map(|m| encode_headers(&m.headers))
+        .collect::<Result<Vec<_>>>()?;
+    let payloads = messages.into_iter().map(|m| Vec::from(m.payload)).collect();
+    Ok((payloads, headers))
+}
+
 fn encode_headers(headers: &Headers) -> Result<String> {
     serde_json::to_string(headers).map_err(|e| Error::Encode(Box::new(e)))
 }
@@ -267,12 +367,7 @@ impl Backend for PostgresBackend {
             if messages.is_empty() {
                 return Ok(Vec::new());
             }
-            let headers = messages
-                .iter()
-                .map(|m| encode_headers(&m.headers))
-                .collect::<Result<Vec<_>>>()?;
-            let payloads: Vec<Vec<u8>> =
-                messages.into_iter().map(|m| Vec::from(m.payload)).collect();
+            let (payloads, headers) = encode_messages(messages)?;
             let mut attempt = 0;
             let ids = loop {
                 attempt += 1;
@@ -473,6 +568,10 @@ impl Backend for PostgresBackend {
 
     fn wakeup(&self, stream: &str) -> Wakeup {
         self.wakeups.subscribe(stream)
+    }
+
+    fn sql(&self) -> Option<super::SqlBackend<'_>> {
+        Some(super::SqlBackend::Postgres(self))
     }
 
     fn close(&self) -> BoxFuture<'_, Result<()>> {

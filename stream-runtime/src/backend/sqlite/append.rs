@@ -1,7 +1,7 @@
 //! Appending: multi-row inserts and exact trims.
 
 use sqlx::sqlite::SqliteRow;
-use sqlx::{Row, Sqlite, Transaction};
+use sqlx::{Row, Sqlite, SqliteConnection};
 
 use super::{duration_ms, now_ms, SqliteBackend, CHUNK, NAME};
 use crate::error::{Error, Result};
@@ -9,10 +9,11 @@ use crate::message::NewMessage;
 use crate::options::Trim;
 
 impl SqliteBackend {
-    /// Inserts messages into `stream` within `tx`; returns their ids in order.
+    /// Inserts messages into `stream` on `conn`, within its transaction; returns their ids
+    /// in order.
     pub(super) async fn insert(
         &self,
-        tx: &mut Transaction<'static, Sqlite>,
+        conn: &mut SqliteConnection,
         stream: &str,
         messages: Vec<NewMessage>,
         what: &str,
@@ -25,7 +26,7 @@ impl SqliteBackend {
             let sql = insert_sql(chunk.len(), false);
             let query = insert_query(&sql, stream, Some(created_at), chunk, what)?;
             let rows = query
-                .fetch_all(&mut **tx)
+                .fetch_all(&mut *conn)
                 .await
                 .map_err(|e| self.err(what, e))?;
             ids.extend(self.inserted_ids(&rows, what)?);
@@ -64,10 +65,11 @@ impl SqliteBackend {
         Ok(ids)
     }
 
-    /// Trims `stream` exactly within `tx`, dropping trimmed messages' pending entries.
+    /// Trims `stream` exactly on `conn`, within its transaction, dropping trimmed messages'
+    /// pending entries.
     pub(super) async fn trim(
         &self,
-        tx: &mut Transaction<'static, Sqlite>,
+        conn: &mut SqliteConnection,
         stream: &str,
         trim: Trim,
         what: &str,
@@ -82,7 +84,7 @@ impl SqliteBackend {
             )
             .bind(stream)
             .bind(keep)
-            .execute(&mut **tx)
+            .execute(&mut *conn)
             .await
             .map_err(|e| self.err(what, e))?
             .rows_affected();
@@ -100,7 +102,7 @@ impl SqliteBackend {
             )
             .bind(stream)
             .bind(oldest_kept)
-            .execute(&mut **tx)
+            .execute(&mut *conn)
             .await
             .map_err(|e| self.err(what, e))?
             .rows_affected();
@@ -111,7 +113,7 @@ impl SqliteBackend {
                      SELECT 1 FROM stream_messages m WHERE m.id = stream_pending.id)",
             )
             .bind(stream)
-            .execute(&mut **tx)
+            .execute(&mut *conn)
             .await
             .map_err(|e| self.err(what, e))?;
         }

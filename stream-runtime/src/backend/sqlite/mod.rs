@@ -31,11 +31,12 @@ mod append;
 mod claim;
 mod schema;
 mod settle;
+mod tx;
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::str::FromStr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sqlx::sqlite::{
@@ -79,7 +80,9 @@ pub struct SqliteBackend {
     reader: SqlitePool,
     /// The URL as given (no secrets in SQLite URLs), for error messages.
     location: String,
-    wakeups: WakeupHub,
+    wakeups: Arc<WakeupHub>,
+    /// Appends inside callers' transactions, woken when those commit.
+    deferred: Arc<tx::Deferred>,
     closed: Closed,
     /// Groups (stream -> group names) whose last claim here came back full: their next claim
     /// skips the `has_work` read, as there is most likely more.
@@ -142,7 +145,8 @@ impl SqliteBackend {
             writer,
             reader,
             location,
-            wakeups: WakeupHub::new(),
+            wakeups: Arc::new(WakeupHub::new()),
+            deferred: Arc::default(),
             closed: Closed::default(),
             full: Mutex::new(HashMap::new()),
         };
@@ -195,6 +199,11 @@ impl SqliteBackend {
             format!("{} ({}){hint}", context.into(), self.location),
             e,
         )
+    }
+
+    /// The writer pool: one connection, which every write of this process goes through.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.writer
     }
 
     /// Starts a write transaction holding the database's write lock.
@@ -368,6 +377,10 @@ impl Backend for SqliteBackend {
 
     fn wakeup(&self, stream: &str) -> Wakeup {
         self.wakeups.subscribe(stream)
+    }
+
+    fn sql(&self) -> Option<super::SqlBackend<'_>> {
+        Some(super::SqlBackend::Sqlite(self))
     }
 
     fn close(&self) -> BoxFuture<'_, Result<()>> {

@@ -1,0 +1,387 @@
+//! Transactions on the streams' own database (Postgres and SQLite): publishing inside the
+//! caller's transaction, and handlers whose writes commit together with their ack.
+//!
+//! - [`Service::publish_in`](crate::Service::publish_in) (and `publish_batch_in`,
+//!   `publish_json_in`) append inside a transaction the caller holds: the messages exist
+//!   only if and when it commits, consumers are woken after the commit, and a rollback
+//!   leaves no trace. It takes a `&mut` [`TxConnection`]: a `sqlx::PgConnection` or
+//!   `sqlx::SqliteConnection`, which a `sqlx::Transaction` derefs to (`&mut *tx`).
+//! - A transactional handler ([`Service::subscribe_transactional`](crate::Service::subscribe_transactional),
+//!   or `#[consumer(..., transactional)]` with a `tx: &mut PostgresTx` / `&mut SqliteTx`
+//!   argument) runs inside a transaction the engine begins; after the handler returns `Ok`,
+//!   the engine acknowledges the message in the same transaction, fenced by its claim, and
+//!   commits. A claim taken over meanwhile, an error or a panic roll everything back.
+//!
+//! On the memory and Redis backends (and with a transaction of the other SQL database)
+//! these calls fail with [`Error::TransactionsUnsupported`].
+//!
+//! See `docs/transactions.md` for what becomes exactly-once and what stays at-least-once.
+
+use std::sync::Arc;
+
+use crate::backend::{BoxFuture, Claim, SharedBackend, SqlBackend};
+use crate::engine::catch_unwind::CatchUnwind;
+use crate::engine::Handler;
+use crate::error::{Error, HandlerError, Result};
+use crate::message::{Message, MessageId, NewMessage};
+use crate::options::{Isolation, Trim};
+
+/// The transaction a transactional handler receives on the Postgres backend.
+#[cfg(feature = "postgres")]
+pub type PostgresTx = sqlx::Transaction<'static, sqlx::Postgres>;
+
+/// The transaction a transactional handler receives on the SQLite backend.
+#[cfg(feature = "sqlite")]
+pub type SqliteTx = sqlx::Transaction<'static, sqlx::Sqlite>;
+
+mod sealed {
+    use super::*;
+
+    /// What the engine does with a connection or a transaction of one SQL database.
+    pub trait Connection: Send {
+        /// `"postgres"` or `"sqlite"`.
+        const DATABASE: &'static str;
+
+        /// Appends on this connection, in its transaction.
+        fn append_in<'a>(
+            &'a mut self,
+            backend: &'a SharedBackend,
+            stream: &'a str,
+            messages: Vec<NewMessage>,
+            trim: Trim,
+        ) -> BoxFuture<'a, Result<Vec<MessageId>>>;
+    }
+
+    pub trait Transaction: Sized + Send + 'static {
+        const DATABASE: &'static str;
+
+        fn begin(backend: &SharedBackend, isolation: Isolation) -> BoxFuture<'_, Result<Self>>;
+
+        /// The fenced ack: false when the claim is no longer held.
+        fn ack_in<'a>(
+            &'a mut self,
+            backend: &'a SharedBackend,
+            stream: &'a str,
+            group: &'a str,
+            claim: &'a Claim,
+        ) -> BoxFuture<'a, Result<bool>>;
+
+        fn commit(self) -> BoxFuture<'static, std::result::Result<(), sqlx::Error>>;
+
+        fn rollback(self) -> BoxFuture<'static, std::result::Result<(), sqlx::Error>>;
+    }
+}
+
+/// A connection a publish can run on inside the caller's transaction: `sqlx::PgConnection`
+/// (Postgres backend) or `sqlx::SqliteConnection` (SQLite backend). A `sqlx::Transaction`
+/// derefs to one: pass `&mut *tx`. Sealed.
+pub trait TxConnection: sealed::Connection {}
+
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a transaction a transactional consumer can take",
+    label = "take `&mut PostgresTx` (Postgres backend) or `&mut SqliteTx` (SQLite backend)",
+    note = "a transactional handler runs in a transaction on the streams' own database"
+)]
+/// A transaction type a transactional handler can take, and [`Service::begin`](crate::Service::begin)
+/// can return: [`PostgresTx`] or [`SqliteTx`]. Sealed.
+pub trait DatabaseTx: sealed::Transaction {}
+
+fn unsupported(what: &'static str, backend: &SharedBackend, requested: &'static str) -> Error {
+    Error::TransactionsUnsupported {
+        what,
+        backend: backend.name(),
+        requested,
+    }
+}
+
+const PUBLISHING: &str = "publishing inside a transaction";
+
+#[cfg(feature = "postgres")]
+mod postgres_impls {
+    use super::*;
+
+    impl sealed::Connection for sqlx::PgConnection {
+        const DATABASE: &'static str = "postgres";
+
+        fn append_in<'a>(
+            &'a mut self,
+            backend: &'a SharedBackend,
+            stream: &'a str,
+            messages: Vec<NewMessage>,
+            trim: Trim,
+        ) -> BoxFuture<'a, Result<Vec<MessageId>>> {
+            Box::pin(async move {
+                match backend.sql() {
+                    Some(SqlBackend::Postgres(pg)) => {
+                        pg.append_in(self, stream, messages, trim).await
+                    }
+                    _ => Err(unsupported(PUBLISHING, backend, "postgres")),
+                }
+            })
+        }
+    }
+    impl TxConnection for sqlx::PgConnection {}
+
+    impl sealed::Transaction for PostgresTx {
+        const DATABASE: &'static str = "postgres";
+
+        fn begin(backend: &SharedBackend, isolation: Isolation) -> BoxFuture<'_, Result<Self>> {
+            Box::pin(async move {
+                match backend.sql() {
+                    Some(SqlBackend::Postgres(pg)) => pg.begin(isolation).await,
+                    _ => Err(unsupported("a transaction", backend, "postgres")),
+                }
+            })
+        }
+
+        fn ack_in<'a>(
+            &'a mut self,
+            backend: &'a SharedBackend,
+            stream: &'a str,
+            group: &'a str,
+            claim: &'a Claim,
+        ) -> BoxFuture<'a, Result<bool>> {
+            Box::pin(async move {
+                match backend.sql() {
+                    Some(SqlBackend::Postgres(pg)) => pg.ack_in(self, stream, group, claim).await,
+                    _ => Err(unsupported("a transactional handler", backend, "postgres")),
+                }
+            })
+        }
+
+        fn commit(self) -> BoxFuture<'static, std::result::Result<(), sqlx::Error>> {
+            Box::pin(sqlx::Transaction::commit(self))
+        }
+
+        fn rollback(self) -> BoxFuture<'static, std::result::Result<(), sqlx::Error>> {
+            Box::pin(sqlx::Transaction::rollback(self))
+        }
+    }
+    impl DatabaseTx for PostgresTx {}
+}
+
+#[cfg(feature = "sqlite")]
+mod sqlite_impls {
+    use super::*;
+
+    impl sealed::Connection for sqlx::SqliteConnection {
+        const DATABASE: &'static str = "sqlite";
+
+        fn append_in<'a>(
+            &'a mut self,
+            backend: &'a SharedBackend,
+            stream: &'a str,
+            messages: Vec<NewMessage>,
+            trim: Trim,
+        ) -> BoxFuture<'a, Result<Vec<MessageId>>> {
+            Box::pin(async move {
+                match backend.sql() {
+                    Some(SqlBackend::Sqlite(lite)) => {
+                        lite.append_in(self, stream, messages, trim).await
+                    }
+                    _ => Err(unsupported(PUBLISHING, backend, "sqlite")),
+                }
+            })
+        }
+    }
+    impl TxConnection for sqlx::SqliteConnection {}
+
+    impl sealed::Transaction for SqliteTx {
+        const DATABASE: &'static str = "sqlite";
+
+        fn begin(backend: &SharedBackend, _isolation: Isolation) -> BoxFuture<'_, Result<Self>> {
+            Box::pin(async move {
+                match backend.sql() {
+                    Some(SqlBackend::Sqlite(lite)) => lite.begin_tx().await,
+                    _ => Err(unsupported("a transaction", backend, "sqlite")),
+                }
+            })
+        }
+
+        fn ack_in<'a>(
+            &'a mut self,
+            backend: &'a SharedBackend,
+            stream: &'a str,
+            group: &'a str,
+            claim: &'a Claim,
+        ) -> BoxFuture<'a, Result<bool>> {
+            Box::pin(async move {
+                match backend.sql() {
+                    Some(SqlBackend::Sqlite(lite)) => lite.ack_in(self, stream, group, claim).await,
+                    _ => Err(unsupported("a transactional handler", backend, "sqlite")),
+                }
+            })
+        }
+
+        fn commit(self) -> BoxFuture<'static, std::result::Result<(), sqlx::Error>> {
+            Box::pin(sqlx::Transaction::commit(self))
+        }
+
+        fn rollback(self) -> BoxFuture<'static, std::result::Result<(), sqlx::Error>> {
+            Box::pin(sqlx::Transaction::rollback(self))
+        }
+    }
+    impl DatabaseTx for SqliteTx {}
+}
+
+/// Checks that `backend` can run transactions of type `T`; the error names what can.
+pub(crate) fn check_backend<T: DatabaseTx>(
+    backend: &SharedBackend,
+    what: &'static str,
+) -> Result<()> {
+    let database = match backend.sql() {
+        #[cfg(feature = "postgres")]
+        Some(SqlBackend::Postgres(_)) => "postgres",
+        #[cfg(feature = "sqlite")]
+        Some(SqlBackend::Sqlite(_)) => "sqlite",
+        _ => "",
+    };
+    if database == <T as sealed::Transaction>::DATABASE {
+        Ok(())
+    } else {
+        Err(unsupported(
+            what,
+            backend,
+            <T as sealed::Transaction>::DATABASE,
+        ))
+    }
+}
+
+/// Appends on `conn`, in its transaction, if `backend` keeps its streams in that database.
+pub(crate) async fn append_in<C: TxConnection>(
+    conn: &mut C,
+    backend: &SharedBackend,
+    stream: &str,
+    messages: Vec<NewMessage>,
+    trim: Trim,
+) -> Result<Vec<MessageId>> {
+    sealed::Connection::append_in(conn, backend, stream, messages, trim).await
+}
+
+/// Begins a transaction of type `T` on `backend`.
+pub(crate) async fn begin<T: DatabaseTx>(
+    backend: &SharedBackend,
+    isolation: Isolation,
+) -> Result<T> {
+    <T as sealed::Transaction>::begin(backend, isolation).await
+}
+
+/// Returns `handler` as is: a closure kept in a variable before it is given to
+/// [`Service::subscribe_transactional`](crate::Service::subscribe_transactional) needs this
+/// to be typed as taking a transaction of any lifetime.
+///
+/// ```
+/// use stream_runtime::{transaction, HandlerError, Message, SqliteTx};
+///
+/// let handler = transaction::handler_fn(|msg: Message, tx: &mut SqliteTx| {
+///     Box::pin(async move {
+///         sqlx::query("INSERT INTO seen (id) VALUES ($1)")
+///             .bind(msg.id.to_string())
+///             .execute(&mut **tx)
+///             .await
+///             .map_err(HandlerError::retry)?;
+///         Ok(())
+///     })
+/// });
+/// # drop(handler);
+/// ```
+pub fn handler_fn<T, F>(handler: F) -> F
+where
+    T: DatabaseTx,
+    F: for<'t> Fn(Message, &'t mut T) -> BoxFuture<'t, Result<(), HandlerError>>
+        + Send
+        + Sync
+        + 'static,
+{
+    handler
+}
+
+/// Where a transactional handler finds its service: given at once, or once the runtime has
+/// connected.
+pub(crate) type ServiceSlot = Arc<std::sync::OnceLock<crate::Service>>;
+
+/// A transactional handler as the engine runs it: begin, run `handler`, ack fenced by the
+/// claim in the same transaction, commit; any failure rolls back first.
+pub(crate) fn wrap<T, F>(service: ServiceSlot, group: Arc<str>, handler: F) -> Handler
+where
+    T: DatabaseTx,
+    F: for<'t> Fn(Message, &'t mut T) -> BoxFuture<'t, Result<(), HandlerError>>
+        + Send
+        + Sync
+        + 'static,
+{
+    let handler = Arc::new(handler);
+    Arc::new(move |message: Message| {
+        let (service, group, handler) = (service.clone(), group.clone(), handler.clone());
+        Box::pin(async move {
+            let Some(service) = service.get() else {
+                return Err(HandlerError::retry(
+                    "the transactional handler's runtime has not connected yet",
+                ));
+            };
+            run::<T, F>(service, &group, &*handler, message).await
+        })
+    })
+}
+
+async fn run<T, F>(
+    service: &crate::Service,
+    group: &str,
+    handler: &F,
+    message: Message,
+) -> Result<(), HandlerError>
+where
+    T: DatabaseTx,
+    F: for<'t> Fn(Message, &'t mut T) -> BoxFuture<'t, Result<(), HandlerError>> + Send + Sync,
+{
+    let backend = service.backend();
+    let isolation = service.config().transaction_isolation;
+    let mut tx = T::begin(backend, isolation).await.map_err(|e| {
+        HandlerError::retry(format!("beginning the handler's transaction failed: {e}"))
+    })?;
+    let claim = Claim {
+        id: message.id.clone(),
+        token: message.token,
+    };
+    let stream = message.stream.clone();
+    // A panic is caught here so that the rollback runs before the retry decision.
+    let outcome = match CatchUnwind(handler(message, &mut tx)).await {
+        Ok(outcome) => outcome,
+        Err(panic) => Err(HandlerError::retry(format!("handler panicked: {panic}"))),
+    };
+    if let Err(error) = outcome {
+        rollback(tx).await;
+        return Err(error);
+    }
+    match tx.ack_in(backend, &stream, group, &claim).await {
+        Ok(true) => {}
+        Ok(false) => {
+            rollback(tx).await;
+            return Err(HandlerError::retry(format!(
+                "the claim on message {} was taken over by another worker (the handler ran past \
+                 its visibility timeout); its transaction was rolled back, and the new owner \
+                 handles the message",
+                claim.id
+            )));
+        }
+        Err(e) => {
+            rollback(tx).await;
+            return Err(HandlerError::retry(format!(
+                "acknowledging inside the handler's transaction failed, so it was rolled back: {e}"
+            )));
+        }
+    }
+    tx.commit().await.map_err(|e| {
+        HandlerError::retry(format!(
+            "committing the handler's transaction failed: {e}; its writes and its ack go \
+             together, so the message comes back unless the commit took effect"
+        ))
+    })
+}
+
+async fn rollback<T: DatabaseTx>(tx: T) {
+    if let Err(e) = tx.rollback().await {
+        // The connection closes on such an error, and the server rolls back then.
+        tracing::debug!(error = %e, "rolling a handler's transaction back failed");
+    }
+}

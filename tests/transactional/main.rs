@@ -1,0 +1,484 @@
+//! Transactions on Postgres and SQLite: publishing inside the caller's transaction, and
+//! transactional handlers whose writes commit together with their ack. The same cases run
+//! on both backends (`postgres::transactional_*`, `sqlite::transactional_*`); memory and
+//! Redis answer with an error naming the backends that support transactions.
+
+mod unsupported;
+
+use std::time::Duration;
+
+use stream_runtime::admin::ReadFrom;
+use stream_runtime::conformance::unique_name;
+use stream_runtime::{Message, Service, ServiceConfig, StartPosition, SubscribeOptions};
+use tokio::sync::mpsc;
+
+/// How long a test waits for a message that must come.
+const WAIT: Duration = Duration::from_secs(15);
+
+/// A fresh service of `kind` with an app of its own, and its URL; `None` when skipped.
+async fn service(kind: &str) -> Option<(Service, String)> {
+    let url = stream_tests::backend_url(kind).await?;
+    let config = ServiceConfig::default().app(unique_name("tx"));
+    match Service::connect(&url, config).await {
+        Ok(service) => Some((service, url)),
+        Err(e) => panic!("connecting to the {kind} backend: {e}"),
+    }
+}
+
+/// A second service on the same database and app (another process, in effect).
+async fn twin(service: &Service, url: &str) -> Service {
+    let config = ServiceConfig::default().app(service.config().app.clone());
+    Service::connect(url, config)
+        .await
+        .expect("connecting a second service")
+}
+
+/// Subscribes a plain consumer that sends `(id, payload)` of each message to the receiver.
+async fn collect(
+    service: &Service,
+    stream: &str,
+    options: SubscribeOptions,
+) -> mpsc::UnboundedReceiver<(String, String)> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    service
+        .subscribe(
+            stream,
+            "collector",
+            move |m: Message| {
+                let tx = tx.clone();
+                async move {
+                    let _ = tx.send((
+                        m.id.to_string(),
+                        String::from_utf8_lossy(&m.payload).into_owned(),
+                    ));
+                    Ok(())
+                }
+            },
+            options.start(StartPosition::Earliest),
+        )
+        .await
+        .expect("subscribe");
+    rx
+}
+
+async fn next(rx: &mut mpsc::UnboundedReceiver<(String, String)>, what: &str) -> (String, String) {
+    match tokio::time::timeout(WAIT, rx.recv()).await {
+        Ok(Some(got)) => got,
+        Ok(None) => panic!("the consumer stopped before {what}"),
+        Err(_) => panic!("timed out after {WAIT:?} waiting for {what}"),
+    }
+}
+
+/// The payloads a stream holds, oldest first.
+async fn payloads(service: &Service, stream: &str) -> Vec<String> {
+    service
+        .admin()
+        .read(stream, &ReadFrom::Start, 1000)
+        .await
+        .expect("reading the stream")
+        .iter()
+        .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
+        .collect()
+}
+
+/// Waits until `stream`'s group `group` has nothing pending and nothing left to claim.
+async fn wait_settled(service: &Service, stream: &str, group: &str) {
+    let admin = service.admin();
+    stream_runtime::conformance::wait_for_async(
+        &format!("group {group} of {stream} to settle"),
+        || {
+            let admin = admin.clone();
+            async move {
+                let groups = admin.groups(stream).await.expect("listing groups");
+                groups
+                    .iter()
+                    .any(|g| g.group == group && g.pending == 0 && g.lag == 0)
+            }
+        },
+    )
+    .await;
+}
+
+fn numeric(id: &str) -> i64 {
+    id.parse().expect("an integer id")
+}
+
+/// The cases, for one backend: `$tx` is its transaction type, `$kind` its name, `$pool`
+/// the pool type of a user-supplied pool on the same database.
+macro_rules! transactional_cases {
+    ($module:ident, $kind:literal, $tx:ty, $pool:ty) => {
+        mod $module {
+            use std::sync::atomic::{AtomicU32, Ordering};
+            use std::sync::Arc;
+            use std::time::{Duration, Instant};
+
+            use stream_runtime::conformance::{unique_name, wait_for_async};
+            use stream_runtime::middleware::Next;
+            use stream_runtime::{
+                transaction, HandlerError, Message, PublishOptions, RetryDelay, Service,
+                SubscribeOptions,
+            };
+
+            use super::*;
+
+            type Tx = $tx;
+            const KIND: &str = $kind;
+
+            /// A user table with no unique constraint: duplicates would show.
+            async fn create_table(service: &Service) -> String {
+                let table = unique_name("tx_effects_");
+                let mut tx: Tx = service.begin().await.expect("begin");
+                sqlx::query(&format!("CREATE TABLE {table} (msg TEXT NOT NULL, attempt INTEGER NOT NULL)"))
+                    .execute(&mut *tx)
+                    .await
+                    .expect("creating the table");
+                tx.commit().await.expect("commit");
+                table
+            }
+
+            async fn rows(service: &Service, table: &str) -> Vec<(String, i32)> {
+                let mut tx: Tx = service.begin().await.expect("begin");
+                let rows: Vec<(String, i32)> =
+                    sqlx::query_as(&format!("SELECT msg, attempt FROM {table} ORDER BY attempt"))
+                        .fetch_all(&mut *tx)
+                        .await
+                        .expect("reading the table");
+                tx.rollback().await.expect("rollback");
+                rows
+            }
+
+            async fn drop_table(service: &Service, table: &str) {
+                if let Ok(mut tx) = service.begin::<Tx>().await {
+                    let _ = sqlx::query(&format!("DROP TABLE {table}")).execute(&mut *tx).await;
+                    let _ = tx.commit().await;
+                }
+            }
+
+            /// Inserts `(payload, attempt)` in the handler's transaction.
+            async fn insert(tx: &mut Tx, table: &str, m: &Message) -> Result<(), HandlerError> {
+                sqlx::query(&format!("INSERT INTO {table} (msg, attempt) VALUES ($1, $2)"))
+                    .bind(String::from_utf8_lossy(&m.payload).into_owned())
+                    .bind(i32::try_from(m.attempt).unwrap_or(i32::MAX))
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(HandlerError::retry)?;
+                Ok(())
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn transactional_rollback_publishes_nothing() {
+                let Some((service, _)) = service(KIND).await else { return };
+                let mut rx = collect(&service, "orders", SubscribeOptions::new()).await;
+                let mut tx: Tx = service.begin().await.expect("begin");
+                service
+                    .publish_batch_in(&mut *tx, "orders", ["rolled back 1", "rolled back 2"], PublishOptions::new())
+                    .await
+                    .expect("publish_batch_in");
+                service
+                    .publish_in(&mut *tx, "orders", "rolled back 3", PublishOptions::new())
+                    .await
+                    .expect("publish_in");
+                tx.rollback().await.expect("rollback");
+                service
+                    .publish("orders", "after", PublishOptions::new())
+                    .await
+                    .expect("publish");
+                let (_, first) = next(&mut rx, "the message published after the rollback").await;
+                assert_eq!(first, "after", "a rolled-back publish was delivered");
+                assert_eq!(payloads(&service, "orders").await, ["after"]);
+                service.close().await.expect("close");
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn transactional_commit_publishes_and_wakes_a_waiting_consumer_within_50ms() {
+                let Some((service, _)) = service(KIND).await else { return };
+                // Only a push wake-up can deliver within the test's bound.
+                let options = SubscribeOptions::new().poll_interval(Duration::from_secs(60));
+                let mut rx = collect(&service, "orders", options).await;
+                service
+                    .publish("orders", "warm-up", PublishOptions::new())
+                    .await
+                    .expect("publish");
+                assert_eq!(next(&mut rx, "the warm-up message").await.1, "warm-up");
+
+                let mut worst = Duration::ZERO;
+                for round in 0..5 {
+                    let mut tx: Tx = service.begin().await.expect("begin");
+                    let payload = format!("committed {round}");
+                    let id = service
+                        .publish_json_in(&mut *tx, "orders", &payload, PublishOptions::new())
+                        .await
+                        .expect("publish_json_in");
+                    assert!(
+                        tokio::time::timeout(Duration::from_millis(100), rx.recv()).await.is_err(),
+                        "a message was delivered before its transaction committed"
+                    );
+                    let started = Instant::now();
+                    tx.commit().await.expect("commit");
+                    let (got, body) = next(&mut rx, "the committed message").await;
+                    let took = started.elapsed();
+                    assert_eq!((got, body), (id.to_string(), format!("\"{payload}\"")));
+                    worst = worst.max(took);
+                }
+                println!("{KIND}: commit to delivery, worst of 5: {worst:?}");
+                assert!(worst < Duration::from_millis(50), "took {worst:?}");
+                service.close().await.expect("close");
+            }
+
+            /// A transaction that appended and commits late holds up later appends to the
+            /// stream, so no cursor moves past its id while it is open; here on a pool of the
+            /// caller's own, not the service's.
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn transactional_late_commit_is_not_skipped_by_a_cursor() {
+                let Some((service, url)) = service(KIND).await else { return };
+                let pool = <$pool>::connect(&own_pool_url(&url)).await.expect("connecting a pool of our own");
+                let options = SubscribeOptions::new().poll_interval(Duration::from_millis(10));
+                let mut rx = collect(&service, "orders", options).await;
+
+                let mut late = pool.begin().await.expect("begin");
+                let late_id = service
+                    .publish_in(&mut *late, "orders", "late", PublishOptions::new())
+                    .await
+                    .expect("publish_in");
+                let publisher = service.clone();
+                let later = tokio::spawn(async move {
+                    publisher.publish("orders", "later", PublishOptions::new()).await
+                });
+                // The consumer polls every 10 ms meanwhile; nothing may be delivered, and the
+                // later publish waits for the open transaction.
+                assert!(
+                    tokio::time::timeout(Duration::from_millis(300), rx.recv()).await.is_err(),
+                    "a message was delivered while an earlier id was uncommitted"
+                );
+                assert!(!later.is_finished(), "a later append did not wait for the open transaction");
+                late.commit().await.expect("commit");
+                let later_id = later.await.expect("publisher task").expect("publish");
+                assert!(
+                    numeric(late_id.as_str()) < numeric(later_id.as_str()),
+                    "ids {late_id} (committed first) and {later_id}"
+                );
+                assert_eq!(next(&mut rx, "the late message").await, (late_id.to_string(), "late".to_owned()));
+                assert_eq!(next(&mut rx, "the later message").await, (later_id.to_string(), "later".to_owned()));
+                pool.close().await;
+                service.close().await.expect("close");
+            }
+
+            /// The claim expires while a middleware holds the first attempt back, a second
+            /// service on the same database takes the message over and commits; then the first
+            /// attempt's handler runs, and its transaction cannot commit.
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn transactional_handler_whose_claim_was_taken_over_cannot_commit() {
+                let Some((service, url)) = service(KIND).await else { return };
+                let table = create_table(&service).await;
+                let visibility = Duration::from_millis(300);
+                let options = || {
+                    SubscribeOptions::new()
+                        .start(stream_runtime::StartPosition::Earliest)
+                        .visibility_timeout(visibility)
+                        .poll_interval(Duration::from_millis(20))
+                        .unlimited_retries()
+                };
+                let handler = {
+                    let table = table.clone();
+                    transaction::handler_fn(move |m: Message, tx: &mut Tx| {
+                        let table = table.clone();
+                        Box::pin(async move { insert(tx, &table, &m).await })
+                    })
+                };
+                // The first attempt waits, before its transaction begins, until the second
+                // attempt's row committed.
+                let (held, mut held_rx) = mpsc::unbounded_channel();
+                let first_done = Arc::new(AtomicU32::new(0));
+                {
+                    let (service2, table, first_done) = (service.clone(), table.clone(), first_done.clone());
+                    service.add_middleware(move |m: Message, next: Next| {
+                        let (held, service2, table, first_done) =
+                            (held.clone(), service2.clone(), table.clone(), first_done.clone());
+                        async move {
+                            if m.attempt == 1 {
+                                let _ = held.send(());
+                                wait_for_async("the second attempt's commit", || {
+                                    let (service2, table) = (service2.clone(), table.clone());
+                                    async move { rows(&service2, &table).await.iter().any(|r| r.1 == 2) }
+                                })
+                                .await;
+                            }
+                            let result = next.run(m.clone()).await;
+                            if m.attempt == 1 {
+                                first_done.store(if result.is_ok() { 1 } else { 2 }, Ordering::SeqCst);
+                            }
+                            result
+                        }
+                    });
+                }
+                let first = service
+                    .subscribe_transactional::<Tx, _>("orders", "billing", handler.clone(), options())
+                    .await
+                    .expect("subscribe_transactional");
+                service.publish("orders", "m1", PublishOptions::new()).await.expect("publish");
+                tokio::time::timeout(super::WAIT, held_rx.recv()).await.expect("the first attempt");
+
+                let other = twin(&service, &url).await;
+                let second = other
+                    .subscribe_transactional::<Tx, _>("orders", "billing", handler, options())
+                    .await
+                    .expect("subscribe_transactional on the second service");
+                wait_for_async("the first attempt to end", || {
+                    let first_done = first_done.clone();
+                    async move { first_done.load(Ordering::SeqCst) != 0 }
+                })
+                .await;
+                first.close().await;
+                second.close().await;
+                assert_eq!(first_done.load(Ordering::SeqCst), 2, "the first attempt reported success");
+                assert_eq!(rows(&service, &table).await, [("m1".to_owned(), 2)]);
+                wait_settled(&service, "orders", "billing").await;
+                drop_table(&service, &table).await;
+                other.close().await.expect("close");
+                service.close().await.expect("close");
+            }
+
+            /// An error, then a panic, each after writing a row and publishing through the
+            /// transaction: both roll back; the third attempt commits its row, its publish and
+            /// its ack together.
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn transactional_handler_error_or_panic_rolls_back_its_rows_and_publishes() {
+                let Some((service, _)) = service(KIND).await else { return };
+                let table = create_table(&service).await;
+                let publisher = service.clone();
+                let handler = {
+                    let table = table.clone();
+                    transaction::handler_fn(move |m: Message, tx: &mut Tx| {
+                        let (table, publisher) = (table.clone(), publisher.clone());
+                        Box::pin(async move {
+                            insert(tx, &table, &m).await?;
+                            publisher
+                                .publish_in(&mut **tx, "invoices", m.payload.to_vec(), PublishOptions::new())
+                                .await
+                                .map_err(HandlerError::retry)?;
+                            match m.attempt {
+                                1 => Err(HandlerError::retry("the first attempt fails")),
+                                2 => panic!("the second attempt panics"),
+                                _ => Ok(()),
+                            }
+                        })
+                    })
+                };
+                let options = SubscribeOptions::new()
+                    .start(stream_runtime::StartPosition::Earliest)
+                    .retry_delay(RetryDelay::Fixed(Duration::from_millis(10)))
+                    .max_retries(5);
+                let consumer = service
+                    .subscribe_transactional::<Tx, _>("orders", "billing", handler, options)
+                    .await
+                    .expect("subscribe_transactional");
+                service.publish("orders", "m1", PublishOptions::new()).await.expect("publish");
+                wait_settled(&service, "orders", "billing").await;
+                consumer.close().await;
+                assert_eq!(rows(&service, &table).await, [("m1".to_owned(), 3)]);
+                assert_eq!(payloads(&service, "invoices").await, ["m1"]);
+                drop_table(&service, &table).await;
+                service.close().await.expect("close");
+            }
+
+            /// An error on the last attempt rolls back before the dead-letter move, which
+            /// then happens as usual.
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn transactional_handler_error_rolls_back_before_the_dead_letter() {
+                let Some((service, _)) = service(KIND).await else { return };
+                let table = create_table(&service).await;
+                let handler = {
+                    let table = table.clone();
+                    transaction::handler_fn(move |m: Message, tx: &mut Tx| {
+                        let table = table.clone();
+                        Box::pin(async move {
+                            insert(tx, &table, &m).await?;
+                            Err(HandlerError::permanent("never works"))
+                        })
+                    })
+                };
+                let options = SubscribeOptions::new().start(stream_runtime::StartPosition::Earliest);
+                let consumer = service
+                    .subscribe_transactional::<Tx, _>("orders", "billing", handler, options)
+                    .await
+                    .expect("subscribe_transactional");
+                service.publish("orders", "m1", PublishOptions::new()).await.expect("publish");
+                wait_settled(&service, "orders", "billing").await;
+                consumer.close().await;
+                assert_eq!(payloads(&service, "orders.dead").await, ["m1"]);
+                assert_eq!(rows(&service, &table).await, []);
+                drop_table(&service, &table).await;
+                service.close().await.expect("close");
+            }
+
+            /// `subscribe_transactional` with the other database's transaction type is an
+            /// error naming both.
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn transactional_handler_of_the_other_database_is_refused() {
+                let Some((service, _)) = service(KIND).await else { return };
+                let err = other_database_subscribe(&service).await;
+                let text = err.to_string();
+                assert!(
+                    matches!(err, stream_runtime::Error::TransactionsUnsupported { backend, .. } if backend == KIND),
+                    "{text}"
+                );
+                assert!(text.contains("postgres and sqlite"), "{text}");
+                service.close().await.expect("close");
+            }
+        }
+    };
+}
+
+/// A URL for a pool of the caller's own on the same database.
+fn own_pool_url(url: &str) -> String {
+    // The Postgres backend's `schema` parameter is not sqlx's.
+    url.split_once("?schema=")
+        .map_or(url, |(base, _)| base)
+        .to_owned()
+}
+
+transactional_cases!(
+    postgres,
+    "postgres",
+    stream_runtime::PostgresTx,
+    sqlx::PgPool
+);
+transactional_cases!(sqlite, "sqlite", stream_runtime::SqliteTx, sqlx::SqlitePool);
+
+/// Subscribes with the transaction type of the database `service` is not on.
+async fn other_database_subscribe(service: &Service) -> stream_runtime::Error {
+    fn handler<T: stream_runtime::DatabaseTx>() -> impl for<'t> Fn(
+        Message,
+        &'t mut T,
+    ) -> stream_runtime::backend::BoxFuture<
+        't,
+        Result<(), stream_runtime::HandlerError>,
+    > + Send
+           + Sync
+           + 'static {
+        |_m: Message, _tx: &mut T| Box::pin(async { Ok(()) })
+    }
+    let result = if service.backend().name() == "postgres" {
+        service
+            .subscribe_transactional::<stream_runtime::SqliteTx, _>(
+                "orders",
+                "g",
+                handler(),
+                SubscribeOptions::new(),
+            )
+            .await
+    } else {
+        service
+            .subscribe_transactional::<stream_runtime::PostgresTx, _>(
+                "orders",
+                "g",
+                handler(),
+                SubscribeOptions::new(),
+            )
+            .await
+    };
+    match result {
+        Ok(_) => panic!("subscribing with the other database's transaction type worked"),
+        Err(e) => e,
+    }
+}
