@@ -12,7 +12,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use stream_runtime::conformance::{unique_name, wait_for_async};
+use stream_runtime::conformance::unique_name;
 use stream_runtime::{
     transaction, HandlerError, Message, PublishOptions, Service, ServiceConfig, StartPosition,
     SubscribeOptions,
@@ -190,20 +190,31 @@ async fn run(kind: &str) {
             .expect("publish_batch");
     }
 
+    // Kill points spread over the whole run at random: the row counts after which each
+    // child is killed, a random moment later (some rows committed, others in flight).
+    let n = u64::try_from(messages).expect("a count");
+    let mut kill_points: Vec<i64> = (0..kills)
+        .map(|_| i64::try_from(n / 50 + random_below(n * 9 / 10)).expect("a count"))
+        .collect();
+    kill_points.sort_unstable();
     let started = Instant::now();
     let mut killed_at_rows = Vec::new();
-    for _ in 0..kills {
+    for point in kill_points {
         let mut child = spawn_child(kind, &url, &app, &table);
-        // Kill it at a random moment once it is working: some rows committed, others in
-        // flight in its open transactions.
         let before = count(&service, kind, &table).await.0;
-        wait_for_async("the child to commit rows", || {
-            let service = service.clone();
-            let table = table.clone();
-            async move { count(&service, kind, &table).await.0 > before }
-        })
-        .await;
-        tokio::time::sleep(Duration::from_millis(random_below(300))).await;
+        let target = point.max(before + 1);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while count(&service, kind, &table).await.0 < target {
+            assert!(
+                Instant::now() < deadline,
+                "the child committed no rows for 120 s"
+            );
+            if let Some(status) = child.try_wait().expect("polling the child") {
+                panic!("the child exited by itself with {status}");
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(random_below(50))).await;
         if let Some(status) = child.try_wait().expect("polling the child") {
             panic!("the child exited by itself with {status}");
         }
