@@ -71,46 +71,31 @@ async fn crash_child() {
         .await
         .expect("child: connect");
     let insert = format!("INSERT INTO {table} (msg_id, attempt) VALUES ($1, $2)");
-    match kind {
-        "postgres" => {
-            let handler =
-                transaction::handler_fn(move |m: Message, tx: &mut stream_runtime::PostgresTx| {
-                    let insert = insert.clone();
-                    Box::pin(async move {
-                        sqlx::query(&insert)
-                            .bind(m.id.to_string())
-                            .bind(i32::try_from(m.attempt).unwrap_or(i32::MAX))
-                            .execute(&mut **tx)
-                            .await
-                            .map_err(HandlerError::retry)?;
-                        Ok(())
-                    })
-                });
+    // The same handler on each database's transaction type.
+    macro_rules! subscribe {
+        ($tx:ty) => {{
+            let handler = transaction::handler_fn(move |m: Message, tx: &mut $tx| {
+                let insert = insert.clone();
+                Box::pin(async move {
+                    sqlx::query(&insert)
+                        .bind(m.id.to_string())
+                        .bind(i32::try_from(m.attempt).unwrap_or(i32::MAX))
+                        .execute(&mut **tx)
+                        .await
+                        .map_err(HandlerError::retry)?;
+                    Ok(())
+                })
+            });
             service
                 .subscribe_transactional(STREAM, GROUP, handler, options())
                 .await
-                .expect("child: subscribe");
-        }
-        _ => {
-            let handler =
-                transaction::handler_fn(move |m: Message, tx: &mut stream_runtime::SqliteTx| {
-                    let insert = insert.clone();
-                    Box::pin(async move {
-                        sqlx::query(&insert)
-                            .bind(m.id.to_string())
-                            .bind(i32::try_from(m.attempt).unwrap_or(i32::MAX))
-                            .execute(&mut **tx)
-                            .await
-                            .map_err(HandlerError::retry)?;
-                        Ok(())
-                    })
-                });
-            service
-                .subscribe_transactional(STREAM, GROUP, handler, options())
-                .await
-                .expect("child: subscribe");
-        }
+                .expect("child: subscribe")
+        }};
     }
+    let _consumer = match kind {
+        "postgres" => subscribe!(stream_runtime::PostgresTx),
+        _ => subscribe!(stream_runtime::SqliteTx),
+    };
     std::future::pending::<()>().await;
 }
 
@@ -162,20 +147,20 @@ async fn run(kind: &str) {
     {
         let create =
             format!("CREATE TABLE {table} (msg_id TEXT NOT NULL, attempt INTEGER NOT NULL)");
+        macro_rules! create {
+            ($tx:ty) => {{
+                let mut tx: $tx = service.begin().await.expect("begin");
+                sqlx::query(&create)
+                    .execute(&mut *tx)
+                    .await
+                    .expect("create table");
+                tx.commit().await.expect("commit");
+            }};
+        }
         if kind == "postgres" {
-            let mut tx: stream_runtime::PostgresTx = service.begin().await.expect("begin");
-            sqlx::query(&create)
-                .execute(&mut *tx)
-                .await
-                .expect("create table");
-            tx.commit().await.expect("commit");
+            create!(stream_runtime::PostgresTx);
         } else {
-            let mut tx: stream_runtime::SqliteTx = service.begin().await.expect("begin");
-            sqlx::query(&create)
-                .execute(&mut *tx)
-                .await
-                .expect("create table");
-            tx.commit().await.expect("commit");
+            create!(stream_runtime::SqliteTx);
         }
     }
     let payloads: Vec<String> = (0..messages).map(|i| format!("m{i}")).collect();

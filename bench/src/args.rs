@@ -98,14 +98,18 @@ pub enum Workload {
     Consume,
     /// Latency from publish to handler at a fixed rate.
     E2e,
+    /// Consume a backlog with a transactional handler, beside the plain handler (SQLite and
+    /// Postgres only).
+    Tx,
 }
 
 impl Workload {
-    pub const ALL: [Workload; 4] = [
+    pub const ALL: [Workload; 5] = [
         Workload::Publish,
         Workload::Batch,
         Workload::Consume,
         Workload::E2e,
+        Workload::Tx,
     ];
 }
 

@@ -111,6 +111,73 @@ pub async fn consume(
     Ok((count, elapsed))
 }
 
+/// [`consume`] with a transactional handler that writes nothing: what begin, the fenced ack
+/// inside the transaction and commit cost per message, against the plain handler's batched
+/// acks.
+pub async fn consume_tx(
+    service: &Service,
+    stream: &str,
+    group: &str,
+    n: usize,
+    concurrency: usize,
+    cap: Duration,
+) -> Result<(usize, Duration), BoxError> {
+    let handled = Arc::new(AtomicUsize::new(0));
+    let all = Arc::new(Notify::new());
+    let options = SubscribeOptions::new()
+        .start(StartPosition::Earliest)
+        .concurrency(concurrency)
+        .poll_interval(POLL_INTERVAL);
+    let start = Instant::now();
+    let consumer = match service.backend().name() {
+        "postgres" => {
+            let handler = noop_tx::<stream_runtime::PostgresTx>(handled.clone(), all.clone(), n);
+            service
+                .subscribe_transactional(stream, group, handler, options)
+                .await?
+        }
+        _ => {
+            let handler = noop_tx::<stream_runtime::SqliteTx>(handled.clone(), all.clone(), n);
+            service
+                .subscribe_transactional(stream, group, handler, options)
+                .await?
+        }
+    };
+    let finished = tokio::time::timeout(cap, all.notified()).await;
+    let elapsed = start.elapsed();
+    let count = handled.load(Ordering::Relaxed).min(n);
+    consumer.close().await;
+    if finished.is_err() && count == 0 {
+        return Err(format!("no message handled within {cap:?}").into());
+    }
+    Ok((count, elapsed))
+}
+
+/// A transactional handler that writes nothing and counts, notifying `all` at the `n`th.
+fn noop_tx<T: stream_runtime::DatabaseTx>(
+    handled: Arc<AtomicUsize>,
+    all: Arc<Notify>,
+    n: usize,
+) -> impl for<'t> Fn(
+    stream_runtime::Message,
+    &'t mut T,
+) -> stream_runtime::backend::BoxFuture<
+    't,
+    Result<(), stream_runtime::HandlerError>,
+> + Send
+       + Sync
+       + 'static {
+    stream_runtime::transaction::handler_fn(move |_m, _tx: &mut T| {
+        let (h, a) = (handled.clone(), all.clone());
+        Box::pin(async move {
+            if h.fetch_add(1, Ordering::Relaxed) + 1 == n {
+                a.notify_one();
+            }
+            Ok(())
+        })
+    })
+}
+
 /// Publishes `count` messages at `rate` msg/s, each stamped with its scheduled send time, to
 /// a group subscribed at `Latest` with a long poll interval; returns, per message, the time
 /// from its scheduled send to its handler's start, in ms.

@@ -388,6 +388,56 @@ pub async fn run_backend(
         }
     }
 
+    // Transactional handlers, beside the plain handler in the raw column.
+    if plan.wants(Workload::Tx) && matches!(kind, Kind::Sqlite | Kind::Postgres) {
+        if let Some(service) = &service {
+            let backlog = plan.backlogs.first().copied().unwrap_or(1_000);
+            let stream = format!("tx-backlog-{backlog}");
+            ours::prefill(service, &stream, backlog, &payload).await?;
+            for &concurrency in &plan.concurrencies {
+                let mut c = Collected::new();
+                let mut reps = Reps::new(plan);
+                while let Some(rep) = reps.next() {
+                    let measured = ours::consume_tx(
+                        service,
+                        &stream,
+                        &format!("tx{concurrency}-r{rep}"),
+                        backlog,
+                        concurrency,
+                        plan.cap,
+                    )
+                    .await;
+                    c.push_counted("transactional", measured, false);
+                    let plain = ours::consume(
+                        service,
+                        &stream,
+                        &format!("plain{concurrency}-r{rep}"),
+                        backlog,
+                        concurrency,
+                        plan.cap,
+                    )
+                    .await;
+                    c.push_counted("plain", plain, true);
+                }
+                let reps = reps.done;
+                let capped = c.fewest.is_some_and(|f| f < backlog);
+                emit(row(
+                    format!("tx_consume_backlog{backlog}_c{concurrency}"),
+                    format!(
+                        "transactional handler (raw = plain handler), {}k backlog, concurrency {concurrency}{}",
+                        backlog / 1000,
+                        if capped { " †" } else { "" }
+                    ),
+                    backlog,
+                    Some(concurrency),
+                    Some(concurrency),
+                    reps,
+                    c,
+                ));
+            }
+        }
+    }
+
     if plan.wants(Workload::E2e) {
         let count = (plan.e2e_rate * plan.e2e_seconds) as usize;
         let mut ours_p = Vec::new();

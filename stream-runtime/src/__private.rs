@@ -15,6 +15,12 @@ pub use crate::options::{MaxRetries, RetryDelay};
 pub use crate::publisher::Publisher;
 pub use crate::registry::{Attributes, ConsumerDef, Location, State, States};
 
+/// The database of transaction type `T`.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub const fn tx_database<T: crate::transaction::DatabaseTx>() -> &'static str {
+    crate::transaction::database::<T>()
+}
+
 /// The handler of a `transactional` consumer taking `&mut T`.
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub fn transactional_handler<T, F>(
@@ -149,8 +155,8 @@ impl Attributes {
         self
     }
     #[doc(hidden)]
-    pub const fn __transactional(mut self) -> Self {
-        self.transactional = true;
+    pub const fn __transactional(mut self, database: &'static str) -> Self {
+        self.transactional = Some(database);
         self
     }
 }

@@ -318,8 +318,9 @@ pub struct SubscribeOptions {
     /// The consumer's name in spans (the `consumer` field); the runtime sets it to the
     /// `#[consumer]`'s name. Default: the group's name.
     pub name: Option<String>,
-    /// Set for transactional handlers, which ack inside their own transaction.
-    pub(crate) transactional: bool,
+    /// Set for transactional handlers, which ack inside their own transaction: the
+    /// database their transaction is on (`"postgres"`, `"sqlite"`).
+    pub(crate) transactional: Option<&'static str>,
 }
 
 impl Default for SubscribeOptions {
@@ -336,7 +337,7 @@ impl Default for SubscribeOptions {
             retry_delay: RetryDelay::VisibilityTimeout,
             dead_letter: None,
             name: None,
-            transactional: false,
+            transactional: None,
         }
     }
 }

@@ -121,8 +121,9 @@ pub struct Attributes {
     pub app: Option<&'static str>,
     /// `namespace = "..."`.
     pub namespace: Option<&'static str>,
-    /// `transactional`: the handler runs in a transaction that commits with its ack.
-    pub transactional: bool,
+    /// `transactional`: the handler runs in a transaction that commits with its ack, on
+    /// this database (`"postgres"`, `"sqlite"`).
+    pub transactional: Option<&'static str>,
 }
 
 impl Attributes {
@@ -138,7 +139,7 @@ impl Attributes {
         dead_letter: None,
         app: None,
         namespace: None,
-        transactional: false,
+        transactional: None,
     };
 }
 

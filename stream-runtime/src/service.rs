@@ -345,7 +345,11 @@ impl Service {
     /// ends). Use it for your own rows and [`publish_in`](Self::publish_in) together.
     #[cfg(any(feature = "sqlite", feature = "postgres"))]
     pub async fn begin<T: crate::transaction::DatabaseTx>(&self) -> Result<T> {
-        crate::transaction::check_backend::<T>(&self.inner.backend, "a transaction")?;
+        crate::backend::check_database(
+            &*self.inner.backend,
+            "a transaction",
+            crate::transaction::database::<T>(),
+        )?;
         crate::transaction::begin::<T>(&self.inner.backend, self.inner.config.transaction_isolation)
             .await
     }
@@ -398,11 +402,10 @@ impl Service {
             + Sync
             + 'static,
     {
-        crate::transaction::check_backend::<T>(&self.inner.backend, "a transactional handler")?;
         let slot = Arc::new(std::sync::OnceLock::new());
         let _ = slot.set(self.clone());
         let handler = crate::transaction::wrap(slot, Arc::from(group), handler);
-        options.transactional = true;
+        options.transactional = Some(crate::transaction::database::<T>());
         self.subscribe_handler_inner(stream, group, handler, options)
             .await
     }
@@ -545,6 +548,13 @@ impl Service {
                 ),
             ));
         }
+        if let Some(database) = options.transactional {
+            crate::backend::check_database(
+                &*self.inner.backend,
+                "a transactional handler",
+                database,
+            )?;
+        }
         let mut state = self.inner.state.write().await;
         if state.closing {
             return Err(Error::Closed);
@@ -572,7 +582,7 @@ impl Service {
             shutdown_timeout: options.shutdown_timeout,
             retry_delay: options.retry_delay,
             name: options.name.clone().unwrap_or_else(|| group.to_owned()),
-            transactional: options.transactional,
+            transactional: options.transactional.is_some(),
         });
         let consumer = Consumer {
             inner: Arc::new(ConsumerInner {

@@ -39,9 +39,6 @@ mod sealed {
 
     /// What the engine does with a connection or a transaction of one SQL database.
     pub trait Connection: Send {
-        /// `"postgres"` or `"sqlite"`.
-        const DATABASE: &'static str;
-
         /// Appends on this connection, in its transaction.
         fn append_in<'a>(
             &'a mut self,
@@ -53,6 +50,7 @@ mod sealed {
     }
 
     pub trait Transaction: Sized + Send + 'static {
+        /// `"postgres"` or `"sqlite"`.
         const DATABASE: &'static str;
 
         fn begin(backend: &SharedBackend, isolation: Isolation) -> BoxFuture<'_, Result<Self>>;
@@ -96,156 +94,95 @@ fn unsupported(what: &'static str, backend: &SharedBackend, requested: &'static 
 
 const PUBLISHING: &str = "publishing inside a transaction";
 
-#[cfg(feature = "postgres")]
-mod postgres_impls {
-    use super::*;
+/// The sealed traits for one SQL database: its connection type and transaction type, whose
+/// calls go to its backend (`SqlBackend::$variant`) or fail naming what supports them.
+macro_rules! sql_database {
+    ($feature:literal, $module:ident, $name:literal, $variant:ident, $conn:ty, $tx:ty) => {
+        #[cfg(feature = $feature)]
+        mod $module {
+            use super::*;
 
-    impl sealed::Connection for sqlx::PgConnection {
-        const DATABASE: &'static str = "postgres";
-
-        fn append_in<'a>(
-            &'a mut self,
-            backend: &'a SharedBackend,
-            stream: &'a str,
-            messages: Vec<NewMessage>,
-            trim: Trim,
-        ) -> BoxFuture<'a, Result<Vec<MessageId>>> {
-            Box::pin(async move {
-                match backend.sql() {
-                    Some(SqlBackend::Postgres(pg)) => {
-                        pg.append_in(self, stream, messages, trim).await
-                    }
-                    _ => Err(unsupported(PUBLISHING, backend, "postgres")),
+            impl sealed::Connection for $conn {
+                fn append_in<'a>(
+                    &'a mut self,
+                    backend: &'a SharedBackend,
+                    stream: &'a str,
+                    messages: Vec<NewMessage>,
+                    trim: Trim,
+                ) -> BoxFuture<'a, Result<Vec<MessageId>>> {
+                    Box::pin(async move {
+                        match backend.sql() {
+                            Some(SqlBackend::$variant(db)) => {
+                                db.append_in(self, stream, messages, trim).await
+                            }
+                            _ => Err(unsupported(PUBLISHING, backend, $name)),
+                        }
+                    })
                 }
-            })
-        }
-    }
-    impl TxConnection for sqlx::PgConnection {}
+            }
+            impl TxConnection for $conn {}
 
-    impl sealed::Transaction for PostgresTx {
-        const DATABASE: &'static str = "postgres";
+            impl sealed::Transaction for $tx {
+                const DATABASE: &'static str = $name;
 
-        fn begin(backend: &SharedBackend, isolation: Isolation) -> BoxFuture<'_, Result<Self>> {
-            Box::pin(async move {
-                match backend.sql() {
-                    Some(SqlBackend::Postgres(pg)) => pg.begin(isolation).await,
-                    _ => Err(unsupported("a transaction", backend, "postgres")),
+                fn begin(
+                    backend: &SharedBackend,
+                    isolation: Isolation,
+                ) -> BoxFuture<'_, Result<Self>> {
+                    Box::pin(async move {
+                        match backend.sql() {
+                            Some(SqlBackend::$variant(db)) => db.begin_tx(isolation).await,
+                            _ => Err(unsupported("a transaction", backend, $name)),
+                        }
+                    })
                 }
-            })
-        }
 
-        fn ack_in<'a>(
-            &'a mut self,
-            backend: &'a SharedBackend,
-            stream: &'a str,
-            group: &'a str,
-            claim: &'a Claim,
-        ) -> BoxFuture<'a, Result<bool>> {
-            Box::pin(async move {
-                match backend.sql() {
-                    Some(SqlBackend::Postgres(pg)) => pg.ack_in(self, stream, group, claim).await,
-                    _ => Err(unsupported("a transactional handler", backend, "postgres")),
+                fn ack_in<'a>(
+                    &'a mut self,
+                    backend: &'a SharedBackend,
+                    stream: &'a str,
+                    group: &'a str,
+                    claim: &'a Claim,
+                ) -> BoxFuture<'a, Result<bool>> {
+                    Box::pin(async move {
+                        match backend.sql() {
+                            Some(SqlBackend::$variant(db)) => {
+                                db.ack_in(self, stream, group, claim).await
+                            }
+                            _ => Err(unsupported("a transactional handler", backend, $name)),
+                        }
+                    })
                 }
-            })
-        }
 
-        fn commit(self) -> BoxFuture<'static, std::result::Result<(), sqlx::Error>> {
-            Box::pin(sqlx::Transaction::commit(self))
-        }
-
-        fn rollback(self) -> BoxFuture<'static, std::result::Result<(), sqlx::Error>> {
-            Box::pin(sqlx::Transaction::rollback(self))
-        }
-    }
-    impl DatabaseTx for PostgresTx {}
-}
-
-#[cfg(feature = "sqlite")]
-mod sqlite_impls {
-    use super::*;
-
-    impl sealed::Connection for sqlx::SqliteConnection {
-        const DATABASE: &'static str = "sqlite";
-
-        fn append_in<'a>(
-            &'a mut self,
-            backend: &'a SharedBackend,
-            stream: &'a str,
-            messages: Vec<NewMessage>,
-            trim: Trim,
-        ) -> BoxFuture<'a, Result<Vec<MessageId>>> {
-            Box::pin(async move {
-                match backend.sql() {
-                    Some(SqlBackend::Sqlite(lite)) => {
-                        lite.append_in(self, stream, messages, trim).await
-                    }
-                    _ => Err(unsupported(PUBLISHING, backend, "sqlite")),
+                fn commit(self) -> BoxFuture<'static, std::result::Result<(), sqlx::Error>> {
+                    Box::pin(sqlx::Transaction::commit(self))
                 }
-            })
-        }
-    }
-    impl TxConnection for sqlx::SqliteConnection {}
 
-    impl sealed::Transaction for SqliteTx {
-        const DATABASE: &'static str = "sqlite";
-
-        fn begin(backend: &SharedBackend, _isolation: Isolation) -> BoxFuture<'_, Result<Self>> {
-            Box::pin(async move {
-                match backend.sql() {
-                    Some(SqlBackend::Sqlite(lite)) => lite.begin_tx().await,
-                    _ => Err(unsupported("a transaction", backend, "sqlite")),
+                fn rollback(self) -> BoxFuture<'static, std::result::Result<(), sqlx::Error>> {
+                    Box::pin(sqlx::Transaction::rollback(self))
                 }
-            })
+            }
+            impl DatabaseTx for $tx {}
         }
-
-        fn ack_in<'a>(
-            &'a mut self,
-            backend: &'a SharedBackend,
-            stream: &'a str,
-            group: &'a str,
-            claim: &'a Claim,
-        ) -> BoxFuture<'a, Result<bool>> {
-            Box::pin(async move {
-                match backend.sql() {
-                    Some(SqlBackend::Sqlite(lite)) => lite.ack_in(self, stream, group, claim).await,
-                    _ => Err(unsupported("a transactional handler", backend, "sqlite")),
-                }
-            })
-        }
-
-        fn commit(self) -> BoxFuture<'static, std::result::Result<(), sqlx::Error>> {
-            Box::pin(sqlx::Transaction::commit(self))
-        }
-
-        fn rollback(self) -> BoxFuture<'static, std::result::Result<(), sqlx::Error>> {
-            Box::pin(sqlx::Transaction::rollback(self))
-        }
-    }
-    impl DatabaseTx for SqliteTx {}
-}
-
-/// Checks that `backend` can run transactions of type `T`; the error names what can.
-pub(crate) fn check_backend<T: DatabaseTx>(
-    backend: &SharedBackend,
-    what: &'static str,
-) -> Result<()> {
-    let database = match backend.sql() {
-        #[cfg(feature = "postgres")]
-        Some(SqlBackend::Postgres(_)) => "postgres",
-        #[cfg(feature = "sqlite")]
-        Some(SqlBackend::Sqlite(_)) => "sqlite",
-        _ => "",
     };
-    if database == <T as sealed::Transaction>::DATABASE {
-        Ok(())
-    } else {
-        Err(unsupported(
-            what,
-            backend,
-            <T as sealed::Transaction>::DATABASE,
-        ))
-    }
 }
+
+sql_database!(
+    "postgres",
+    postgres_impls,
+    "postgres",
+    Postgres,
+    sqlx::PgConnection,
+    PostgresTx
+);
+sql_database!(
+    "sqlite",
+    sqlite_impls,
+    "sqlite",
+    Sqlite,
+    sqlx::SqliteConnection,
+    SqliteTx
+);
 
 /// Appends on `conn`, in its transaction, if `backend` keeps its streams in that database.
 pub(crate) async fn append_in<C: TxConnection>(
@@ -256,6 +193,11 @@ pub(crate) async fn append_in<C: TxConnection>(
     trim: Trim,
 ) -> Result<Vec<MessageId>> {
     sealed::Connection::append_in(conn, backend, stream, messages, trim).await
+}
+
+/// The database of transaction type `T`: `"postgres"` or `"sqlite"`.
+pub(crate) const fn database<T: DatabaseTx>() -> &'static str {
+    <T as sealed::Transaction>::DATABASE
 }
 
 /// Begins a transaction of type `T` on `backend`.

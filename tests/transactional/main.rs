@@ -3,6 +3,7 @@
 //! on both backends (`postgres::transactional_*`, `sqlite::transactional_*`); memory and
 //! Redis answer with an error naming the backends that support transactions.
 
+mod macro_consumer;
 mod unsupported;
 
 use std::time::Duration;

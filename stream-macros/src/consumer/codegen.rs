@@ -23,17 +23,19 @@ pub fn generate(function: &ItemFn, args: &Args, sig: &Signature) -> TokenStream 
     let group = &args.group;
     let payload = &sig.payload;
     let payload_name = type_name(payload);
-    let attributes = attributes(args);
+    let tx_type = sig.rest.iter().find_map(|extra| match extra {
+        Extra::Tx(ty) => Some(ty),
+        _ => None,
+    });
+    let attributes = attributes(args, tx_type);
 
     let mut fetch_states = Vec::new();
     let mut clone_states = Vec::new();
     let mut call_args = Vec::new();
-    let mut tx_type = None;
     for (index, extra) in sig.rest.iter().enumerate() {
         match extra {
             Extra::Tx(ty) => {
                 call_args.push(quote_spanned!(span_of(ty)=> __tx));
-                tx_type = Some(ty);
             }
             Extra::Message(ty) => {
                 call_args.push(quote_spanned!(span_of(ty)=> &__message));
@@ -126,7 +128,7 @@ pub fn generate(function: &ItemFn, args: &Args, sig: &Signature) -> TokenStream 
 }
 
 /// `Attributes::NONE` with each given setting applied by a `const fn` setter.
-fn attributes(args: &Args) -> TokenStream {
+fn attributes(args: &Args, tx_type: Option<&syn::Type>) -> TokenStream {
     let mut out = quote!(__sr::Attributes::NONE);
     let duration = |d: Duration| {
         let (secs, nanos) = (d.as_secs(), d.subsec_nanos());
@@ -168,8 +170,9 @@ fn attributes(args: &Args) -> TokenStream {
     set("dead_letter", args.dead_letter.as_ref().map(text));
     set("app", args.app.as_ref().map(text));
     set("namespace", args.namespace.as_ref().map(text));
-    if args.transactional {
-        out = quote!(#out.__transactional());
+    if let Some(tx) = tx_type {
+        let database = quote_spanned!(span_of(tx)=> __sr::tx_database::<#tx>());
+        out = quote!(#out.__transactional(#database));
     }
     out
 }

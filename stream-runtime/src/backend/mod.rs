@@ -187,6 +187,38 @@ pub enum SqlBackend<'a> {
     __Lifetime(std::marker::PhantomData<&'a ()>),
 }
 
+impl SqlBackend<'_> {
+    /// `"postgres"` or `"sqlite"`.
+    pub fn database(&self) -> &'static str {
+        match self {
+            #[cfg(feature = "postgres")]
+            SqlBackend::Postgres(_) => "postgres",
+            #[cfg(feature = "sqlite")]
+            SqlBackend::Sqlite(_) => "sqlite",
+            SqlBackend::__Lifetime(_) => "",
+        }
+    }
+}
+
+/// Checks that `backend` keeps its streams in `database` (`"postgres"`, `"sqlite"`), so
+/// `what` (a transaction of that database) can run there; the error names the backends that
+/// can.
+pub(crate) fn check_database(
+    backend: &dyn Backend,
+    what: &'static str,
+    database: &'static str,
+) -> Result<()> {
+    if backend.sql().is_some_and(|sql| sql.database() == database) {
+        Ok(())
+    } else {
+        Err(crate::Error::TransactionsUnsupported {
+            what,
+            backend: backend.name(),
+            requested: database,
+        })
+    }
+}
+
 /// What operators need beside delivery: read-only views of streams, groups and pending
 /// claims, one atomic move of a message to another stream, and deletion. Every backend
 /// implements it (the conformance suite checks it); none of it is on the delivery path, and

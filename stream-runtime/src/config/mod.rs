@@ -98,6 +98,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "max_age",
     "max_payload_bytes",
     "connect_timeout",
+    "transaction_isolation",
     "metrics_interval",
     "defaults",
     "consumers",
@@ -127,6 +128,9 @@ pub struct Config {
     /// How long connecting to a server (Postgres, Redis) may take.
     #[serde(deserialize_with = "de_connect_timeout")]
     pub connect_timeout: Duration,
+    /// The isolation level of transactional handlers' and `Service::begin`'s transactions
+    /// (Postgres; SQLite's are always serializable).
+    pub transaction_isolation: crate::options::Isolation,
     /// How often the runtime samples its groups' lag and pending counts into the
     /// `streams_lag` / `streams_pending` gauges (zero = never).
     #[serde(deserialize_with = "de_duration")]
@@ -152,6 +156,7 @@ impl fmt::Debug for Config {
             .field("max_age", &self.max_age)
             .field("max_payload_bytes", &self.max_payload_bytes)
             .field("connect_timeout", &self.connect_timeout)
+            .field("transaction_isolation", &self.transaction_isolation)
             .field("metrics_interval", &self.metrics_interval)
             .field("defaults", &self.defaults)
             .field("consumers", &self.consumers)
@@ -172,6 +177,7 @@ impl Default for Config {
             max_age: service.max_age,
             max_payload_bytes: service.max_payload_bytes,
             connect_timeout: service.connect_timeout,
+            transaction_isolation: service.transaction_isolation,
             metrics_interval: DEFAULT_METRICS_INTERVAL,
             defaults: ConsumerSettings::default(),
             consumers: BTreeMap::new(),
@@ -266,6 +272,7 @@ impl Config {
             .max_age(self.max_age)
             .max_payload_bytes(self.max_payload_bytes)
             .connect_timeout(self.connect_timeout)
+            .transaction_isolation(self.transaction_isolation)
     }
 
     /// Where the settings came from, for logs: the file, or "no config file".

@@ -94,3 +94,17 @@ pub async fn ping_answers_until_closed(h: &Harness) {
     let closed = h.backend.ping().await;
     assert!(matches!(closed, Err(Error::Closed)), "got {closed:?}");
 }
+
+/// `Backend::sql`: a backend whose streams live in a SQL database (Postgres, SQLite) names
+/// it, so transactions can run there; the others name none (and refuse transactional calls
+/// by that); a wrapping backend (the harness's call watch) passes the inner one's through.
+pub async fn sql_database_matches_the_backend(h: &Harness) {
+    let name = h.backend.name();
+    let expected = matches!(name, "postgres" | "sqlite");
+    assert_eq!(h.backend.sql().is_some(), expected, "{name}: Backend::sql");
+    assert_eq!(
+        h.service.backend().sql().is_some(),
+        expected,
+        "{name}: Backend::sql through a wrapping backend"
+    );
+}

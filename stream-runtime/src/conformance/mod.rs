@@ -98,7 +98,8 @@ macro_rules! __conformance_list {
             shutdown: close_drains_in_flight, close_aborts_past_shutdown_timeout,
                 closed_service_rejects, dropped_handle_keeps_running,
                 aborted_at_shutdown_keeps_its_only_attempt, release_keeps_the_attempt;
-            backend: claim_deadline_is_the_claimers, never_durations, ping_answers_until_closed;
+            backend: claim_deadline_is_the_claimers, never_durations, ping_answers_until_closed,
+                sql_database_matches_the_backend;
             admin: admin_lists_streams, admin_lag_and_pending_are_exact,
                 admin_oldest_pending_age_is_the_claims, admin_pending_entries,
                 admin_reads_ranges, admin_redrive_moves_back, admin_redrive_is_fenced,

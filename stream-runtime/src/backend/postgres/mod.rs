@@ -215,7 +215,7 @@ impl PostgresBackend {
     }
 
     /// Begins a transaction for a transactional handler or [`crate::Service::begin`].
-    pub(crate) async fn begin(
+    pub(crate) async fn begin_tx(
         &self,
         isolation: crate::options::Isolation,
     ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>> {

@@ -109,8 +109,12 @@ impl SqliteBackend {
     }
 
     /// Begins a transaction for a transactional handler or [`crate::Service::begin`], on
-    /// the writer connection, holding the write lock from the start.
-    pub(crate) async fn begin_tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
+    /// the writer connection, holding the write lock from the start. SQLite transactions
+    /// are serializable whatever `_isolation` asks.
+    pub(crate) async fn begin_tx(
+        &self,
+        _isolation: crate::options::Isolation,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
         self.begin("beginning a transaction").await
     }
 
