@@ -59,6 +59,7 @@ pub enum Isolation {
 
 impl Isolation {
     /// The statement that begins a Postgres transaction at this level.
+    #[cfg(feature = "postgres")]
     pub(crate) fn postgres_begin(self) -> &'static str {
         match self {
             Isolation::ReadCommitted => "BEGIN ISOLATION LEVEL READ COMMITTED",

@@ -75,6 +75,7 @@ impl Publisher {
     }
 
     /// Where this publisher finds its service.
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
     pub(crate) fn slot(&self) -> Arc<OnceLock<Service>> {
         self.service.clone()
     }
