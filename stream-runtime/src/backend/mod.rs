@@ -450,7 +450,8 @@ pub(crate) fn sql_limit(max: usize) -> i64 {
 
 /// Connects to the backend a URL names and creates its schema:
 /// `memory://`, `sqlite:` / `sqlite://`, `postgres://` / `postgresql://`, `redis://` /
-/// `rediss://`. Errors show the URL with its password redacted.
+/// `rediss://`, `redis+cluster://` / `rediss+cluster://` (a Redis Cluster). Errors show the
+/// URL with its password redacted.
 pub async fn connect(url: &str) -> Result<SharedBackend> {
     connect_with(url, ConnectOptions::default()).await
 }
@@ -461,7 +462,7 @@ pub async fn connect_with(url: &str, options: ConnectOptions) -> Result<SharedBa
     match scheme {
         "memory" => Ok(Arc::new(memory::MemoryBackend::new())),
         #[cfg(feature = "redis")]
-        "redis" | "rediss" => Ok(Arc::new(
+        "redis" | "rediss" | "redis+cluster" | "rediss+cluster" => Ok(Arc::new(
             self::redis::RedisBackend::connect_with(url, options).await?,
         )),
         #[cfg(feature = "sqlite")]
@@ -472,16 +473,15 @@ pub async fn connect_with(url: &str, options: ConnectOptions) -> Result<SharedBa
         )),
         // Reached only for the schemes whose backend features are off.
         #[allow(unreachable_patterns)]
-        "sqlite" | "postgres" | "postgresql" | "redis" | "rediss" => {
-            Err(crate::Error::FeatureDisabled {
-                feature: match scheme {
-                    "sqlite" => "sqlite",
-                    "postgres" | "postgresql" => "postgres",
-                    _ => "redis",
-                },
-                url: redact_url(url),
-            })
-        }
+        "sqlite" | "postgres" | "postgresql" | "redis" | "rediss" | "redis+cluster"
+        | "rediss+cluster" => Err(crate::Error::FeatureDisabled {
+            feature: match scheme {
+                "sqlite" => "sqlite",
+                "postgres" | "postgresql" => "postgres",
+                _ => "redis",
+            },
+            url: redact_url(url),
+        }),
         // A libpq-style `host=... user=...` string: say what to write instead.
         _ if !url.contains("://") && url.contains('=') => Err(crate::Error::Config(format!(
             "backend {} is a key=value connection string; write it as a URL instead, e.g. \

@@ -224,7 +224,15 @@ impl BackendAdmin for RedisBackend {
             let pattern = format!("streams:{{{}*", glob_literal(&escape(prefix)));
             let mut cursor = 0u64;
             let mut names = Vec::new();
-            loop {
+            if self.is_cluster() {
+                names.extend(
+                    self.scan_cluster(&pattern)
+                        .await?
+                        .iter()
+                        .filter_map(|k| stream_of_key(k)),
+                );
+            }
+            while !self.is_cluster() {
                 let (next, keys): (u64, Vec<String>) = ::redis::cmd("SCAN")
                     .arg(cursor)
                     .arg("MATCH")
@@ -415,6 +423,15 @@ impl BackendAdmin for RedisBackend {
             let Ok(id) = parse_start_id(id.as_str()) else {
                 return Ok(None);
             };
+            if self.is_cluster() {
+                let moved = self
+                    .move_across_slots(from, &id, to, message, &DELETE)
+                    .await?;
+                if moved.is_some() {
+                    self.wakeups.notify(to);
+                }
+                return Ok(moved.map(MessageId::new));
+            }
             let mut invocation = MOVE.prepare_invoke();
             invocation
                 .key(stream_key(from))

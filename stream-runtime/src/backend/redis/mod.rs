@@ -33,6 +33,8 @@
 //! (`XREADGROUP`). See `scripts.rs`.
 
 mod admin;
+mod cluster;
+mod conn;
 mod consumers;
 mod entries;
 mod keys;
@@ -56,6 +58,7 @@ use crate::error::{Error, Result};
 use crate::message::{MessageId, NewMessage};
 use crate::options::{StartPosition, Trim};
 
+use conn::{Conn, Target};
 use consumers::Consumers;
 use entries::{created_at, parse_claimed, parse_start_id};
 pub use keys::stream_key;
@@ -78,8 +81,8 @@ pub const DEFAULT_IDLE_CONSUMER_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Streams, groups and claims in Redis, with push wake-ups from blocking reads.
 pub struct RedisBackend {
-    client: ::redis::Client,
-    conn: ConnectionManager,
+    target: Target,
+    conn: Conn,
     url: String,
     scripts: Scripts,
     wakeups: Arc<WakeupHub>,
@@ -99,6 +102,12 @@ impl fmt::Debug for RedisBackend {
     }
 }
 
+/// A connection error naming the server, with a hint when it was refused.
+fn connect_failed(what: &str, shown: &str, e: RedisError) -> Error {
+    let refused = e.is_connection_refusal();
+    Error::backend(NAME, format!("{what} {shown}"), hint_refused(e, refused))
+}
+
 /// Errors worth retrying a settling call for: the connection dropped or the server is
 /// restarting. Settling scripts are fenced, so running one twice does nothing new.
 fn transient(e: &RedisError) -> bool {
@@ -109,7 +118,13 @@ fn transient(e: &RedisError) -> bool {
         || e.is_unrecoverable_error()
         || matches!(
             e.kind(),
-            ErrorKind::Server(ServerErrorKind::BusyLoading | ServerErrorKind::TryAgain)
+            ErrorKind::Server(
+                ServerErrorKind::BusyLoading
+                    | ServerErrorKind::TryAgain
+                    | ServerErrorKind::ClusterDown
+                    | ServerErrorKind::MasterDown
+                    | ServerErrorKind::ReadOnly
+            )
         )
 }
 
@@ -170,31 +185,47 @@ impl RedisBackend {
 
     /// Like [`connect`](Self::connect), with options: connecting and the version check
     /// give up after `connect_timeout` with "no answer within ...".
+    ///
+    /// `redis+cluster://[:password@]host:port[,host:port...]` (or `rediss+cluster://`)
+    /// connects to a Redis Cluster through the listed seed nodes.
     pub async fn connect_with(url: &str, options: ConnectOptions) -> Result<Self> {
         let shown = redact_url(url);
+        if cluster::is_cluster_url(url) {
+            return Self::connect_cluster(url, shown, options).await;
+        }
         let client = ::redis::Client::open(url).map_err(|e| invalid_url(&shown, &e))?;
         let timeout = options.connect_timeout;
-        let failed = |what: &str, e: RedisError| {
-            let refused = e.is_connection_refusal();
-            Error::backend(NAME, format!("{what} {shown}"), hint_refused(e, refused))
-        };
+        let failed = |what: &str, e: RedisError| connect_failed(what, &shown, e);
         let timed_out =
             || Error::backend(NAME, format!("connecting to {shown}"), no_answer(timeout));
         // One direct connection first, for a clear error at once: the connection manager
         // retries a refused or silent server for a while before it gives up.
-        let info: String = tokio::time::timeout(timeout, async {
+        let (info, cluster_info): (String, String) = tokio::time::timeout(timeout, async {
             let mut direct = client
                 .get_multiplexed_async_connection()
                 .await
                 .map_err(|e| failed("connecting to", e))?;
-            ::redis::cmd("INFO")
+            let info = ::redis::cmd("INFO")
                 .arg("server")
                 .query_async(&mut direct)
                 .await
-                .map_err(|e| failed("reading the server version of", e))
+                .map_err(|e| failed("reading the server version of", e))?;
+            let cluster_info = ::redis::cmd("INFO")
+                .arg("cluster")
+                .query_async(&mut direct)
+                .await
+                .unwrap_or_default();
+            Ok::<_, Error>((info, cluster_info))
         })
         .await
         .map_err(|_| timed_out())??;
+        check_version(&info, &shown)?;
+        if cluster_info.contains("cluster_enabled:1") {
+            return Err(Error::Config(format!(
+                "the Redis server at {shown} is a Redis Cluster node; write the URL as \
+                 redis+cluster://host:port[,host:port...] (rediss+cluster:// with TLS)"
+            )));
+        }
         let config = ::redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(Duration::from_secs(10)))
@@ -207,9 +238,68 @@ impl RedisBackend {
         .await
         .map_err(|_| timed_out())?
         .map_err(|e| failed("connecting to", e))?;
+        Ok(Self::with(
+            Target::Single(client),
+            Conn::Managed(conn),
+            shown,
+        ))
+    }
+
+    /// Connects to a cluster through its seed nodes.
+    async fn connect_cluster(url: &str, shown: String, options: ConnectOptions) -> Result<Self> {
+        let nodes = cluster::node_urls(url).map_err(|why| {
+            Error::Config(format!(
+                "backend URL {shown} is not a valid Redis Cluster URL ({why}); write \
+                 redis+cluster://host:port[,host:port...]"
+            ))
+        })?;
+        let timeout = options.connect_timeout;
+        let build = |response_timeout: Duration| {
+            ::redis::cluster::ClusterClient::builder(nodes.clone())
+                .connection_timeout(timeout)
+                .response_timeout(response_timeout)
+                .build()
+                .map_err(|e| invalid_url(&shown, &e))
+        };
+        let client = build(Duration::from_secs(10))?;
+        let watch_client = build(watch::BLOCK + Duration::from_secs(5))?;
+        let timed_out =
+            || Error::backend(NAME, format!("connecting to {shown}"), no_answer(timeout));
+        let (conn, info) = tokio::time::timeout(timeout, async {
+            let mut conn = client
+                .get_async_connection()
+                .await
+                .map_err(|e| connect_failed("connecting to the cluster", &shown, e))?;
+            let info: Value = conn
+                .route_command(
+                    ::redis::cmd("INFO").arg("server").clone(),
+                    ::redis::cluster_routing::RoutingInfo::SingleNode(
+                        ::redis::cluster_routing::SingleNodeRoutingInfo::RandomPrimary,
+                    ),
+                )
+                .await
+                .map_err(|e| connect_failed("reading the server version of", &shown, e))?;
+            Ok::<_, Error>((conn, info))
+        })
+        .await
+        .map_err(|_| timed_out())??;
+        let info = match info {
+            Value::BulkString(b) => String::from_utf8_lossy(&b).into_owned(),
+            Value::VerbatimString { text, .. } => text,
+            Value::SimpleString(s) => s,
+            other => return Err(unexpected("INFO server", &other)),
+        };
         check_version(&info, &shown)?;
-        Ok(RedisBackend {
-            client,
+        Ok(Self::with(
+            Target::Cluster(Box::new(watch_client)),
+            Conn::Cluster(conn),
+            shown,
+        ))
+    }
+
+    fn with(target: Target, conn: Conn, shown: String) -> Self {
+        RedisBackend {
+            target,
             conn,
             url: shown,
             scripts: Scripts::new(),
@@ -221,7 +311,12 @@ impl RedisBackend {
             }),
             idle_consumer_timeout: DEFAULT_IDLE_CONSUMER_TIMEOUT,
             closed: Closed::default(),
-        })
+        }
+    }
+
+    /// Whether this backend is connected to a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.conn, Conn::Cluster(_))
     }
 
     /// A backend error naming the server (password redacted).
@@ -506,6 +601,11 @@ impl Backend for RedisBackend {
     ) -> BoxFuture<'a, Result<bool>> {
         Box::pin(async move {
             self.closed.check()?;
+            if self.is_cluster() {
+                return self
+                    .dead_letter_across_slots(group, claim, to, message)
+                    .await;
+            }
             let mut invocation = self.scripts.dead_letter.prepare_invoke();
             invocation
                 .key(stream_key(group.stream))
@@ -566,7 +666,7 @@ impl Backend for RedisBackend {
         if !running {
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                 let task = watch::watch(
-                    self.client.clone(),
+                    self.target.clone(),
                     stream.to_owned(),
                     stream_key(stream),
                     self.wakeups.clone(),

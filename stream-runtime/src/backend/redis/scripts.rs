@@ -7,7 +7,7 @@
 
 /// `held(stream, group, consumer, id, token)`: the entry's pending record
 /// `{id, consumer, idle ms, deliveries}` if the claim is still ours, else false.
-const HELD: &str = r"
+pub(super) const HELD: &str = r"
 local function held(stream, group, consumer, id, token)
   local p = redis.pcall('XPENDING', stream, group, id, id, 1)
   if type(p) ~= 'table' or p.err or not p[1] then return false end

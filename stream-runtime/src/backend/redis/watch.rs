@@ -5,25 +5,19 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ::redis::aio::MultiplexedConnection;
-use ::redis::{AsyncConnectionConfig, Client, RedisResult, Value};
+use ::redis::{RedisResult, Value};
 
+use super::conn::{Conn, Target};
 use crate::backend::WakeupHub;
 
 /// How long one `XREAD` blocks before it is issued again.
-const BLOCK: Duration = Duration::from_secs(5);
+pub(super) const BLOCK: Duration = Duration::from_secs(5);
 
 /// Watches `key` until aborted (by the backend's close or drop).
-pub(super) async fn watch(client: Client, stream: String, key: String, hub: Arc<WakeupHub>) {
-    let config = AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(5)))
-        .set_response_timeout(Some(BLOCK + Duration::from_secs(5)));
+pub(super) async fn watch(target: Target, stream: String, key: String, hub: Arc<WakeupHub>) {
     let mut failures = 0u32;
     loop {
-        let result = match client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
-        {
+        let result = match target.connect_own(BLOCK + Duration::from_secs(5)).await {
             Ok(conn) => follow(conn, &stream, &key, &hub, &mut failures).await,
             Err(e) => Err(e),
         };
@@ -40,7 +34,7 @@ pub(super) async fn watch(client: Client, stream: String, key: String, hub: Arc<
 
 /// Follows the stream on one connection until an error.
 async fn follow(
-    mut conn: MultiplexedConnection,
+    mut conn: Conn,
     stream: &str,
     key: &str,
     hub: &WakeupHub,
@@ -72,7 +66,7 @@ async fn follow(
 }
 
 /// The id of the newest entry, or `0-0` for an empty or missing stream.
-async fn newest(conn: &mut MultiplexedConnection, key: &str) -> RedisResult<String> {
+async fn newest(conn: &mut Conn, key: &str) -> RedisResult<String> {
     let reply: Vec<(String, Value)> = ::redis::cmd("XREVRANGE")
         .arg(key)
         .arg("+")
