@@ -5,6 +5,10 @@
 
 stream_runtime::conformance_tests!(redis, stream_tests::shared_redis());
 
+// The whole suite again on a Redis Cluster of this binary's own (three primaries, one
+// replica each, on loopback ports), shared by its cases.
+stream_runtime::conformance_tests!(redis_cluster, stream_tests::shared_redis_cluster());
+
 /// Cases only the Redis backend has: its key and field layout, its retry parking, consumer
 /// cleanup, push wake-ups across connections, and reconnects on a throwaway server.
 mod redis_specific {

@@ -300,3 +300,254 @@ impl Drop for ThrowawayRedis {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// A Redis Cluster of a test binary's own: three primaries with one replica each, on free
+/// loopback ports, each node in its own directory under a temp directory. Every node runs
+/// under a small shell that stops it (by pid) when its stdin closes: when this value is
+/// dropped, or when the test process exits however it exits.
+#[derive(Debug)]
+pub struct ThrowawayCluster {
+    nodes: Vec<ClusterNode>,
+    dir: PathBuf,
+}
+
+#[derive(Debug)]
+struct ClusterNode {
+    port: u16,
+    keeper: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+}
+
+/// A free loopback port whose cluster bus port (+10000) is free too.
+fn free_cluster_port(taken: &[u16]) -> Result<u16, String> {
+    for _ in 0..200 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| format!("no free port: {e}"))?
+            .port();
+        if port > 55_000 || taken.contains(&port) || taken.contains(&(port + 10_000)) {
+            continue;
+        }
+        if std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err("no free pair of ports for a cluster node".to_owned())
+}
+
+/// `redis-cli -p port args...`, its output.
+fn redis_cli(port: u16, args: &[&str]) -> Result<String, String> {
+    let out = std::process::Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run redis-cli: {e}"))?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Polls `check` every 100 ms until it holds or `timeout` passes (blocking).
+fn poll_until(timeout: std::time::Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if check() {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+impl ThrowawayCluster {
+    /// Starts six nodes, joins them into a cluster (`redis-cli --cluster create ...
+    /// --cluster-replicas 1`) and waits until every node reports `cluster_state:ok`.
+    /// Blocks for a few seconds.
+    pub fn start() -> Result<ThrowawayCluster, String> {
+        let dir = temp_dir("redis-cluster");
+        let mut cluster = ThrowawayCluster {
+            nodes: Vec::new(),
+            dir,
+        };
+        let mut ports = Vec::new();
+        for _ in 0..6 {
+            let port = free_cluster_port(&ports)?;
+            ports.push(port);
+            ports.push(port + 10_000);
+            let node_dir = cluster.dir.join(port.to_string());
+            std::fs::create_dir_all(&node_dir)
+                .map_err(|e| format!("creating {}: {e}", node_dir.display()))?;
+            let mut keeper = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(r#"redis-server "$@" & pid=$!; cat >/dev/null; kill "$pid"; wait "$pid""#)
+                .arg("sh")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"])
+                .args(["--cluster-config-file", "nodes.conf"])
+                .args(["--appendonly", "yes", "--save", ""])
+                .arg("--dir")
+                .arg(&node_dir)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .map_err(|e| format!("cannot start redis-server: {e}"))?;
+            let stdin = keeper.stdin.take();
+            cluster.nodes.push(ClusterNode {
+                port,
+                keeper,
+                stdin,
+            });
+        }
+        for node in &cluster.nodes {
+            let port = node.port;
+            if !poll_until(std::time::Duration::from_secs(10), || {
+                redis_cli(port, &["ping"]).is_ok_and(|o| o.contains("PONG"))
+            }) {
+                return Err(format!("cluster node {port} did not answer within 10 s"));
+            }
+        }
+        let addresses: Vec<String> = cluster
+            .nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let created = std::process::Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addresses)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .map_err(|e| format!("cannot run redis-cli --cluster create: {e}"))?;
+        if !created.success() {
+            return Err(format!("redis-cli --cluster create failed: {created}"));
+        }
+        for node in &cluster.nodes {
+            let port = node.port;
+            if !poll_until(std::time::Duration::from_secs(30), || {
+                redis_cli(port, &["cluster", "info"]).is_ok_and(|o| o.contains("cluster_state:ok"))
+            }) {
+                return Err(format!("cluster node {port} not ok within 30 s"));
+            }
+        }
+        Ok(cluster)
+    }
+
+    /// Its URL: `redis+cluster://` and the primaries and replicas as seed nodes.
+    pub fn url(&self) -> String {
+        let nodes: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        format!("redis+cluster://{}", nodes.join(","))
+    }
+
+    /// The nodes' ports.
+    pub fn ports(&self) -> Vec<u16> {
+        self.nodes.iter().map(|n| n.port).collect()
+    }
+
+    /// `redis-cli` against one node.
+    pub fn cli(&self, port: u16, args: &[&str]) -> Result<String, String> {
+        redis_cli(port, args)
+    }
+
+    /// The port of the primary serving `key`'s slot, and of its replicas.
+    pub fn serving(&self, key: &str) -> Result<(u16, Vec<u16>), String> {
+        let port = self.ports()[0];
+        let slot = redis_cli(port, &["cluster", "keyslot", key])?
+            .trim()
+            .parse::<u16>()
+            .map_err(|e| format!("CLUSTER KEYSLOT: {e}"))?;
+        let nodes = redis_cli(port, &["cluster", "nodes"])?;
+        // <id> <ip:port@bus> <flags> <primary id or -> ... <slot ranges>
+        let mut primary = None;
+        for line in nodes.lines() {
+            let cells: Vec<&str> = line.split_whitespace().collect();
+            if cells.len() < 8 || !cells[2].contains("master") || cells[2].contains("fail") {
+                continue;
+            }
+            let serves = cells[8..].iter().any(|range| {
+                let (a, b) = range.split_once('-').unwrap_or((range, range));
+                matches!((a.parse::<u16>(), b.parse::<u16>()), (Ok(a), Ok(b)) if a <= slot && slot <= b)
+            });
+            if serves {
+                primary = Some((cells[0].to_owned(), node_port(cells[1])?));
+            }
+        }
+        let (id, primary) = primary.ok_or_else(|| format!("no primary serves slot {slot}"))?;
+        let replicas = nodes
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .filter(|c| c.len() > 3 && c[3] == id && !c[2].contains("fail"))
+            .map(|c| node_port(c[1]))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((primary, replicas))
+    }
+
+    /// The pid of the redis-server on `port` (from `INFO server`).
+    pub fn pid(&self, port: u16) -> Result<u32, String> {
+        let info = redis_cli(port, &["info", "server"])?;
+        info.lines()
+            .find_map(|l| l.strip_prefix("process_id:"))
+            .and_then(|p| p.trim().parse().ok())
+            .ok_or_else(|| format!("no process_id in INFO of node {port}"))
+    }
+
+    /// Waits until every node still running reports `cluster_state:ok` (blocking).
+    pub fn wait_ok(&self, skip: &[u16], timeout: std::time::Duration) -> bool {
+        self.ports()
+            .into_iter()
+            .filter(|p| !skip.contains(p))
+            .all(|port| {
+                poll_until(timeout, || {
+                    redis_cli(port, &["cluster", "info"])
+                        .is_ok_and(|o| o.contains("cluster_state:ok"))
+                })
+            })
+    }
+}
+
+fn node_port(address: &str) -> Result<u16, String> {
+    address
+        .split('@')
+        .next()
+        .and_then(|a| a.rsplit(':').next())
+        .and_then(|p| p.parse().ok())
+        .ok_or_else(|| format!("no port in {address}"))
+}
+
+impl Drop for ThrowawayCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            node.stdin.take(); // the keeper stops its server
+        }
+        for node in &mut self.nodes {
+            let _ = node.keeper.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The cluster the tests of one binary share (started on first use), or `None` (a loud
+/// skip) when it cannot start. Its nodes stop when the test process exits.
+pub fn shared_cluster() -> Option<&'static ThrowawayCluster> {
+    static CLUSTER: std::sync::OnceLock<Result<ThrowawayCluster, String>> =
+        std::sync::OnceLock::new();
+    match CLUSTER.get_or_init(ThrowawayCluster::start) {
+        Ok(cluster) => Some(cluster),
+        Err(e) => skip_or_fail("redis cluster", e),
+    }
+}
+
+/// A backend on the shared cluster ([`shared_cluster`]), shared.
+pub async fn shared_redis_cluster() -> Option<SharedBackend> {
+    let url = shared_cluster()?.url();
+    match RedisBackend::connect(&url).await {
+        Ok(backend) => Some(Arc::new(backend)),
+        Err(e) => skip_or_fail("redis cluster", &e.to_string()),
+    }
+}
