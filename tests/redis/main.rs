@@ -12,6 +12,7 @@ stream_runtime::conformance_tests!(redis_cluster, stream_tests::shared_redis_clu
 /// Cases only the Redis backend has: its key and field layout, its retry parking, consumer
 /// cleanup, push wake-ups across connections, and reconnects on a throwaway server.
 mod redis_specific {
+    mod cluster;
     mod faults;
     mod streams;
 

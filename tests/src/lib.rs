@@ -431,6 +431,21 @@ impl ThrowawayCluster {
             }) {
                 return Err(format!("cluster node {port} not ok within 30 s"));
             }
+            // Every node knows every replica, and each replica is in sync with its primary.
+            if !poll_until(std::time::Duration::from_secs(30), || {
+                let Ok(nodes) = redis_cli(port, &["cluster", "nodes"]) else {
+                    return false;
+                };
+                let replicas = nodes.lines().filter(|l| l.contains("slave")).count();
+                let linked = redis_cli(port, &["info", "replication"]).is_ok_and(|info| {
+                    info.contains("role:master") || info.contains("master_link_status:up")
+                });
+                replicas == 3 && !nodes.contains("fail") && !nodes.contains("handshake") && linked
+            }) {
+                return Err(format!(
+                    "cluster node {port} did not see its replicas within 30 s"
+                ));
+            }
         }
         Ok(cluster)
     }
@@ -457,12 +472,19 @@ impl ThrowawayCluster {
 
     /// The port of the primary serving `key`'s slot, and of its replicas.
     pub fn serving(&self, key: &str) -> Result<(u16, Vec<u16>), String> {
-        let port = self.ports()[0];
-        let slot = redis_cli(port, &["cluster", "keyslot", key])?
-            .trim()
-            .parse::<u16>()
-            .map_err(|e| format!("CLUSTER KEYSLOT: {e}"))?;
-        let nodes = redis_cli(port, &["cluster", "nodes"])?;
+        // Asked of the first node that answers (a test may have killed some).
+        let (slot, nodes) = self
+            .ports()
+            .into_iter()
+            .find_map(|port| {
+                let slot = redis_cli(port, &["cluster", "keyslot", key])
+                    .ok()?
+                    .trim()
+                    .parse::<u16>()
+                    .ok()?;
+                Some((slot, redis_cli(port, &["cluster", "nodes"]).ok()?))
+            })
+            .ok_or_else(|| "no cluster node answers CLUSTER KEYSLOT".to_owned())?;
         // <id> <ip:port@bus> <flags> <primary id or -> ... <slot ranges>
         let mut primary = None;
         for line in nodes.lines() {

@@ -17,7 +17,11 @@ async fn unreachable_server_is_reported_redacted() {
 
 /// Publishes `n` messages one by one, retrying each until the publish returns Ok, and
 /// returns the payloads whose publish was acknowledged.
-async fn publish_through_faults(svc: &Service, stream: &str, n: usize) -> HashSet<String> {
+pub(super) async fn publish_through_faults(
+    svc: &Service,
+    stream: &str,
+    n: usize,
+) -> HashSet<String> {
     let mut acked = HashSet::new();
     for i in 0..n {
         let payload = format!("m{i}");
