@@ -573,3 +573,89 @@ pub async fn shared_redis_cluster() -> Option<SharedBackend> {
         Err(e) => skip_or_fail("redis cluster", &e.to_string()),
     }
 }
+
+/// This test binary run again as a child process that runs one test (`test`, with the
+/// given environment), its stdin a pipe and its stdout read line by line: the lines holding
+/// `CHILD ` are kept (what follows it), the rest dropped. Killed when dropped, if still
+/// running.
+#[derive(Debug)]
+pub struct ChildProcess {
+    /// The process.
+    pub child: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl ChildProcess {
+    /// Starts it.
+    pub fn spawn(test: &str, env: &[(&str, &str)]) -> ChildProcess {
+        use std::io::BufRead;
+        let exe = std::env::current_exe().expect("test binary path");
+        let mut child = std::process::Command::new(exe)
+            .args([test, "--exact", "--nocapture", "--test-threads=1"])
+            .envs(env.iter().copied())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("spawning the child process");
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take().expect("child stdout");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                // libtest may print "test child_process ... " on the same line first.
+                if let Some(at) = line.find("CHILD ") {
+                    sink.lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .push(line[at + "CHILD ".len()..].to_owned());
+                }
+            }
+        });
+        ChildProcess {
+            child,
+            stdin,
+            lines,
+        }
+    }
+
+    /// The lines so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.with_lines(<[String]>::to_vec)
+    }
+
+    /// `f` of the lines so far, without copying them.
+    pub fn with_lines<T>(&self, f: impl FnOnce(&[String]) -> T) -> T {
+        f(&self.lines.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Whether it printed `line`.
+    pub fn has_line(&self, line: &str) -> bool {
+        self.with_lines(|lines| lines.iter().any(|l| l == line))
+    }
+
+    /// Writes a line to its stdin.
+    pub fn send(&mut self, line: &str) {
+        use std::io::Write;
+        let stdin = self.stdin.as_mut().expect("child stdin");
+        writeln!(stdin, "{line}").expect("writing to the child");
+        stdin.flush().expect("flushing the child's stdin");
+    }
+
+    /// Kills it (SIGKILL) and reaps it.
+    pub fn kill(&mut self) {
+        self.child.kill().expect("killing the child");
+        self.child.wait().expect("reaping the child");
+    }
+}
+
+impl Drop for ChildProcess {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
