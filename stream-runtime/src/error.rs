@@ -88,7 +88,8 @@ pub enum Error {
          enable it in Cargo.toml"
     )]
     FeatureDisabled {
-        /// The stream-runtime feature to enable: `"sqlite"`, `"postgres"` or `"redis"`.
+        /// The stream-runtime feature to enable: `"sqlite"`, `"postgres"`, `"redis"` or
+        /// `"tls"`.
         feature: &'static str,
         /// The URL, with its password redacted.
         url: String,

@@ -318,6 +318,81 @@ struct ClusterNode {
     stdin: Option<std::process::ChildStdin>,
 }
 
+/// Whether this process runs as root (servers like Postgres refuse to).
+pub fn is_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+}
+
+/// Starts `program args...` under a shell that stops it (`kill -SIGNAL <pid>`) when the
+/// returned stdin closes: when it is dropped, or when the test process exits however it
+/// exits. As `user` (through `runuser`) when given and this process runs as root.
+pub fn spawn_kept(
+    user: Option<&str>,
+    program: &str,
+    args: &[std::ffi::OsString],
+    signal: &str,
+) -> Result<(std::process::Child, std::process::ChildStdin), String> {
+    let script =
+        format!(r#"{program} "$@" & pid=$!; cat >/dev/null; kill -{signal} "$pid"; wait "$pid""#);
+    let root = is_root();
+    let mut command = match user {
+        Some(user) if root => {
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", user, "--", "sh"]);
+            c
+        }
+        _ => std::process::Command::new("sh"),
+    };
+    let mut child = command
+        .arg("-c")
+        .arg(script)
+        .arg("sh")
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start {program}: {e}"))?;
+    let stdin = child
+        .stdin
+        .take()
+        .ok_or_else(|| format!("no stdin for {program}"))?;
+    Ok((child, stdin))
+}
+
+/// Runs `program args...` to completion, as `user` when given and running as root.
+pub fn run_as(
+    user: Option<&str>,
+    program: &str,
+    args: &[std::ffi::OsString],
+) -> Result<(), String> {
+    let root = is_root();
+    let mut command = match user {
+        Some(user) if root => {
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", user, "--", program]);
+            c
+        }
+        _ => std::process::Command::new(program),
+    };
+    let out = command
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run {program}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{program} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
 /// A free loopback port whose cluster bus port (+10000) is free too.
 fn free_cluster_port(taken: &[u16]) -> Result<u16, String> {
     for _ in 0..200 {
@@ -377,26 +452,32 @@ impl ThrowawayCluster {
             let node_dir = cluster.dir.join(port.to_string());
             std::fs::create_dir_all(&node_dir)
                 .map_err(|e| format!("creating {}: {e}", node_dir.display()))?;
-            let mut keeper = std::process::Command::new("sh")
-                .arg("-c")
-                .arg(r#"redis-server "$@" & pid=$!; cat >/dev/null; kill "$pid"; wait "$pid""#)
-                .arg("sh")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"])
-                .args(["--cluster-config-file", "nodes.conf"])
-                .args(["--appendonly", "yes", "--save", ""])
-                .arg("--dir")
-                .arg(&node_dir)
-                .stdin(std::process::Stdio::piped())
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .map_err(|e| format!("cannot start redis-server: {e}"))?;
-            let stdin = keeper.stdin.take();
+            let args: Vec<std::ffi::OsString> = [
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--cluster-enabled",
+                "yes",
+                "--cluster-node-timeout",
+                "2000",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--appendonly",
+                "yes",
+                "--save",
+                "",
+                "--dir",
+            ]
+            .iter()
+            .map(Into::into)
+            .chain([node_dir.clone().into_os_string()])
+            .collect();
+            let (keeper, stdin) = spawn_kept(None, "redis-server", &args, "TERM")?;
             cluster.nodes.push(ClusterNode {
                 port,
                 keeper,
-                stdin,
+                stdin: Some(stdin),
             });
         }
         for node in &cluster.nodes {

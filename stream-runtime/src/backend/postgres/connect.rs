@@ -88,6 +88,18 @@ impl PostgresBackend {
                 "backend URL {redacted} is not a valid Postgres URL: {e}"
             ))
         })?;
+        // A mode that needs TLS, in a build without it: say which feature to enable
+        // (`prefer`, the default, falls back to plain TCP).
+        if !cfg!(feature = "tls")
+            && ["require", "verify-ca", "verify-full"]
+                .iter()
+                .any(|mode| sqlx_url.contains(&format!("sslmode={mode}")))
+        {
+            return Err(Error::FeatureDisabled {
+                feature: "tls",
+                url: redacted,
+            });
+        }
 
         // One direct connection first: a clear error at once when the server is unreachable
         // or refuses us (a pool would retry until its acquire timeout), and the migration.

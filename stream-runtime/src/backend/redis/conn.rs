@@ -64,7 +64,7 @@ impl ConnectionLike for Conn {
 /// the connection it runs on.
 #[derive(Clone, Debug)]
 pub(super) enum Target {
-    Single(::redis::Client),
+    Single(Box<::redis::Client>),
     /// A cluster client whose response timeout leaves room for a blocking read.
     Cluster(Box<::redis::cluster::ClusterClient>),
 }

@@ -102,6 +102,89 @@ impl fmt::Debug for RedisBackend {
     }
 }
 
+/// Takes `cacert=PATH` (the CA that signed the server's certificate, PEM) out of the
+/// URL's query: the URL the `redis` crate reads, and the CA's certificates.
+fn take_cacert(url: &str, shown: &str) -> Result<(String, Option<Vec<u8>>)> {
+    let Some((head, query)) = url.split_once('?') else {
+        return Ok((url.to_owned(), None));
+    };
+    let mut path = None;
+    let rest: Vec<&str> = query
+        .split('&')
+        .filter(|pair| match pair.strip_prefix("cacert=") {
+            Some(p) => {
+                path = Some(p);
+                false
+            }
+            None => true,
+        })
+        .collect();
+    let Some(path) = path else {
+        return Ok((url.to_owned(), None));
+    };
+    if !cfg!(feature = "tls") {
+        return Err(Error::FeatureDisabled {
+            feature: "tls",
+            url: shown.to_owned(),
+        });
+    }
+    let pem = std::fs::read(path).map_err(|e| {
+        Error::Config(format!(
+            "cannot read the CA certificate {path} (cacert= of backend URL {shown}): {e}"
+        ))
+    })?;
+    let url = if rest.is_empty() {
+        head.to_owned()
+    } else {
+        format!("{head}?{}", rest.join("&"))
+    };
+    Ok((url, Some(pem)))
+}
+
+/// Clients that check the server's certificate against a CA of the URL's `cacert=`.
+mod tls {
+    use ::redis::cluster::ClusterClientBuilder;
+    use ::redis::{Client, RedisResult};
+
+    #[cfg(feature = "tls")]
+    fn certificates(ca: Vec<u8>) -> ::redis::TlsCertificates {
+        ::redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(ca),
+        }
+    }
+
+    #[cfg(feature = "tls")]
+    pub(super) fn client_with_ca(url: &str, ca: Vec<u8>) -> RedisResult<Client> {
+        Client::build_with_tls(url, certificates(ca))
+    }
+
+    #[cfg(feature = "tls")]
+    pub(super) fn cluster_with_ca(
+        builder: ClusterClientBuilder,
+        ca: Option<Vec<u8>>,
+    ) -> ClusterClientBuilder {
+        match ca {
+            Some(ca) => builder.certs(certificates(ca)),
+            None => builder,
+        }
+    }
+
+    // Without the feature a `cacert=` is refused before these are reached.
+    #[cfg(not(feature = "tls"))]
+    pub(super) fn client_with_ca(url: &str, _ca: Vec<u8>) -> RedisResult<Client> {
+        Client::open(url)
+    }
+
+    #[cfg(not(feature = "tls"))]
+    pub(super) fn cluster_with_ca(
+        builder: ClusterClientBuilder,
+        _ca: Option<Vec<u8>>,
+    ) -> ClusterClientBuilder {
+        builder
+    }
+}
+
 /// A connection error naming the server, with a hint when it was refused.
 fn connect_failed(what: &str, shown: &str, e: RedisError) -> Error {
     let refused = e.is_connection_refusal();
@@ -190,10 +273,22 @@ impl RedisBackend {
     /// connects to a Redis Cluster through the listed seed nodes.
     pub async fn connect_with(url: &str, options: ConnectOptions) -> Result<Self> {
         let shown = redact_url(url);
-        if cluster::is_cluster_url(url) {
-            return Self::connect_cluster(url, shown, options).await;
+        if url.starts_with("rediss") && !cfg!(feature = "tls") {
+            return Err(Error::FeatureDisabled {
+                feature: "tls",
+                url: shown,
+            });
         }
-        let client = ::redis::Client::open(url).map_err(|e| invalid_url(&shown, &e))?;
+        let (url, ca) = take_cacert(url, &shown)?;
+        let url = url.as_str();
+        if cluster::is_cluster_url(url) {
+            return Self::connect_cluster(url, ca, shown, options).await;
+        }
+        let client = match ca {
+            None => ::redis::Client::open(url),
+            Some(ca) => tls::client_with_ca(url, ca),
+        }
+        .map_err(|e| invalid_url(&shown, &e))?;
         let timeout = options.connect_timeout;
         let failed = |what: &str, e: RedisError| connect_failed(what, &shown, e);
         let timed_out =
@@ -239,14 +334,19 @@ impl RedisBackend {
         .map_err(|_| timed_out())?
         .map_err(|e| failed("connecting to", e))?;
         Ok(Self::with(
-            Target::Single(client),
+            Target::Single(Box::new(client)),
             Conn::Managed(conn),
             shown,
         ))
     }
 
     /// Connects to a cluster through its seed nodes.
-    async fn connect_cluster(url: &str, shown: String, options: ConnectOptions) -> Result<Self> {
+    async fn connect_cluster(
+        url: &str,
+        ca: Option<Vec<u8>>,
+        shown: String,
+        options: ConnectOptions,
+    ) -> Result<Self> {
         let nodes = cluster::node_urls(url).map_err(|why| {
             Error::Config(format!(
                 "backend URL {shown} is not a valid Redis Cluster URL ({why}); write \
@@ -255,9 +355,10 @@ impl RedisBackend {
         })?;
         let timeout = options.connect_timeout;
         let build = |response_timeout: Duration| {
-            ::redis::cluster::ClusterClient::builder(nodes.clone())
+            let builder = ::redis::cluster::ClusterClient::builder(nodes.clone())
                 .connection_timeout(timeout)
-                .response_timeout(response_timeout)
+                .response_timeout(response_timeout);
+            tls::cluster_with_ca(builder, ca.clone())
                 .build()
                 .map_err(|e| invalid_url(&shown, &e))
         };
