@@ -5,7 +5,6 @@
 //! `child_process` test then acts as the second process, driven through stdin/stdout.
 
 use std::collections::HashMap;
-use std::io::BufRead;
 use std::time::{Duration, Instant};
 
 use stream_runtime::conformance::{unique_name, wait_for, Recorder};
@@ -58,15 +57,7 @@ async fn child_process() {
     // Idle: the ping that comes next must wake it.
     idle.wait_idle(".ping").await;
     println!("CHILD ready");
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    std::thread::spawn(move || {
-        for line in std::io::stdin().lock().lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let mut rx = stream_tests::stdin_lines();
     while let Some(line) = rx.recv().await {
         if let Some(payload) = line.strip_prefix("publish ") {
             service

@@ -12,7 +12,6 @@
 //! [`URL_ENV`] is set).
 
 use std::collections::{HashMap, HashSet};
-use std::io::BufRead;
 use std::time::{Duration, Instant};
 
 use stream_runtime::conformance::{eventually, unique_name};
@@ -62,15 +61,7 @@ async fn worker_child() {
         .await
         .expect("worker: subscribe");
     println!("CHILD ready");
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    std::thread::spawn(move || {
-        for line in std::io::stdin().lock().lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let mut rx = stream_tests::stdin_lines();
     while let Some(line) = rx.recv().await {
         if line == "stop" {
             break;
@@ -235,24 +226,29 @@ async fn four_processes_share_a_group(kind: &str, url: String) {
     service.close().await.expect("close");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn four_processes_share_a_group_postgres() {
+/// The run on the backend of `kind` ([`backend_url`]), unless this is a worker.
+async fn run_on(kind: &str) {
     if std::env::var_os(URL_ENV).is_some() {
         return;
     }
-    if let Some(url) = backend_url("postgres").await {
-        four_processes_share_a_group("postgres", url).await;
+    if let Some(url) = backend_url(kind).await {
+        four_processes_share_a_group(kind, url).await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_processes_share_a_group_postgres() {
+    run_on("postgres").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_processes_share_a_group_redis() {
-    if std::env::var_os(URL_ENV).is_some() {
-        return;
-    }
-    if let Some(url) = backend_url("redis").await {
-        four_processes_share_a_group("redis", url).await;
-    }
+    run_on("redis").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_processes_share_a_group_sqlite() {
+    run_on("sqlite").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -265,15 +261,5 @@ async fn four_processes_share_a_group_redis_cluster() {
         .expect("starting the cluster")
     {
         four_processes_share_a_group("redis cluster", cluster).await;
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn four_processes_share_a_group_sqlite() {
-    if std::env::var_os(URL_ENV).is_some() {
-        return;
-    }
-    if let Some(url) = backend_url("sqlite").await {
-        four_processes_share_a_group("sqlite", url).await;
     }
 }

@@ -655,6 +655,22 @@ pub async fn shared_redis_cluster() -> Option<SharedBackend> {
     }
 }
 
+/// The lines of this process's stdin, read on a thread of their own (for a child process
+/// driven by its parent); the channel closes at the end of input.
+pub fn stdin_lines() -> tokio::sync::mpsc::UnboundedReceiver<String> {
+    use std::io::BufRead;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
 /// This test binary run again as a child process that runs one test (`test`, with the
 /// given environment), its stdin a pipe and its stdout read line by line: the lines holding
 /// `CHILD ` are kept (what follows it), the rest dropped. Killed when dropped, if still

@@ -3,7 +3,7 @@
 
 use stream_tests::ThrowawayCluster;
 
-use super::faults::publish_through_faults;
+use super::faults::run_through;
 use super::*;
 
 /// A replica takes over the primary serving the stream's slot mid-run (`CLUSTER FAILOVER`
@@ -26,84 +26,36 @@ async fn cluster_failover_loses_nothing() {
             .expect("connect to the cluster"),
     );
     let svc = service(backend);
-    let handled = Arc::new(Mutex::new(HashSet::<String>::new()));
-    let handler = {
-        let handled = handled.clone();
-        move |m: Message| {
-            handled
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .insert(String::from_utf8_lossy(&m.payload).into_owned());
-            async { Ok(()) }
-        }
-    };
-    svc.subscribe(
-        "failover",
-        "g",
-        handler,
-        fast()
-            .concurrency(4)
-            .visibility_timeout(Duration::from_secs(1))
-            .poll_interval(Duration::from_millis(50)),
-    )
-    .await
-    .expect("subscribe");
     let key = stream_key(&svc.stream_name("failover").expect("name"));
     let (primary, replicas) = cluster.serving(&key).expect("the slot's nodes");
     let replica = *replicas.first().expect("the primary has a replica");
     let old_pid = cluster.pid(primary).expect("the primary's pid");
 
-    let publisher = {
-        let svc = svc.clone();
-        tokio::spawn(async move { publish_through_faults(&svc, "failover", 400).await })
-    };
-    let count = || handled.lock().unwrap_or_else(PoisonError::into_inner).len();
-    wait_for("the first hundred messages", || count() >= 100).await;
-
-    let answer = cluster
-        .cli(replica, &["cluster", "failover"])
-        .expect("CLUSTER FAILOVER");
-    assert!(
-        answer.contains("OK"),
-        "CLUSTER FAILOVER answered {answer:?}"
-    );
-    let promoted = eventually(Duration::from_secs(30), || {
-        std::future::ready(
-            cluster
-                .cli(replica, &["role"])
-                .is_ok_and(|r| r.starts_with("master")),
-        )
+    run_through(&svc, "failover", async || {
+        let answer = cluster
+            .cli(replica, &["cluster", "failover"])
+            .expect("CLUSTER FAILOVER");
+        assert!(
+            answer.contains("OK"),
+            "CLUSTER FAILOVER answered {answer:?}"
+        );
+        let promoted = eventually(Duration::from_secs(30), || {
+            std::future::ready(
+                cluster
+                    .cli(replica, &["role"])
+                    .is_ok_and(|r| r.starts_with("master")),
+            )
+        })
+        .await;
+        assert!(promoted, "the replica was not promoted");
+        // The old primary, now a replica, crashes: connections to it break too.
+        let killed = std::process::Command::new("kill")
+            .args(["-9", &old_pid.to_string()])
+            .status()
+            .expect("kill");
+        assert!(killed.success(), "kill -9 {old_pid} failed");
     })
     .await;
-    assert!(promoted, "the replica was not promoted");
-    // The old primary, now a replica, crashes: connections to it break too.
-    let killed = std::process::Command::new("kill")
-        .args(["-9", &old_pid.to_string()])
-        .status()
-        .expect("kill");
-    assert!(killed.success(), "kill -9 {old_pid} failed");
-
-    let acked = publisher.await.expect("publisher");
-    let missing = || -> Vec<String> {
-        let handled = handled.lock().unwrap_or_else(PoisonError::into_inner);
-        acked
-            .iter()
-            .filter(|p| !handled.contains(*p))
-            .cloned()
-            .collect()
-    };
-    if !eventually(Duration::from_secs(30), || {
-        std::future::ready(missing().is_empty())
-    })
-    .await
-    {
-        let missing = missing();
-        panic!(
-            "{} acknowledged messages never handled, e.g. {:?}",
-            missing.len(),
-            &missing[..missing.len().min(5)]
-        );
-    }
     let admin = svc.admin();
     let settled = eventually(Duration::from_secs(30), || async {
         admin

@@ -17,11 +17,7 @@ async fn unreachable_server_is_reported_redacted() {
 
 /// Publishes `n` messages one by one, retrying each until the publish returns Ok, and
 /// returns the payloads whose publish was acknowledged.
-pub(super) async fn publish_through_faults(
-    svc: &Service,
-    stream: &str,
-    n: usize,
-) -> HashSet<String> {
+async fn publish_through_faults(svc: &Service, stream: &str, n: usize) -> HashSet<String> {
     let mut acked = HashSet::new();
     for i in 0..n {
         let payload = format!("m{i}");
@@ -62,6 +58,13 @@ async fn run_through_fault(fault: impl AsyncFnOnce(&mut ThrowawayRedis)) {
             .expect("connect to the throwaway server"),
     );
     let svc = service(backend);
+    run_through(&svc, "faults", async || fault(&mut server).await).await;
+    svc.close().await.expect("close");
+}
+
+/// Consumes `stream` while 400 messages are published one by one, runs `fault` once the
+/// first hundred are handled, and checks every acknowledged publish is handled.
+pub(super) async fn run_through(svc: &Service, stream: &str, fault: impl AsyncFnOnce()) {
     let handled = Arc::new(Mutex::new(HashSet::<String>::new()));
     let handler = {
         let handled = handled.clone();
@@ -74,7 +77,7 @@ async fn run_through_fault(fault: impl AsyncFnOnce(&mut ThrowawayRedis)) {
         }
     };
     svc.subscribe(
-        "faults",
+        stream,
         "g",
         handler,
         fast()
@@ -86,11 +89,12 @@ async fn run_through_fault(fault: impl AsyncFnOnce(&mut ThrowawayRedis)) {
     .expect("subscribe");
     let publisher = {
         let svc = svc.clone();
-        tokio::spawn(async move { publish_through_faults(&svc, "faults", 400).await })
+        let stream = stream.to_owned();
+        tokio::spawn(async move { publish_through_faults(&svc, &stream, 400).await })
     };
     let count = || handled.lock().unwrap_or_else(PoisonError::into_inner).len();
     wait_for("the first hundred messages", || count() >= 100).await;
-    fault(&mut server).await;
+    fault().await;
     let acked = publisher.await.expect("publisher");
     let missing = || -> Vec<String> {
         let handled = handled.lock().unwrap_or_else(PoisonError::into_inner);
@@ -112,7 +116,6 @@ async fn run_through_fault(fault: impl AsyncFnOnce(&mut ThrowawayRedis)) {
             &missing[..missing.len().min(5)]
         );
     }
-    svc.close().await.expect("close");
 }
 
 /// `CLIENT KILL TYPE normal` mid-stream: connections come back by themselves and every

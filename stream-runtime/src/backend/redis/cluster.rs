@@ -151,6 +151,16 @@ return 1
 });
 
 impl RedisBackend {
+    /// Appends one message to `stream` (no trimming): its id.
+    async fn add(&self, stream: &str, message: NewMessage) -> RedisResult<String> {
+        ::redis::cmd("XADD")
+            .arg(stream_key(stream))
+            .arg("*")
+            .arg(fields(message))
+            .query_async(&mut self.conn.clone())
+            .await
+    }
+
     /// A dead letter on a cluster, where the dead-letter stream lives in another slot than
     /// its source, so no one script can reach both: (1) check the claim is still held,
     /// (2) append the dead letter, (3) acknowledge the claim with the fenced ack. A stale
@@ -175,11 +185,8 @@ impl RedisBackend {
         if held == 0 {
             return Ok(false);
         }
-        let _dead_id: String = ::redis::cmd("XADD")
-            .arg(stream_key(to))
-            .arg("*")
-            .arg(fields(message))
-            .query_async(&mut self.conn.clone())
+        let _dead_id = self
+            .add(to, message)
             .await
             .map_err(|e| self.error(what(), e))?;
         self.wakeups.notify(to);
@@ -230,11 +237,8 @@ impl RedisBackend {
         if taken == 0 {
             return Ok(None);
         }
-        let new_id: String = ::redis::cmd("XADD")
-            .arg(stream_key(to))
-            .arg("*")
-            .arg(fields(message))
-            .query_async(&mut conn)
+        let new_id = self
+            .add(to, message)
             .await
             .map_err(|e| self.error(what(), e))?;
         let mut invocation = delete.prepare_invoke();
