@@ -194,7 +194,10 @@ mod postgres {
 
     async fn backends(proxy: &CutProxy) -> Option<(SharedBackend, SharedBackend)> {
         let direct = pg::shared_backend().await?;
-        let proxied = pg::backend_at(&via(&pg::url(), proxy.addr)).await?;
+        // Plain TCP, so the proxy sees the request: with the `tls` feature the default
+        // `sslmode=prefer` would encrypt it (the test server has `ssl=on`).
+        let plain = pg::url_with("sslmode", "disable");
+        let proxied = pg::backend_at(&via(&plain, proxy.addr)).await?;
         Some((Arc::new(proxied), direct))
     }
 
