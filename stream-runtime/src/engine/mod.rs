@@ -91,7 +91,7 @@ pub(crate) struct Subscription {
     pub name: String,
 }
 
-/// What a subscription's dispatcher, handler tasks and settler share.
+/// What a subscription's coordinator and workers share.
 struct SubscriptionState {
     sub: Subscription,
     consumer: String,
