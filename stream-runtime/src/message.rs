@@ -15,36 +15,97 @@ pub type Headers = BTreeMap<String, String>;
 ///
 /// Its text depends on the backend (`"42"` on SQL and memory, `"1700000000000-0"` on Redis);
 /// compare ids of one stream through the backend's order, not as strings.
-#[derive(Clone, PartialEq, Eq, Hash)]
-pub struct MessageId(String);
+///
+/// Cheap to clone: an id of up to 22 bytes (every integer id, and Redis ids) is stored
+/// inline, a longer one is shared.
+#[derive(Clone)]
+pub struct MessageId(Repr);
+
+/// The longest id kept inline.
+const INLINE: usize = 22;
+
+#[derive(Clone)]
+enum Repr {
+    Inline(u8, [u8; INLINE]),
+    Shared(Arc<str>),
+}
 
 impl MessageId {
     /// Wraps an id as the backend spells it.
     pub fn new(id: impl Into<String>) -> Self {
-        MessageId(id.into())
+        let id: String = id.into();
+        Self::from_str_ref(&id).unwrap_or_else(|| MessageId(Repr::Shared(Arc::from(id))))
+    }
+
+    /// The id inline, when it is short enough.
+    fn from_str_ref(id: &str) -> Option<Self> {
+        let len = id.len();
+        if len > INLINE {
+            return None;
+        }
+        let mut buf = [0u8; INLINE];
+        buf[..len].copy_from_slice(id.as_bytes());
+        Some(MessageId(Repr::Inline(len as u8, buf)))
+    }
+
+    /// The id of a backend whose ids are integers, without going through a `String`.
+    pub fn from_u64(n: u64) -> Self {
+        let mut digits = [0u8; 20];
+        let mut at = digits.len();
+        let mut n = n;
+        loop {
+            at -= 1;
+            digits[at] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        let len = digits.len() - at;
+        let mut buf = [0u8; INLINE];
+        buf[..len].copy_from_slice(&digits[at..]);
+        MessageId(Repr::Inline(len as u8, buf))
     }
 
     /// The id as text.
     pub fn as_str(&self) -> &str {
-        &self.0
+        match &self.0 {
+            // Always valid: copied from a `str` of exactly this length, or ASCII digits.
+            Repr::Inline(len, buf) => std::str::from_utf8(&buf[..usize::from(*len)]).unwrap_or(""),
+            Repr::Shared(id) => id,
+        }
+    }
+}
+
+impl PartialEq for MessageId {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for MessageId {}
+
+impl std::hash::Hash for MessageId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
     }
 }
 
 impl fmt::Display for MessageId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 
 impl fmt::Debug for MessageId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "MessageId({})", self.0)
+        write!(f, "MessageId({})", self.as_str())
     }
 }
 
 impl From<MessageId> for String {
     fn from(id: MessageId) -> String {
-        id.0
+        id.as_str().to_owned()
     }
 }
 
@@ -158,5 +219,26 @@ impl From<&str> for NewMessage {
 impl From<String> for NewMessage {
     fn from(payload: String) -> Self {
         NewMessage::new(payload.into_bytes())
+    }
+}
+
+#[cfg(test)]
+mod id_tests {
+    use super::MessageId;
+
+    #[test]
+    fn ids_compare_by_text_whatever_their_length() {
+        for n in [0u64, 7, 42, 1_000_000, u64::MAX] {
+            assert_eq!(MessageId::from_u64(n), MessageId::new(n.to_string()));
+            assert_eq!(MessageId::from_u64(n).as_str(), n.to_string());
+        }
+        let long = "x".repeat(40);
+        let id = MessageId::new(long.clone());
+        assert_eq!(id.as_str(), long);
+        assert_eq!(id.clone(), MessageId::new(long.clone()));
+        assert_eq!(String::from(id), long);
+        let redis = MessageId::new("1700000000000-12");
+        assert_eq!(redis.as_str(), "1700000000000-12");
+        assert_eq!(format!("{redis:?}"), "MessageId(1700000000000-12)");
     }
 }

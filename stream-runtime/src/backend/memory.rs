@@ -35,6 +35,8 @@ struct State {
 
 #[derive(Debug)]
 struct Stream {
+    /// The stream's full name, shared by the messages claimed from it.
+    name: Arc<str>,
     /// Sequence number of `entries[0]` (or of the next append when empty).
     first_seq: u64,
     /// `None`: a message deleted by an operator (purge, redrive), never at the front.
@@ -56,6 +58,16 @@ struct Group {
     /// The last sequence number handed out to this group.
     cursor: u64,
     pending: BTreeMap<u64, Pending>,
+    /// No pending entry's deadline is earlier than this (a lower bound: a claim looks for
+    /// expired entries only once it has passed).
+    earliest_deadline: Option<Instant>,
+}
+
+impl Group {
+    /// Notes a pending entry's new deadline.
+    fn deadline_set(&mut self, deadline: Instant) {
+        self.earliest_deadline = Some(self.earliest_deadline.map_or(deadline, |d| d.min(deadline)));
+    }
 }
 
 #[derive(Debug)]
@@ -69,8 +81,9 @@ struct Pending {
 }
 
 impl Stream {
-    fn new() -> Self {
+    fn new(name: &str) -> Self {
         Stream {
+            name: Arc::from(name),
             first_seq: 1,
             entries: VecDeque::new(),
             holes: 0,
@@ -149,7 +162,7 @@ impl Stream {
     fn message(&self, stream: &Arc<str>, seq: u64, deliveries: u32) -> Option<Message> {
         let entry = self.entry(seq)?;
         Some(Message::new(
-            MessageId::new(seq.to_string()),
+            MessageId::from_u64(seq),
             Arc::clone(stream),
             entry.payload.clone(),
             entry.headers.clone(),
@@ -210,10 +223,10 @@ impl Backend for MemoryBackend {
                 let s = state
                     .streams
                     .entry(stream.to_owned())
-                    .or_insert_with(Stream::new);
+                    .or_insert_with(|| Stream::new(stream));
                 let ids = messages
                     .into_iter()
-                    .map(|m| MessageId::new(s.push(m).to_string()))
+                    .map(|m| MessageId::from_u64(s.push(m)))
                     .collect();
                 s.trim(trim);
                 ids
@@ -240,7 +253,7 @@ impl Backend for MemoryBackend {
             let s = state
                 .streams
                 .entry(stream.to_owned())
-                .or_insert_with(Stream::new);
+                .or_insert_with(|| Stream::new(stream));
             if !s.groups.contains_key(group) {
                 let cursor = match (start, from_id) {
                     (_, Some(id)) => id,
@@ -252,6 +265,7 @@ impl Backend for MemoryBackend {
                     Group {
                         cursor,
                         pending: BTreeMap::new(),
+                        earliest_deadline: None,
                     },
                 );
             }
@@ -274,37 +288,55 @@ impl Backend for MemoryBackend {
             let Some(s) = streams.get_mut(group.stream) else {
                 return Ok(Vec::new());
             };
-            // Taken out (and put back below) so the closure can read the stream's entries.
-            let Some((name, mut g)) = s.groups.remove_entry(group.group) else {
+            let Stream {
+                name,
+                first_seq,
+                entries,
+                groups,
+                ..
+            } = s;
+            let Some(g) = groups.get_mut(group.group) else {
                 return Ok(Vec::new());
             };
             let now = Instant::now();
             let deadline = crate::time::after(visibility);
             let claimed_at = SystemTime::now();
-            let mut claimed = Vec::new();
-            let stream: Arc<str> = Arc::from(group.stream);
-            let mut take = |seq: u64, pending: &mut Pending, s: &Stream| {
+            let mut claimed = Vec::with_capacity(max.min(64));
+            let entry = |seq: u64| {
+                let index = usize::try_from(seq.checked_sub(*first_seq)?).ok()?;
+                entries.get(index)?.as_ref()
+            };
+            let mut take = |seq: u64, pending: &mut Pending| {
                 *last_token += 1;
                 pending.token = *last_token;
                 pending.deadline = deadline;
                 pending.deliveries += 1;
                 pending.claimed_at = claimed_at;
-                s.message(&stream, seq, pending.deliveries)
-                    .map(|message| Claimed {
-                        message,
-                        token: ClaimToken(pending.token),
-                    })
+                entry(seq).map(|entry| Claimed {
+                    message: Message::new(
+                        MessageId::from_u64(seq),
+                        Arc::clone(name),
+                        entry.payload.clone(),
+                        entry.headers.clone(),
+                        entry.created_at,
+                        pending.deliveries,
+                    ),
+                    token: ClaimToken(pending.token),
+                })
             };
-            for (&seq, pending) in g.pending.iter_mut() {
-                if claimed.len() == max {
-                    break;
+            if g.earliest_deadline.is_some_and(|earliest| earliest <= now) {
+                // Expired claims first, in id order; the bound is recomputed over the rest.
+                let mut earliest: Option<Instant> = None;
+                for (&seq, pending) in g.pending.iter_mut() {
+                    if claimed.len() < max && pending.deadline <= now {
+                        claimed.extend(take(seq, pending));
+                    }
+                    earliest = Some(earliest.map_or(pending.deadline, |e| e.min(pending.deadline)));
                 }
-                if pending.deadline <= now {
-                    claimed.extend(take(seq, pending, s));
-                }
+                g.earliest_deadline = earliest;
             }
-            let next = s.next_seq();
-            let mut seq = g.cursor.max(s.first_seq.saturating_sub(1)) + 1;
+            let next = *first_seq + entries.len() as u64;
+            let mut seq = g.cursor.max(first_seq.saturating_sub(1)) + 1;
             while claimed.len() < max && seq < next {
                 let mut pending = Pending {
                     token: 0,
@@ -312,14 +344,14 @@ impl Backend for MemoryBackend {
                     deliveries: 0,
                     claimed_at,
                 };
-                if let Some(message) = take(seq, &mut pending, s) {
+                if let Some(message) = take(seq, &mut pending) {
                     claimed.push(message);
                     g.pending.insert(seq, pending);
+                    g.deadline_set(deadline);
                 }
                 g.cursor = seq;
                 seq += 1;
             }
-            s.groups.insert(name, g);
             Ok(claimed)
         })
     }
@@ -357,13 +389,13 @@ impl Backend for MemoryBackend {
     ) -> BoxFuture<'a, Result<bool>> {
         Box::pin(async move {
             let done = self.with_claim(group, claim, |s, seq| {
-                if let Some(p) = s
-                    .groups
-                    .get_mut(group.group)
-                    .and_then(|g| g.pending.get_mut(&seq))
-                {
-                    p.token = 0;
-                    p.deadline = crate::time::after(delay);
+                if let Some(g) = s.groups.get_mut(group.group) {
+                    let deadline = crate::time::after(delay);
+                    if let Some(p) = g.pending.get_mut(&seq) {
+                        p.token = 0;
+                        p.deadline = deadline;
+                    }
+                    g.deadline_set(deadline);
                 }
             })?;
             Ok(done.is_some())
@@ -399,7 +431,7 @@ impl Backend for MemoryBackend {
                     state
                         .streams
                         .entry(to.to_owned())
-                        .or_insert_with(Stream::new)
+                        .or_insert_with(|| Stream::new(to))
                         .push(message);
                 }
                 held.is_some()
@@ -419,15 +451,16 @@ impl Backend for MemoryBackend {
         Box::pin(async move {
             for claim in claims {
                 self.with_claim(group, claim, |s, seq| {
-                    if let Some(p) = s
-                        .groups
-                        .get_mut(group.group)
-                        .and_then(|g| g.pending.get_mut(&seq))
-                    {
-                        p.token = 0;
-                        p.deadline = Instant::now();
-                        // The handler was cut off by a shutdown: its delivery does not count.
-                        p.deliveries = p.deliveries.saturating_sub(1);
+                    if let Some(g) = s.groups.get_mut(group.group) {
+                        let now = Instant::now();
+                        if let Some(p) = g.pending.get_mut(&seq) {
+                            p.token = 0;
+                            p.deadline = now;
+                            // The handler was cut off by a shutdown: its delivery does not
+                            // count.
+                            p.deliveries = p.deliveries.saturating_sub(1);
+                        }
+                        g.deadline_set(now);
                     }
                 })?;
             }

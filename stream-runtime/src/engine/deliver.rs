@@ -4,7 +4,6 @@
 use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
-use tokio::sync::OwnedSemaphorePermit;
 use tracing::Instrument;
 
 use super::catch_unwind::{self, CatchUnwind};
@@ -28,6 +27,16 @@ impl InFlight<'_> {
         self.settling = true;
         &self.claim
     }
+
+    /// Marks the claim as being settled elsewhere (acked by the dispatcher) and hands it over.
+    fn take(mut self) -> Claim {
+        self.settling = true;
+        let placeholder = Claim {
+            id: crate::message::MessageId::new(String::new()),
+            token: self.claim.token,
+        };
+        std::mem::replace(&mut self.claim, placeholder)
+    }
 }
 
 impl Drop for InFlight<'_> {
@@ -42,15 +51,18 @@ impl Drop for InFlight<'_> {
     }
 }
 
+/// Runs one claimed message; returns its claim when it is to be acked. `slot` says whether
+/// the message still counts against the concurrency: it is given back early (set to false)
+/// when the handler passes its visibility deadline.
 pub(super) async fn run_one(
-    state: Arc<SubscriptionState>,
+    state: &Arc<SubscriptionState>,
     claimed: Claimed,
-    permit: OwnedSemaphorePermit,
-) {
+    slot: &mut bool,
+) -> Option<Claim> {
     let mut guard = InFlight {
         claim: claimed.claim(),
         settling: false,
-        state: &state,
+        state: state.as_ref(),
     };
     let mut message = claimed.message;
     message.token = claimed.token;
@@ -69,8 +81,8 @@ pub(super) async fn run_one(
         };
         let claim = guard.settle();
         state.metrics.outcome(Outcome::DeadLetter);
-        dead_letter(&state, claim, original, attempt - 1, &reason).await;
-        return;
+        dead_letter(state, claim, original, attempt - 1, &reason).await;
+        return None;
     }
 
     // Kept for a dead letter; cheap: the payload is shared, empty headers do not allocate.
@@ -111,7 +123,6 @@ pub(super) async fn run_one(
     });
     // The span moves into the future (no clone): `handler.span()` records the outcome.
     let mut handler = CatchUnwind(future).instrument(span);
-    let mut permit = Some(permit);
     let outcome = tokio::select! {
         biased;
         outcome = &mut handler => outcome,
@@ -121,7 +132,8 @@ pub(super) async fn run_one(
                 timeout = ?state.sub.visibility_timeout,
                 "handler passed its visibility timeout; the message may be redelivered"
             );
-            drop(permit.take());
+            *slot = false;
+            super::dispatch::slot_freed_early(state);
             (&mut handler).await
         }
     };
@@ -130,14 +142,12 @@ pub(super) async fn run_one(
         Ok(Ok(())) => {
             state.metrics.outcome(Outcome::Ok);
             telemetry::record(handler.span(), Outcome::Ok, None, took);
-            let claim = guard.settle().clone();
             // A transactional handler acked inside its own transaction.
-            if !state.sub.transactional {
-                // The settler outlives every handler task, so this send only fails after a
-                // panic in the settler; the message is then redelivered.
-                let _ = state.acks.send(claim);
+            if state.sub.transactional {
+                guard.settle();
+                return None;
             }
-            return;
+            return Some(guard.take());
         }
         Ok(Err(error)) => error,
         Err(panic) => HandlerError::retry(format!("handler panicked: {panic}")),
@@ -158,7 +168,7 @@ pub(super) async fn run_one(
     });
     if outcome == Outcome::DeadLetter {
         let claim = guard.settle();
-        dead_letter(&state, claim, original, attempt, error.message()).await;
+        dead_letter(state, claim, original, attempt, error.message()).await;
     } else {
         let delay = retry_delay(&state.sub, attempt);
         let claim = guard.settle();
@@ -171,6 +181,7 @@ pub(super) async fn run_one(
             ),
         }
     }
+    None
 }
 
 fn retry_delay(sub: &Subscription, attempt: u32) -> Duration {

@@ -1,10 +1,12 @@
 //! The one delivery engine: workers, deadlines, attempts, the retry/dead-letter decision,
 //! panics, shutdown and drain (S6-S16), on top of any [`Backend`](crate::Backend).
 //!
-//! Each subscription runs one dispatcher task. It claims only as many messages as it has
-//! free workers, so a claim's visibility deadline starts when its handler starts (S6), and
-//! runs each handler in its own task. Acks are batched by a settler task; retries and
-//! dead-letter moves are issued by the handler's task.
+//! A subscription claims only as many messages as it has free workers, so a claim's
+//! visibility deadline starts when its handler starts (S6), and
+//! runs them on long-lived worker tasks (one per concurrent handler); a worker with nothing
+//! to do claims for itself and the other idle ones (see `dispatch`). Acks are queued and sent
+//! in batches by whichever worker claims next, or at once when the claimer waits; retries and
+//! dead-letter moves are issued by the worker.
 
 pub(crate) mod catch_unwind;
 mod deliver;
@@ -19,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{watch, Notify};
 // tokio's clock, not std's: under a paused test clock (`start_paused`) retry delays,
 // visibility deadlines and poll intervals pass without costing wall time.
 use tokio::time::Instant;
@@ -91,25 +93,64 @@ pub(crate) struct Subscription {
     pub transactional: bool,
 }
 
-/// What a subscription's dispatcher, handler tasks and settler share.
+/// What a subscription's coordinator and workers share.
 struct SubscriptionState {
     sub: Subscription,
     consumer: String,
     metrics: SubscriptionMetrics,
-    acks: mpsc::UnboundedSender<Claim>,
+    /// Tells the claimer, when it waits, that acks were queued or a worker was freed.
+    claimer_wake: Notify,
     /// Claims of handlers aborted at shutdown, to release.
     aborted: Arc<Mutex<Vec<Claim>>>,
     /// When retried messages of this subscription become claimable, so an idle dispatcher
     /// wakes for them instead of waiting for the next poll.
     retries_due: Mutex<BinaryHeap<Reverse<Instant>>>,
     retry_scheduled: Notify,
+    /// The workers and the claimed messages queued for them.
+    pool: Mutex<dispatch::Pool>,
+    /// Tells an idle worker that a message was queued (or all of them that the pool closes).
+    work: Notify,
+    /// Told when the last worker ended, or the claimer found the backend closed.
+    ended: Notify,
+    /// The concurrency in force (at least 1).
+    concurrency: usize,
 }
 
 /// Slack added to a retry's due time, for backends whose clock (the database's) runs a
 /// little behind ours.
 const RETRY_SLACK: Duration = Duration::from_millis(5);
 
+/// The most claims one ack call carries.
+const MAX_ACK_BATCH: usize = 512;
+
 impl SubscriptionState {
+    /// Takes the queued acks; when there are none, asks to be told of the next one
+    /// (through `claimer_wake`).
+    fn take_acks_or_ask(&self) -> Vec<Claim> {
+        let mut pool = self.pool();
+        let acks = std::mem::take(&mut pool.acks);
+        if acks.is_empty() {
+            pool.claimer_waiting = true;
+        }
+        acks
+    }
+
+    /// Sends acks, in batches of at most [`MAX_ACK_BATCH`].
+    async fn send_acks(&self, acks: &[Claim]) {
+        for chunk in acks.chunks(MAX_ACK_BATCH) {
+            if let Err(e) = self.sub.backend.ack(self.group(), chunk).await {
+                tracing::warn!(
+                    stream = %self.sub.stream, group = %self.sub.group, error = %e,
+                    count = chunk.len(), "acknowledging failed; these messages will be redelivered"
+                );
+            }
+        }
+    }
+
+    fn pool(&self) -> std::sync::MutexGuard<'_, dispatch::Pool> {
+        self.pool.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn schedule_retry_wake(&self, delay: Duration) {
         self.retries_due
             .lock()
@@ -143,6 +184,12 @@ impl SubscriptionState {
     ) -> bool {
         let poll_at = after(self.sub.poll_interval);
         loop {
+            // Acks of handlers that finish meanwhile are sent as they come.
+            let acks = self.take_acks_or_ask();
+            if !acks.is_empty() {
+                self.send_acks(&acks).await;
+                continue;
+            }
             let due = self
                 .next_retry_due(claimed_at)
                 .filter(|at| *at < poll_at)
@@ -150,8 +197,9 @@ impl SubscriptionState {
             tokio::select! {
                 biased;
                 _ = stop.wait_for(|s| *s) => return false,
+                _ = self.claimer_wake.notified() => {}
                 _ = wakeup.changed() => return true,
-                _ = self.retry_scheduled.notified() => continue,
+                _ = self.retry_scheduled.notified() => {}
                 _ = tokio::time::sleep_until(due) => return true,
             }
         }

@@ -1,35 +1,9 @@
-//! Settling outcomes: acks in batches (a settler task per subscription) and dead-letter
+//! Settling outcomes other than acks (which the dispatcher sends in batches): dead-letter
 //! moves with their headers.
 
-use tokio::sync::mpsc;
-
-use super::{dead_letter_headers, Subscription, SubscriptionState, MAX_REASON_BYTES};
-use crate::backend::{Claim, GroupRef};
+use super::{dead_letter_headers, SubscriptionState, MAX_REASON_BYTES};
+use crate::backend::Claim;
 use crate::message::{Bytes, Headers, NewMessage};
-
-/// Acks handled messages in batches: whatever is queued when the previous batch finishes.
-pub(super) async fn settle_acks(
-    sub: Subscription,
-    consumer: String,
-    mut rx: mpsc::UnboundedReceiver<Claim>,
-) {
-    const MAX_BATCH: usize = 512;
-    let group = GroupRef {
-        stream: &sub.stream,
-        group: &sub.group,
-        consumer: &consumer,
-    };
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        if let Err(e) = sub.backend.ack(group, &batch).await {
-            tracing::warn!(
-                stream = %sub.stream, group = %sub.group, error = %e,
-                count = batch.len(), "acknowledging failed; these messages will be redelivered"
-            );
-        }
-        batch.clear();
-    }
-}
 
 /// What a dead letter keeps of the original message.
 pub(super) struct Original {

@@ -184,9 +184,9 @@ impl BackendAdmin for MemoryBackend {
                     let seq = state
                         .streams
                         .entry(to.to_owned())
-                        .or_insert_with(Stream::new)
+                        .or_insert_with(|| Stream::new(to))
                         .push(message);
-                    MessageId::new(seq.to_string())
+                    MessageId::from_u64(seq)
                 })
             };
             if moved.is_some() {
