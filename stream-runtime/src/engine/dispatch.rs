@@ -302,8 +302,9 @@ async fn claim(state: &Arc<SubscriptionState>, c: &mut Claimer) -> Round {
     {
         return Round::End;
     }
-    // Reserve the free slots; while there are none, acks are sent as they come.
-    let asked = loop {
+    // Reserve the free slots; while there are none, acks are sent as they come. The acks
+    // queued when slots are free go with the claim.
+    let (asked, acks) = loop {
         let (free, acks) = {
             let mut pool = state.pool();
             // At most MAX_CLAIM per claim: a huge concurrency (a typo in a config) must not
@@ -316,13 +317,12 @@ async fn claim(state: &Arc<SubscriptionState>, c: &mut Claimer) -> Round {
             }
             (free, acks)
         };
+        if free > 0 {
+            break (free, acks);
+        }
         if !acks.is_empty() {
             state.send_acks(&acks).await;
-        }
-        if free > 0 {
-            break free;
-        }
-        if acks.is_empty() {
+        } else {
             tokio::select! {
                 biased;
                 _ = c.stop.wait_for(|s| *s) => return Round::End,
@@ -332,10 +332,19 @@ async fn claim(state: &Arc<SubscriptionState>, c: &mut Claimer) -> Round {
     };
     c.wakeup.mark_seen();
     c.claimed_at = Instant::now();
-    let claiming = state
-        .sub
-        .backend
-        .claim(state.group(), asked, state.sub.visibility_timeout);
+    // The acks travel beside the claim (on another connection where the backend has a
+    // pool): the claim does not wait for them. They name messages this subscription holds,
+    // which the claim cannot take.
+    let claiming = async {
+        let (_, claimed) = tokio::join!(
+            state.send_acks(&acks),
+            state
+                .sub
+                .backend
+                .claim(state.group(), asked, state.sub.visibility_timeout)
+        );
+        claimed
+    };
     tokio::pin!(claiming);
     let answered = tokio::select! {
         biased;
