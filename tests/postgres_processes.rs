@@ -5,14 +5,12 @@
 //! `child_process` test then acts as the second process, driven through stdin/stdout.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::io::BufRead;
 use std::time::{Duration, Instant};
 
 use stream_runtime::conformance::{unique_name, wait_for, Recorder};
 use stream_runtime::{Message, PublishOptions, Service, ServiceConfig, SubscribeOptions};
-use stream_tests::{pg, CallWatch};
+use stream_tests::{pg, CallWatch, ChildGuard};
 
 const CHILD_ENV: &str = "STREAMS_PG_CHILD_APP";
 /// `share` (default) or `crash`: which part the child plays.
@@ -108,79 +106,6 @@ async fn crash_child(service: Service) {
     std::future::pending::<()>().await;
 }
 
-/// Kills the child if the parent test fails half-way.
-struct ChildGuard {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    lines: Arc<Mutex<Vec<String>>>,
-}
-
-impl ChildGuard {
-    fn spawn(app: &str, mode: &str) -> Self {
-        let exe = std::env::current_exe().expect("test binary path");
-        let mut child = Command::new(exe)
-            .args([
-                "child_process",
-                "--exact",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(CHILD_ENV, app)
-            .env(MODE_ENV, mode)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawning the child process");
-        let stdin = child.stdin.take();
-        let stdout = child.stdout.take().expect("child stdout");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                // libtest may print "test child_process ... " on the same line first.
-                if let Some(at) = line.find("CHILD ") {
-                    sink.lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .push(line[at + "CHILD ".len()..].to_owned());
-                }
-            }
-        });
-        ChildGuard {
-            child,
-            stdin,
-            lines,
-        }
-    }
-
-    fn lines(&self) -> Vec<String> {
-        self.lines
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-
-    fn has_line(&self, line: &str) -> bool {
-        self.lines().iter().any(|l| l == line)
-    }
-
-    fn send(&mut self, line: &str) {
-        let stdin = self.stdin.as_mut().expect("child stdin");
-        writeln!(stdin, "{line}").expect("writing to the child");
-        stdin.flush().expect("flushing the child's stdin");
-    }
-}
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_processes_share_work_and_wake_each_other() {
     if std::env::var(CHILD_ENV).is_ok() {
@@ -214,7 +139,7 @@ async fn two_processes_share_work_and_wake_each_other() {
         .await
         .expect("subscribe pong");
 
-    let mut child = ChildGuard::spawn(&app, "share");
+    let mut child = ChildGuard::spawn("child_process", &[(CHILD_ENV, &app), (MODE_ENV, "share")]);
     // Both idle: what either handles next was pushed to it.
     wait_for("the child to subscribe", || child.has_line("ready")).await;
     idle.wait_idle(".pong").await;
@@ -315,7 +240,7 @@ async fn killed_process_claim_is_redelivered() {
     };
     let app = unique_name("pgcrash");
     let service = Service::from_shared(backend, ServiceConfig::default().app(app.clone()));
-    let mut child = ChildGuard::spawn(&app, "crash");
+    let mut child = ChildGuard::spawn("child_process", &[(CHILD_ENV, &app), (MODE_ENV, "crash")]);
     wait_for("the child to subscribe", || child.has_line("ready")).await;
     service
         .publish("crash", "victim", PublishOptions::new())

@@ -319,3 +319,79 @@ impl Drop for ThrowawayRedis {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// This test binary run again as a child process (running only the test `test`, with
+/// `envs` set), its `CHILD ` lines collected; killed if the parent test fails half-way.
+#[derive(Debug)]
+pub struct ChildGuard {
+    /// The process.
+    pub child: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl ChildGuard {
+    /// Starts the child.
+    pub fn spawn(test: &str, envs: &[(&str, &str)]) -> Self {
+        use std::io::BufRead;
+        let exe = std::env::current_exe().expect("test binary path");
+        let mut child = std::process::Command::new(exe)
+            .args([test, "--exact", "--nocapture", "--test-threads=1"])
+            .envs(envs.iter().copied())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("spawning the child process");
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take().expect("child stdout");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                // libtest may print "test child_process ... " on the same line first.
+                if let Some(at) = line.find("CHILD ") {
+                    sink.lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .push(line[at + "CHILD ".len()..].to_owned());
+                }
+            }
+        });
+        ChildGuard {
+            child,
+            stdin,
+            lines,
+        }
+    }
+
+    /// The `CHILD ` lines so far, without the prefix.
+    pub fn lines(&self) -> Vec<String> {
+        self.lines
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Whether the child printed `CHILD <line>`.
+    pub fn has_line(&self, line: &str) -> bool {
+        self.lines().iter().any(|l| l == line)
+    }
+
+    /// Writes a line to the child's stdin.
+    pub fn send(&mut self, line: &str) {
+        use std::io::Write;
+        let stdin = self.stdin.as_mut().expect("child stdin");
+        writeln!(stdin, "{line}").expect("writing to the child");
+        stdin.flush().expect("flushing the child's stdin");
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
