@@ -64,6 +64,16 @@ const HEADERS_HEADER: &str = "Streams-Headers";
 /// How long a dead-letter move holds the entry against takeover while it publishes.
 const DEAD_LETTER_LEASE: Duration = Duration::from_secs(30);
 
+/// The `Nats-Msg-Id` of the dead letter of message `seq` of `stream` in `group`: the same
+/// for every attempt to move it, so a repeated publish after a crash is a duplicate.
+pub fn dead_letter_msg_id(stream: &str, group: &str, seq: u64) -> String {
+    format!(
+        "dl.{}.{}.{seq}",
+        names::encode_ascii(stream),
+        names::encode_ascii(group)
+    )
+}
+
 fn failed(context: impl Into<String>, e: impl Into<BoxError>) -> Error {
     Error::backend(NAME, context, e)
 }
@@ -724,11 +734,7 @@ impl Backend for NatsBackend {
                 return Ok(false);
             };
             // 2. Publish, deduplicated by stream, group and id.
-            let msg_id = format!(
-                "dl.{}.{}.{seq}",
-                names::encode_ascii(group.stream),
-                names::encode_ascii(group.group)
-            );
+            let msg_id = dead_letter_msg_id(group.stream, group.group, seq);
             self.publish_one(to, message, Some(&msg_id)).await?;
             // 3. Remove the entry (still ours: the lease holds it).
             self.update(group.stream, group.group, |state| {
