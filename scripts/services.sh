@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Makes sure the PostgreSQL and Redis servers the tests use are running on this machine:
+# Makes sure the PostgreSQL, Redis and NATS (JetStream) servers the tests use are running on this machine:
 # starts a stopped one, installs a missing one (Debian packages, with sudo), and, when the
 # postgres role cannot log in over loopback, switches pg_hba.conf's loopback lines to
 # `trust` auth. Safe to run repeatedly; see the README before running it on your machine.
@@ -49,7 +49,30 @@ ensure_redis() {
   log "Redis did not come up"; return 1
 }
 
+# True when something answers the NATS protocol on 127.0.0.1:4222 (its INFO line).
+nats_up() {
+  timeout 2 bash -c 'exec 3<>/dev/tcp/127.0.0.1/4222 && head -c 4 <&3' 2>/dev/null | grep -q INFO
+}
+
+ensure_nats() {
+  if nats_up; then return 0; fi
+  if ! command -v nats-server >/dev/null; then
+    log "installing nats-server"
+    as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nats-server >/dev/null
+  fi
+  log "starting nats-server with JetStream"
+  local dir="${STREAMS_NATS_STORE:-/var/lib/nats-server}"
+  as_root mkdir -p "$dir"
+  as_root sh -c "nohup nats-server -a 127.0.0.1 -p 4222 -js -sd '$dir' >/tmp/nats-server.log 2>&1 &"
+  for _ in $(seq 1 40); do
+    nats_up && return 0
+    sleep 0.25
+  done
+  log "nats-server did not come up (see /tmp/nats-server.log)"; return 1
+}
+
 status=0
 ensure_postgres || status=1
 ensure_redis || status=1
+ensure_nats || status=1
 exit $status

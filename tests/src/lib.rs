@@ -60,6 +60,24 @@ pub async fn shared_redis() -> Option<SharedBackend> {
     Some(Arc::new(redis_backend().await?))
 }
 
+/// The test NATS server's URL (JetStream enabled).
+pub fn nats_url() -> String {
+    std::env::var("STREAMS_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
+}
+
+/// A backend on the shared NATS server, or `None` (a loud skip) when it is unreachable.
+pub async fn nats_backend() -> Option<stream_runtime::backend::nats::NatsBackend> {
+    match stream_runtime::backend::nats::NatsBackend::connect(&nats_url()).await {
+        Ok(backend) => Some(backend),
+        Err(e) => skip_or_fail("nats", &e.to_string()),
+    }
+}
+
+/// [`nats_backend`], shared.
+pub async fn shared_nats() -> Option<SharedBackend> {
+    Some(Arc::new(nats_backend().await?))
+}
+
 /// The URL of a backend of this `kind` (`memory`, `sqlite`, `postgres`, `redis`) for one
 /// test (Postgres on the tests' schema, [`pg::SCHEMA`]), or `None` (loudly) when it is not in
 /// the build or its server does not answer.
@@ -69,6 +87,7 @@ pub async fn backend_url(kind: &str) -> Option<String> {
         "sqlite" => sqlite_url(),
         "postgres" => pg::url_with("schema", pg::SCHEMA),
         "redis" => redis_url(),
+        "nats" => nats_url(),
         other => panic!("unknown backend kind {other}"),
     };
     match Service::connect(&url, ServiceConfig::default()).await {

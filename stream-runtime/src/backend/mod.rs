@@ -28,6 +28,8 @@ pub(crate) use redact::{redact_in, redact_text};
 mod closed;
 mod connecting;
 pub mod memory;
+#[cfg(feature = "nats")]
+pub mod nats;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 mod redact;
@@ -450,8 +452,8 @@ pub(crate) fn sql_limit(max: usize) -> i64 {
 
 /// Connects to the backend a URL names and creates its schema:
 /// `memory://`, `sqlite:` / `sqlite://`, `postgres://` / `postgresql://`, `redis://` /
-/// `rediss://`, `redis+cluster://` / `rediss+cluster://` (a Redis Cluster). Errors show the
-/// URL with its password redacted.
+/// `rediss://`, `redis+cluster://` / `rediss+cluster://` (a Redis Cluster), `nats://`.
+/// Errors show the URL with its password redacted.
 pub async fn connect(url: &str) -> Result<SharedBackend> {
     connect_with(url, ConnectOptions::default()).await
 }
@@ -465,6 +467,10 @@ pub async fn connect_with(url: &str, options: ConnectOptions) -> Result<SharedBa
         "redis" | "rediss" | "redis+cluster" | "rediss+cluster" => Ok(Arc::new(
             self::redis::RedisBackend::connect_with(url, options).await?,
         )),
+        #[cfg(feature = "nats")]
+        "nats" => Ok(Arc::new(
+            self::nats::NatsBackend::connect_with(url, options).await?,
+        )),
         #[cfg(feature = "sqlite")]
         "sqlite" => Ok(Arc::new(sqlite::SqliteBackend::connect(url).await?)),
         #[cfg(feature = "postgres")]
@@ -474,10 +480,11 @@ pub async fn connect_with(url: &str, options: ConnectOptions) -> Result<SharedBa
         // Reached only for the schemes whose backend features are off.
         #[allow(unreachable_patterns)]
         "sqlite" | "postgres" | "postgresql" | "redis" | "rediss" | "redis+cluster"
-        | "rediss+cluster" => Err(crate::Error::FeatureDisabled {
+        | "rediss+cluster" | "nats" => Err(crate::Error::FeatureDisabled {
             feature: match scheme {
                 "sqlite" => "sqlite",
                 "postgres" | "postgresql" => "postgres",
+                "nats" => "nats",
                 _ => "redis",
             },
             url: redact_url(url),
@@ -522,6 +529,9 @@ mod tests {
         }
         if !cfg!(feature = "redis") {
             disabled.push(("rediss://:s3cret@cache", "redis"));
+        }
+        if !cfg!(feature = "nats") {
+            disabled.push(("nats://app:s3cret@bus:4222", "nats"));
         }
         for (url, wanted) in disabled {
             match connect(url).await {
