@@ -35,7 +35,7 @@ where
         + Sync
         + 'static,
 {
-    crate::transaction::wrap(publisher.slot(), std::sync::Arc::from(group), handler)
+    crate::transaction::wrap(publisher.slot(), std::sync::Arc::from(group), None, handler)
 }
 
 /// Decodes a payload; a failure is permanent (D8): dead-lettered on the first attempt.

@@ -112,6 +112,34 @@ pub enum Error {
         requested: &'static str,
     },
 
+    /// A transaction pool ([`Service::set_transaction_pool`](crate::Service::set_transaction_pool),
+    /// [`Runtime::transaction_pool`](crate::Runtime::transaction_pool)) that does not reach
+    /// the database the service's backend keeps its streams in.
+    #[error(
+        "the transaction pool reaches {found}, but the service's streams are in {expected}; \
+         give a pool connected to the backend's own database (or none: the service's pool is \
+         the default)"
+    )]
+    TransactionPoolMismatch {
+        /// The service's database: name, server and schema (Postgres) or file (SQLite).
+        expected: String,
+        /// The pool's database, described the same way.
+        found: String,
+    },
+
+    /// A plain publish from inside a transactional handler on SQLite, whose transaction
+    /// holds the database's one write lock: the publish could only wait for it.
+    #[error(
+        "publishing to {stream} from inside a transactional handler on SQLite would wait for \
+         the write lock the handler's own transaction holds; publish through the \
+         transaction instead: publish_in(&mut **tx, ...) (the message then commits with the \
+         handler's writes and its ack)"
+    )]
+    PublishOutsideTransaction {
+        /// The stream of the refused publish.
+        stream: String,
+    },
+
     /// A backend URL whose scheme names no backend.
     #[error(
         "backend URL {url} has an unknown scheme; use memory://, sqlite://PATH, \

@@ -206,7 +206,7 @@ pub use transaction::PostgresTx;
 #[cfg(feature = "sqlite")]
 pub use transaction::SqliteTx;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
-pub use transaction::{DatabaseTx, TxConnection};
+pub use transaction::{DatabaseTx, TransactionPool, TxConnection};
 
 /// Registers an `async fn` as a consumer of a stream (D1-D3).
 ///

@@ -319,6 +319,11 @@ pub struct SubscribeOptions {
     /// The consumer's name in spans (the `consumer` field); the runtime sets it to the
     /// `#[consumer]`'s name. Default: the group's name.
     pub name: Option<String>,
+    /// The isolation level of a transactional handler's transactions (Postgres), instead of
+    /// the service's [`transaction_isolation`](ServiceConfig::transaction_isolation).
+    /// Only [`Service::subscribe_transactional`](crate::Service::subscribe_transactional)
+    /// reads it.
+    pub transaction_isolation: Option<Isolation>,
     /// Set for transactional handlers, which ack inside their own transaction: the
     /// database their transaction is on (`"postgres"`, `"sqlite"`).
     pub(crate) transactional: Option<&'static str>,
@@ -338,6 +343,7 @@ impl Default for SubscribeOptions {
             retry_delay: RetryDelay::VisibilityTimeout,
             dead_letter: None,
             name: None,
+            transaction_isolation: None,
             transactional: None,
         }
     }
@@ -418,6 +424,13 @@ impl SubscribeOptions {
     /// Names the consumer in spans (see [`SubscribeOptions::name`](Self#structfield.name)).
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = Some(name.into());
+        self
+    }
+
+    /// Sets the isolation level of this transactional handler's transactions (see
+    /// [`SubscribeOptions::transaction_isolation`](Self#structfield.transaction_isolation)).
+    pub fn transaction_isolation(mut self, level: Isolation) -> Self {
+        self.transaction_isolation = Some(level);
         self
     }
 }

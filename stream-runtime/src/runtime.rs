@@ -64,7 +64,14 @@ pub struct Runtime {
     config_file: Option<PathBuf>,
     states: States,
     middleware: Chain,
+    transaction_pool: TransactionPool,
 }
+
+/// The pool transactional consumers begin on, when not the service's.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+type TransactionPool = Option<crate::transaction::TransactionPool>;
+#[cfg(not(any(feature = "sqlite", feature = "postgres")))]
+type TransactionPool = ();
 
 /// A consumer the runtime started.
 #[derive(Debug, Clone)]
@@ -130,6 +137,19 @@ impl Runtime {
     /// [`middleware`](crate::middleware)); the first added runs outermost.
     pub fn middleware(mut self, middleware: impl Middleware) -> Self {
         self.middleware.push(Arc::new(middleware));
+        self
+    }
+
+    /// Takes the transactions of every `transactional` consumer from `pool` (a
+    /// `sqlx::PgPool` or `sqlx::SqlitePool` of your own on the backend's database) instead
+    /// of the service's pool; checked at start (see
+    /// [`Service::set_transaction_pool`](crate::Service::set_transaction_pool)).
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
+    pub fn transaction_pool(
+        mut self,
+        pool: impl Into<crate::transaction::TransactionPool>,
+    ) -> Self {
+        self.transaction_pool = Some(pool.into());
         self
     }
 
@@ -199,8 +219,13 @@ impl Runtime {
             }
             None => None,
         };
-        let connecting =
-            Self::connect_and_subscribe(&config, plan, &connected, &self.middleware, http.as_ref());
+        let connecting = Self::connect_and_subscribe(
+            &config,
+            plan,
+            &connected,
+            (&self.middleware, self.transaction_pool),
+            http.as_ref(),
+        );
         match connecting.await {
             Ok((service, consumers)) => {
                 let sampler =
@@ -244,7 +269,7 @@ impl Runtime {
             crate::engine::Handler,
         )>,
         connected: &OnceLock<Service>,
-        middleware: &Chain,
+        (middleware, transaction_pool): (&Chain, TransactionPool),
         http: Option<&Http>,
     ) -> Result<(Service, Vec<StartedConsumer>)> {
         let url = redact_url(&config.backend);
@@ -267,6 +292,17 @@ impl Runtime {
         for middleware in middleware.iter() {
             service.add_shared_middleware(middleware.clone());
         }
+        #[cfg(any(feature = "sqlite", feature = "postgres"))]
+        if let Some(pool) = transaction_pool {
+            if let Err(e) = service.set_transaction_pool(pool).await {
+                if let Err(close) = service.close().await {
+                    tracing::error!("closing the backend after a failed start: {close}");
+                }
+                return Err(e);
+            }
+        }
+        #[cfg(not(any(feature = "sqlite", feature = "postgres")))]
+        let () = transaction_pool;
 
         if let Some(http) = http {
             http.readiness.connected(service.clone());

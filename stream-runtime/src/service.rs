@@ -75,6 +75,9 @@ struct Inner {
     config: ServiceConfig,
     /// Read once per subscription, never per message.
     middleware: std::sync::RwLock<Chain>,
+    /// The pool the service begins transactions on, when not its own.
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
+    transaction_pool: std::sync::RwLock<Option<crate::transaction::TransactionPool>>,
     /// Write-locked only by close, so publish and subscribe see `closed` settle once.
     state: RwLock<State>,
 }
@@ -110,6 +113,8 @@ impl Service {
                 backend,
                 config,
                 middleware: std::sync::RwLock::new(Chain::default()),
+                #[cfg(any(feature = "sqlite", feature = "postgres"))]
+                transaction_pool: std::sync::RwLock::new(None),
                 state: RwLock::new(State::default()),
             }),
         }
@@ -342,7 +347,8 @@ impl Service {
     /// [`transaction_isolation`](ServiceConfig::transaction_isolation): a [`PostgresTx`](crate::PostgresTx)
     /// on Postgres, a [`SqliteTx`](crate::SqliteTx) on SQLite (`BEGIN IMMEDIATE` on the
     /// service's one writer connection: every other write of this process waits until it
-    /// ends). Use it for your own rows and [`publish_in`](Self::publish_in) together.
+    /// ends). Use it for your own rows and [`publish_in`](Self::publish_in) together. It
+    /// comes from the [transaction pool](Self::set_transaction_pool) when one is set.
     #[cfg(any(feature = "sqlite", feature = "postgres"))]
     pub async fn begin<T: crate::transaction::DatabaseTx>(&self) -> Result<T> {
         crate::backend::check_database(
@@ -350,8 +356,49 @@ impl Service {
             "a transaction",
             crate::transaction::database::<T>(),
         )?;
-        crate::transaction::begin::<T>(&self.inner.backend, self.inner.config.transaction_isolation)
-            .await
+        let pool = self.transaction_pool();
+        crate::transaction::begin::<T>(
+            &self.inner.backend,
+            pool.as_ref(),
+            self.inner.config.transaction_isolation,
+        )
+        .await
+    }
+
+    /// Makes the transactions this service begins (every transactional handler's, and
+    /// [`begin`](Self::begin)'s) come from `pool`, a `sqlx::PgPool` or `sqlx::SqlitePool` of
+    /// your own, instead of the service's pool: e.g. to size it for your handlers, or to
+    /// connect as another role. Checked first: `pool` must reach the database the backend
+    /// keeps its streams in (Postgres: the same server, database and visible stream schema;
+    /// SQLite: the same database file), else [`Error::TransactionPoolMismatch`] naming both
+    /// (a pool of the other SQL database is [`Error::TransactionsUnsupported`]). Applies
+    /// from the next transaction on, to handlers already running too.
+    ///
+    /// On SQLite the service's own pool is its one writer connection; a pool of your own
+    /// adds writers that wait for each other on the database's lock (`busy_timeout`).
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
+    pub async fn set_transaction_pool(
+        &self,
+        pool: impl Into<crate::transaction::TransactionPool>,
+    ) -> Result<()> {
+        let pool = pool.into();
+        crate::transaction::check_pool(&self.inner.backend, &pool).await?;
+        *self
+            .inner
+            .transaction_pool
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Some(pool);
+        Ok(())
+    }
+
+    /// The pool set by [`set_transaction_pool`](Self::set_transaction_pool), if any.
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
+    pub fn transaction_pool(&self) -> Option<crate::transaction::TransactionPool> {
+        self.inner
+            .transaction_pool
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// The Postgres backend's connection pool, for your own queries and transactions on the
@@ -404,7 +451,12 @@ impl Service {
     {
         let slot = Arc::new(std::sync::OnceLock::new());
         let _ = slot.set(self.clone());
-        let handler = crate::transaction::wrap(slot, Arc::from(group), handler);
+        let handler = crate::transaction::wrap(
+            slot,
+            Arc::from(group),
+            options.transaction_isolation,
+            handler,
+        );
         options.transactional = Some(crate::transaction::database::<T>());
         self.subscribe_handler_inner(stream, group, handler, options)
             .await

@@ -53,7 +53,13 @@ mod sealed {
         /// `"postgres"` or `"sqlite"`.
         const DATABASE: &'static str;
 
-        fn begin(backend: &SharedBackend, isolation: Isolation) -> BoxFuture<'_, Result<Self>>;
+        /// Begins on `pool` when given (checked to reach the backend's database), else on
+        /// the backend's own pool.
+        fn begin<'a>(
+            backend: &'a SharedBackend,
+            pool: Option<&'a TransactionPool>,
+            isolation: Isolation,
+        ) -> BoxFuture<'a, Result<Self>>;
 
         /// The fenced ack: false when the claim is no longer held.
         fn ack_in<'a>(
@@ -125,13 +131,18 @@ macro_rules! sql_database {
             impl sealed::Transaction for $tx {
                 const DATABASE: &'static str = $name;
 
-                fn begin(
-                    backend: &SharedBackend,
+                fn begin<'a>(
+                    backend: &'a SharedBackend,
+                    pool: Option<&'a TransactionPool>,
                     isolation: Isolation,
-                ) -> BoxFuture<'_, Result<Self>> {
+                ) -> BoxFuture<'a, Result<Self>> {
                     Box::pin(async move {
-                        match backend.sql() {
-                            Some(SqlBackend::$variant(db)) => db.begin_tx(isolation).await,
+                        match (backend.sql(), pool) {
+                            (Some(SqlBackend::$variant(db)), None) => db.begin_tx(isolation).await,
+                            (
+                                Some(SqlBackend::$variant(db)),
+                                Some(TransactionPool::$variant(pool)),
+                            ) => db.begin_tx_on(pool, isolation).await,
                             _ => Err(unsupported("a transaction", backend, $name)),
                         }
                     })
@@ -200,12 +211,85 @@ pub(crate) const fn database<T: DatabaseTx>() -> &'static str {
     <T as sealed::Transaction>::DATABASE
 }
 
-/// Begins a transaction of type `T` on `backend`.
+/// Begins a transaction of type `T` on `pool`, else on `backend`'s own pool.
 pub(crate) async fn begin<T: DatabaseTx>(
     backend: &SharedBackend,
+    pool: Option<&TransactionPool>,
     isolation: Isolation,
 ) -> Result<T> {
-    <T as sealed::Transaction>::begin(backend, isolation).await
+    <T as sealed::Transaction>::begin(backend, pool, isolation).await
+}
+
+/// A pool of your own on the service's database, for the transactions the service begins
+/// (transactional handlers, [`Service::begin`](crate::Service::begin)) instead of its own
+/// pool: see [`Service::set_transaction_pool`](crate::Service::set_transaction_pool) and
+/// [`Runtime::transaction_pool`](crate::Runtime::transaction_pool). Made with `.into()`
+/// from a `sqlx::PgPool` or a `sqlx::SqlitePool`.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum TransactionPool {
+    /// A pool on the Postgres database (and server) of the service's backend.
+    #[cfg(feature = "postgres")]
+    Postgres(sqlx::PgPool),
+    /// A pool on the SQLite database file of the service's backend.
+    #[cfg(feature = "sqlite")]
+    Sqlite(sqlx::SqlitePool),
+}
+
+impl TransactionPool {
+    /// `"postgres"` or `"sqlite"`.
+    pub fn database(&self) -> &'static str {
+        match *self {
+            #[cfg(feature = "postgres")]
+            TransactionPool::Postgres(_) => "postgres",
+            #[cfg(feature = "sqlite")]
+            TransactionPool::Sqlite(_) => "sqlite",
+        }
+    }
+}
+
+#[cfg(feature = "postgres")]
+impl From<sqlx::PgPool> for TransactionPool {
+    fn from(pool: sqlx::PgPool) -> Self {
+        TransactionPool::Postgres(pool)
+    }
+}
+
+#[cfg(feature = "sqlite")]
+impl From<sqlx::SqlitePool> for TransactionPool {
+    fn from(pool: sqlx::SqlitePool) -> Self {
+        TransactionPool::Sqlite(pool)
+    }
+}
+
+/// Checks that `pool` reaches the database `backend` keeps its streams in:
+/// [`Error::TransactionPoolMismatch`] naming both when not, and
+/// [`Error::TransactionsUnsupported`] for a pool of another kind of database.
+pub(crate) async fn check_pool(backend: &SharedBackend, pool: &TransactionPool) -> Result<()> {
+    match (backend.sql(), pool) {
+        #[cfg(feature = "postgres")]
+        (Some(SqlBackend::Postgres(db)), TransactionPool::Postgres(pool)) => {
+            db.check_same_database(pool).await
+        }
+        #[cfg(feature = "sqlite")]
+        (Some(SqlBackend::Sqlite(db)), TransactionPool::Sqlite(pool)) => {
+            db.check_same_database(pool).await
+        }
+        _ => Err(unsupported("a transaction pool", backend, pool.database())),
+    }
+}
+
+#[cfg(feature = "sqlite")]
+tokio::task_local! {
+    /// Set while a transactional handler runs on SQLite: its transaction holds the
+    /// database's write lock, so a plain append from it could only wait.
+    static IN_SQLITE_HANDLER: ();
+}
+
+/// True inside a transactional handler on SQLite (see [`Error::PublishOutsideTransaction`]).
+#[cfg(feature = "sqlite")]
+pub(crate) fn in_sqlite_handler() -> bool {
+    IN_SQLITE_HANDLER.try_with(|_| ()).is_ok()
 }
 
 /// Returns `handler` as is: a closure kept in a variable before it is given to
@@ -244,7 +328,12 @@ pub(crate) type ServiceSlot = Arc<std::sync::OnceLock<crate::Service>>;
 
 /// A transactional handler as the engine runs it: begin, run `handler`, ack fenced by the
 /// claim in the same transaction, commit; any failure rolls back first.
-pub(crate) fn wrap<T, F>(service: ServiceSlot, group: Arc<str>, handler: F) -> Handler
+pub(crate) fn wrap<T, F>(
+    service: ServiceSlot,
+    group: Arc<str>,
+    isolation: Option<Isolation>,
+    handler: F,
+) -> Handler
 where
     T: DatabaseTx,
     F: for<'t> Fn(Message, &'t mut T) -> BoxFuture<'t, Result<(), HandlerError>>
@@ -261,7 +350,7 @@ where
                     "the transactional handler's runtime has not connected yet",
                 ));
             };
-            run::<T, F>(service, &group, &*handler, message).await
+            run::<T, F>(service, &group, isolation, &*handler, message).await
         })
     })
 }
@@ -269,6 +358,7 @@ where
 async fn run<T, F>(
     service: &crate::Service,
     group: &str,
+    isolation: Option<Isolation>,
     handler: &F,
     message: Message,
 ) -> Result<(), HandlerError>
@@ -277,17 +367,29 @@ where
     F: for<'t> Fn(Message, &'t mut T) -> BoxFuture<'t, Result<(), HandlerError>> + Send + Sync,
 {
     let backend = service.backend();
-    let isolation = service.config().transaction_isolation;
-    let mut tx = T::begin(backend, isolation).await.map_err(|e| {
-        HandlerError::retry(format!("beginning the handler's transaction failed: {e}"))
-    })?;
+    let isolation = isolation.unwrap_or(service.config().transaction_isolation);
+    let pool = service.transaction_pool();
+    let mut tx = T::begin(backend, pool.as_ref(), isolation)
+        .await
+        .map_err(|e| {
+            HandlerError::retry(format!("beginning the handler's transaction failed: {e}"))
+        })?;
     let claim = Claim {
         id: message.id.clone(),
         token: message.token,
     };
     let stream = message.stream.clone();
     // A panic is caught here so that the rollback runs before the retry decision.
-    let outcome = match CatchUnwind(handler(message, &mut tx)).await {
+    let running = CatchUnwind(handler(message, &mut tx));
+    #[cfg(feature = "sqlite")]
+    let running = async {
+        if database::<T>() == "sqlite" {
+            IN_SQLITE_HANDLER.scope((), running).await
+        } else {
+            running.await
+        }
+    };
+    let outcome = match running.await {
         Ok(outcome) => outcome,
         Err(panic) => Err(HandlerError::retry(format!("handler panicked: {panic}"))),
     };

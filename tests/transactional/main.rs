@@ -269,7 +269,21 @@ macro_rules! transactional_cases {
             /// attempt's handler runs, and its transaction cannot commit.
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn transactional_handler_whose_claim_was_taken_over_cannot_commit() {
+                taken_over_cannot_commit(false).await;
+            }
+
+            /// The same, with both services' transactions from a pool of the caller's own.
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn transactional_handler_on_a_user_pool_whose_claim_was_taken_over_cannot_commit() {
+                taken_over_cannot_commit(true).await;
+            }
+
+            async fn taken_over_cannot_commit(user_pool: bool) {
                 let Some((service, url)) = service(KIND).await else { return };
+                if user_pool {
+                    let pool = <$pool>::connect(&own_pool_url(&url)).await.expect("connecting a pool of our own");
+                    service.set_transaction_pool(pool).await.expect("set_transaction_pool");
+                }
                 let table = create_table(&service).await;
                 let visibility = Duration::from_millis(300);
                 let options = || {
@@ -320,6 +334,10 @@ macro_rules! transactional_cases {
                 tokio::time::timeout(super::WAIT, held_rx.recv()).await.expect("the first attempt");
 
                 let other = twin(&service, &url).await;
+                if user_pool {
+                    let pool = <$pool>::connect(&own_pool_url(&url)).await.expect("connecting a pool of our own");
+                    other.set_transaction_pool(pool).await.expect("set_transaction_pool");
+                }
                 let second = other
                     .subscribe_transactional::<Tx, _>("orders", "billing", handler, options())
                     .await
@@ -382,6 +400,140 @@ macro_rules! transactional_cases {
                 service.close().await.expect("close");
             }
 
+            /// A handler whose transactions come from a pool of the caller's: its row and its
+            /// ack commit together on that pool; once the pool is closed, no transaction can
+            /// begin, and the next message stays unacknowledged (the service's own pool is not
+            /// used behind the caller's back).
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn transactional_handler_on_a_user_pool_commits_rows_and_ack_together() {
+                let Some((service, url)) = service(KIND).await else { return };
+                let table = create_table(&service).await;
+                let pool = <$pool>::connect(&own_pool_url(&url)).await.expect("connecting a pool of our own");
+                service.set_transaction_pool(pool.clone()).await.expect("set_transaction_pool");
+                assert!(service.transaction_pool().is_some());
+                let attempts = Arc::new(AtomicU32::new(0));
+                let handler = {
+                    let (table, attempts) = (table.clone(), attempts.clone());
+                    transaction::handler_fn(move |m: Message, tx: &mut Tx| {
+                        let (table, attempts) = (table.clone(), attempts.clone());
+                        Box::pin(async move {
+                            attempts.fetch_add(1, Ordering::SeqCst);
+                            insert(tx, &table, &m).await
+                        })
+                    })
+                };
+                let options = SubscribeOptions::new()
+                    .start(stream_runtime::StartPosition::Earliest)
+                    .retry_delay(RetryDelay::Fixed(Duration::from_millis(10)))
+                    .poll_interval(Duration::from_millis(20))
+                    .transaction_isolation(stream_runtime::Isolation::Serializable)
+                    .unlimited_retries();
+                let consumer = service
+                    .subscribe_transactional::<Tx, _>("orders", "billing", handler, options)
+                    .await
+                    .expect("subscribe_transactional");
+                service.publish("orders", "m1", PublishOptions::new()).await.expect("publish");
+                wait_settled(&service, "orders", "billing").await;
+                assert_eq!(rows(&service, &table).await, [("m1".to_owned(), 1)]);
+
+                pool.close().await;
+                service.publish("orders", "m2", PublishOptions::new()).await.expect("publish");
+                wait_for_async("a failed delivery of m2", || {
+                    let service = service.clone();
+                    async move {
+                        service.admin().pending("orders", "billing", 10).await.is_ok_and(|p| {
+                            p.iter().any(|p| p.attempt >= 2)
+                        })
+                    }
+                })
+                .await;
+                consumer.close().await;
+                assert_eq!(attempts.load(Ordering::SeqCst), 1, "a handler ran without the user's pool");
+                // `service.begin` takes the closed pool too: look through a second service.
+                let other = twin(&service, &url).await;
+                assert_eq!(rows(&other, &table).await, [("m1".to_owned(), 1)]);
+                drop_table(&other, &table).await;
+                other.close().await.expect("close");
+                service.close().await.expect("close");
+            }
+
+            /// A pool of another database is refused, naming both databases and no secret;
+            /// the service's own pool stays in use.
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn transactional_pool_of_another_database_is_refused() {
+                let Some((service, url)) = service(KIND).await else { return };
+                let other = other_database_pool(KIND, &url).await;
+                let err = service.set_transaction_pool(other).await.expect_err("a pool of another database was accepted");
+                let text = err.to_string();
+                assert!(
+                    matches!(err, stream_runtime::Error::TransactionPoolMismatch { .. }),
+                    "{err:?}"
+                );
+                let (expected, found) = match &err {
+                    stream_runtime::Error::TransactionPoolMismatch { expected, found } => (expected.clone(), found.clone()),
+                    _ => unreachable!(),
+                };
+                assert_ne!(expected, found);
+                if KIND == "postgres" {
+                    assert!(expected.contains("database test") || expected.contains("database "), "{text}");
+                    assert!(found.contains("database postgres"), "{text}");
+                } else {
+                    assert!(found.contains("other.db"), "{text}");
+                    assert!(expected.contains("streams.db"), "{text}");
+                }
+                assert!(!text.contains("password"), "{text}");
+                assert!(service.transaction_pool().is_none());
+                service.close().await.expect("close");
+            }
+
+            /// A plain publish from inside a transactional handler: on SQLite it fails at once
+            /// (it could only wait for the write lock the handler's transaction holds), telling
+            /// to publish through the transaction; on Postgres it works, outside the transaction.
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn transactional_handler_plain_publish() {
+                let Some((service, _)) = service(KIND).await else { return };
+                let (sent, mut results) = mpsc::unbounded_channel();
+                let publisher = service.clone();
+                let handler = transaction::handler_fn(move |_m: Message, _tx: &mut Tx| {
+                    let (publisher, sent) = (publisher.clone(), sent.clone());
+                    Box::pin(async move {
+                        let started = Instant::now();
+                        let result = publisher.publish("invoices", "plain", PublishOptions::new()).await;
+                        let _ = sent.send((result, started.elapsed()));
+                        Ok(())
+                    })
+                });
+                let consumer = service
+                    .subscribe_transactional::<Tx, _>(
+                        "orders",
+                        "billing",
+                        handler,
+                        SubscribeOptions::new().start(stream_runtime::StartPosition::Earliest),
+                    )
+                    .await
+                    .expect("subscribe_transactional");
+                service.publish("orders", "m1", PublishOptions::new()).await.expect("publish");
+                let (result, took) = tokio::time::timeout(super::WAIT, results.recv())
+                    .await
+                    .expect("the handler's publish")
+                    .expect("a result");
+                wait_settled(&service, "orders", "billing").await;
+                consumer.close().await;
+                if KIND == "sqlite" {
+                    let err = result.expect_err("a plain publish inside a SQLite transactional handler worked");
+                    assert!(matches!(err, stream_runtime::Error::PublishOutsideTransaction { .. }), "{err:?}");
+                    assert!(err.to_string().contains("publish_in(&mut **tx"), "{err}");
+                    assert!(took < Duration::from_secs(1), "the refusal took {took:?}");
+                    assert!(payloads(&service, "invoices").await.is_empty());
+                    // Outside a handler, a plain publish works again.
+                    service.publish("invoices", "after", PublishOptions::new()).await.expect("publish");
+                } else {
+                    result.expect("a plain publish inside a Postgres transactional handler");
+                    assert_eq!(payloads(&service, "invoices").await, ["plain"]);
+                }
+                service.close().await.expect("close");
+            }
+
             /// An error on the last attempt rolls back before the dead-letter move, which
             /// then happens as usual.
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -436,6 +588,28 @@ fn own_pool_url(url: &str) -> String {
     url.split_once("?schema=")
         .map_or(url, |(base, _)| base)
         .to_owned()
+}
+
+/// A pool on another database than the backend's at `url`: the `postgres` database of the
+/// same server, or another SQLite file.
+async fn other_database_pool(kind: &str, url: &str) -> stream_runtime::TransactionPool {
+    if kind == "postgres" {
+        let base = own_pool_url(url);
+        let (server, _) = base.rsplit_once('/').expect("a database in the URL");
+        sqlx::PgPool::connect(&format!("{server}/postgres"))
+            .await
+            .expect("connecting to database postgres")
+            .into()
+    } else {
+        let file = stream_tests::temp_dir("sqlite-other").join("other.db");
+        let options = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(file)
+            .create_if_missing(true);
+        sqlx::SqlitePool::connect_with(options)
+            .await
+            .expect("opening another SQLite file")
+            .into()
+    }
 }
 
 transactional_cases!(

@@ -312,6 +312,7 @@ impl Config {
             namespace: pick!(namespace),
             retry_delay: pick!(retry_delay).unwrap_or(builtin.retry_delay),
             name: Some(name.to_owned()),
+            transaction_isolation: None,
             transactional: attributes.transactional,
         };
         let enabled = file

@@ -226,6 +226,62 @@ impl PostgresBackend {
             .map_err(|e| self.error("beginning a transaction".to_owned(), e))
     }
 
+    /// Begins a transaction for a transactional handler or [`crate::Service::begin`] on a
+    /// pool of the caller's, checked to reach this database.
+    pub(crate) async fn begin_tx_on(
+        &self,
+        pool: &PgPool,
+        isolation: crate::options::Isolation,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>> {
+        self.closed.check()?;
+        pool.begin_with(isolation.postgres_begin())
+            .await
+            .map_err(|e| {
+                self.error(
+                    "beginning a transaction on the transaction pool".to_owned(),
+                    e,
+                )
+            })
+    }
+
+    /// Checks that `pool` reaches this backend's database: the same server (its port and
+    /// start time), the same database, with this backend's schema visible.
+    pub(crate) async fn check_same_database(&self, pool: &PgPool) -> Result<()> {
+        let sql = format!(
+            "SELECT current_database()::text, coalesce(host(inet_server_addr()), 'a local socket'), \
+             coalesce(inet_server_port(), 0), pg_postmaster_start_time()::text, \
+             to_regclass('{}.schema_version') IS NOT NULL",
+            quote_ident(&self.schema).replace('\'', "''")
+        );
+        type Identity = (String, String, i32, String, bool);
+        let describe = |(db, host, port, started, _): &Identity| {
+            format!("database {db} on {host} port {port} (server started at {started})")
+        };
+        let ours: Identity = sqlx::query_as(&sql)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| self.error("identifying the backend's database".to_owned(), e))?;
+        let theirs: Identity = sqlx::query_as(&sql)
+            .fetch_one(pool)
+            .await
+            .map_err(|e| self.error("identifying the transaction pool's database".to_owned(), e))?;
+        let same_server = ours.0 == theirs.0 && ours.2 == theirs.2 && ours.3 == theirs.3;
+        if same_server && theirs.4 {
+            return Ok(());
+        }
+        let mut found = describe(&theirs);
+        if same_server {
+            found.push_str(&format!(
+                ", where schema {} (the backend's) is not visible",
+                self.schema
+            ));
+        }
+        Err(Error::TransactionPoolMismatch {
+            expected: format!("{}, schema {}", describe(&ours), self.schema),
+            found,
+        })
+    }
+
     /// Acknowledges `claim` inside the caller's transaction on `conn`, fenced by its token:
     /// false (nothing done) when the claim is no longer held. The pending row stays locked
     /// until the transaction ends, so no other worker can take the claim over meanwhile.

@@ -254,6 +254,11 @@ impl Backend for SqliteBackend {
             if messages.is_empty() {
                 return Ok(Vec::new());
             }
+            if crate::transaction::in_sqlite_handler() {
+                return Err(Error::PublishOutsideTransaction {
+                    stream: stream.to_owned(),
+                });
+            }
             let what = format!("appending to {stream}");
             if trim.is_none() && messages.len() <= CHUNK {
                 // One statement is atomic on its own: no BEGIN/COMMIT round trips.

@@ -118,6 +118,56 @@ impl SqliteBackend {
         self.begin("beginning a transaction").await
     }
 
+    /// Begins a transaction on a pool of the caller's, checked to reach this database file,
+    /// holding the write lock from the start.
+    pub(crate) async fn begin_tx_on(
+        &self,
+        pool: &SqlitePool,
+        _isolation: crate::options::Isolation,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
+        self.closed.check()?;
+        pool.begin_with("BEGIN IMMEDIATE").await.map_err(|e| {
+            // Not `err`: a closed pool here is the caller's, not this backend's.
+            crate::Error::backend(
+                NAME,
+                format!(
+                    "beginning a transaction on the transaction pool ({})",
+                    self.location
+                ),
+                e,
+            )
+        })
+    }
+
+    /// Checks that `pool` reaches this backend's database file (the `main` database of
+    /// `PRAGMA database_list`, compared after resolving links).
+    pub(crate) async fn check_same_database(&self, pool: &SqlitePool) -> Result<()> {
+        const SQL: &str = "SELECT file FROM pragma_database_list WHERE name = 'main'";
+        let ours: String = sqlx::query_scalar(SQL)
+            .fetch_one(&self.reader)
+            .await
+            .map_err(|e| self.err("identifying the backend's database file", e))?;
+        let theirs: String = sqlx::query_scalar(SQL)
+            .fetch_one(pool)
+            .await
+            .map_err(|e| self.err("identifying the transaction pool's database file", e))?;
+        let resolve = |file: &str| std::fs::canonicalize(file).unwrap_or_else(|_| file.into());
+        if !ours.is_empty() && resolve(&ours) == resolve(&theirs) {
+            return Ok(());
+        }
+        let describe = |file: &str| {
+            if file.is_empty() {
+                "an in-memory database, which no other pool can reach".to_owned()
+            } else {
+                format!("database file {file}")
+            }
+        };
+        Err(crate::Error::TransactionPoolMismatch {
+            expected: describe(&ours),
+            found: describe(&theirs),
+        })
+    }
+
     /// Acknowledges `claim` inside the caller's transaction on `conn`, fenced by its token:
     /// false (nothing done) when the claim is no longer held.
     pub(crate) async fn ack_in(
