@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use stream_runtime::conformance::{unique_name, wait_for, Recorder};
+use stream_runtime::conformance::{unique_name, wait_for};
 use stream_runtime::{Message, PublishOptions, Service, ServiceConfig, SubscribeOptions};
 use stream_tests::{shared_nats, ChildProcess};
 
@@ -86,29 +86,7 @@ async fn killed_process_claim_is_redelivered() {
                 .map(|rest| format!("before{rest}"))
         })
         .collect();
-    service
-        .publish("crash", "survivor", PublishOptions::new())
-        .await
-        .expect("publish after the kill");
-
-    let rec = Recorder::new();
-    service
-        .subscribe(
-            "crash",
-            "g",
-            rec.handler(),
-            SubscribeOptions::new().poll_interval(Duration::from_millis(100)),
-        )
-        .await
-        .expect("subscribe after the crash");
-    rec.wait_payload("victim").await;
-    rec.wait_payload("survivor").await;
-    let victim = rec
-        .messages()
-        .into_iter()
-        .find(|m| m.payload[..] == b"victim"[..])
-        .expect("victim");
-    assert_eq!(victim.attempt, 2, "the victim's delivery count survives");
+    let rec = stream_tests::victim_redelivered_after_crash(&service).await;
     // Every message published before the kill reached a handler: the child's or ours.
     let mut seen: HashMap<String, usize> = HashMap::new();
     for p in rec.payloads() {

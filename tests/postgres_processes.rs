@@ -247,28 +247,6 @@ async fn killed_process_claim_is_redelivered() {
     .await;
     child.child.kill().expect("killing the child");
     child.child.wait().expect("reaping the child");
-    service
-        .publish("crash", "survivor", PublishOptions::new())
-        .await
-        .expect("publish");
-
-    let rec = Recorder::new();
-    service
-        .subscribe(
-            "crash",
-            "g",
-            rec.handler(),
-            SubscribeOptions::new().poll_interval(Duration::from_millis(100)),
-        )
-        .await
-        .expect("subscribe after the crash");
-    rec.wait_payload("victim").await;
-    rec.wait_payload("survivor").await;
-    let victim = rec
-        .messages()
-        .into_iter()
-        .find(|m| m.payload[..] == b"victim"[..])
-        .expect("victim");
-    assert_eq!(victim.attempt, 2);
+    stream_tests::victim_redelivered_after_crash(&service).await;
     service.close().await.expect("close");
 }

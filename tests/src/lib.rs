@@ -775,3 +775,36 @@ impl Drop for ChildProcess {
         }
     }
 }
+
+/// The second half of a crash test: after the process holding `victim` was killed, publishes
+/// `survivor` on `crash`, subscribes group `g` in this process, and waits until both arrive;
+/// the victim must come back as attempt 2 (its claim's delivery survived the crash). Returns
+/// what this process handled.
+pub async fn victim_redelivered_after_crash(
+    service: &Service,
+) -> stream_runtime::conformance::Recorder {
+    use stream_runtime::{PublishOptions, SubscribeOptions};
+    service
+        .publish("crash", "survivor", PublishOptions::new())
+        .await
+        .expect("publish after the kill");
+    let rec = stream_runtime::conformance::Recorder::new();
+    service
+        .subscribe(
+            "crash",
+            "g",
+            rec.handler(),
+            SubscribeOptions::new().poll_interval(std::time::Duration::from_millis(100)),
+        )
+        .await
+        .expect("subscribe after the crash");
+    rec.wait_payload("victim").await;
+    rec.wait_payload("survivor").await;
+    let victim = rec
+        .messages()
+        .into_iter()
+        .find(|m| m.payload[..] == b"victim"[..])
+        .expect("victim");
+    assert_eq!(victim.attempt, 2, "the victim's delivery count survives");
+    rec
+}

@@ -231,22 +231,23 @@ impl BackendAdmin for RedisBackend {
                         .iter()
                         .filter_map(|k| stream_of_key(k)),
                 );
-            }
-            while !self.is_cluster() {
-                let (next, keys): (u64, Vec<String>) = ::redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(&pattern)
-                    .arg("COUNT")
-                    .arg(1000)
-                    .query_async(&mut conn)
-                    .await
-                    .map_err(|e| self.error("listing streams".to_owned(), e))?;
-                names.extend(keys.iter().filter_map(|k| stream_of_key(k)));
-                if next == 0 {
-                    break;
+            } else {
+                loop {
+                    let (next, keys): (u64, Vec<String>) = ::redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(&pattern)
+                        .arg("COUNT")
+                        .arg(1000)
+                        .query_async(&mut conn)
+                        .await
+                        .map_err(|e| self.error("listing streams".to_owned(), e))?;
+                    names.extend(keys.iter().filter_map(|k| stream_of_key(k)));
+                    if next == 0 {
+                        break;
+                    }
+                    cursor = next;
                 }
-                cursor = next;
             }
             names.sort();
             names.dedup();
