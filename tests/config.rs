@@ -33,6 +33,7 @@ fn reference_file_parses_and_matches_the_built_in_defaults() {
     assert_eq!(config.max_len, builtin.max_len);
     assert_eq!(config.max_age, builtin.max_age);
     assert_eq!(config.max_payload_bytes, builtin.max_payload_bytes);
+    assert_eq!(config.span_level, builtin.span_level);
     // Every [defaults] key equals the built-in default.
     let resolved = config.resolve("anything", &Attributes::NONE);
     let plain = Config::default().resolve("anything", &Attributes::NONE);
@@ -263,6 +264,7 @@ fn bad_values_are_errors_naming_key_and_source() {
             "defaults.retry_delay",
         ),
         ("defaults-app", "[defaults]\napp = \"x\"\n", "defaults.app"),
+        ("span-level", "span_level = \"verbose\"\n", "span_level"),
     ] {
         let path = write_config(name, text);
         let err = load(&path, &NO_ENV).expect_err(name).to_string();
@@ -286,6 +288,19 @@ fn bad_values_are_errors_naming_key_and_source() {
         .to_string();
     eprintln!("env: {err}");
     assert!(err.contains("STREAMS_DEFAULTS__CONCURRENCY"), "{err}");
+}
+
+/// `span_level` reaches the service settings from the file, and an environment variable
+/// replaces it.
+#[test]
+fn span_level_from_the_file_and_the_environment() {
+    use stream_runtime::SpanLevel;
+    assert_eq!(Config::default().span_level, SpanLevel::Info);
+    let path = write_config("span-level-file", "span_level = \"debug\"\n");
+    let config = load(&path, &NO_ENV).expect("loads");
+    assert_eq!(config.service_config().span_level, SpanLevel::Debug);
+    let config = load(&path, &[("STREAMS_SPAN_LEVEL", "off")]).expect("loads");
+    assert_eq!(config.service_config().span_level, SpanLevel::Off);
 }
 
 #[test]

@@ -154,3 +154,52 @@ async fn spans_carry_the_delivery() {
     );
     service.close().await.expect("close");
 }
+
+/// `span_level` moves both spans to another level: a subscriber filtered above it never
+/// sees them (so a formatter at INFO does not build them), one that enables the level sees
+/// every one, and `off` opens none at all.
+#[tokio::test(flavor = "current_thread")]
+async fn span_level_decides_who_sees_the_spans() {
+    use stream_runtime::SpanLevel;
+    use tracing_subscriber::filter::LevelFilter;
+    let cases = [
+        (SpanLevel::Debug, LevelFilter::INFO, false),
+        (SpanLevel::Debug, LevelFilter::DEBUG, true),
+        (SpanLevel::Trace, LevelFilter::TRACE, true),
+        (SpanLevel::Off, LevelFilter::TRACE, false),
+    ];
+    for (level, filter, seen) in cases {
+        let spans = Spans::default();
+        let subscriber = tracing_subscriber::registry().with(spans.clone().with_filter(filter));
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let service = Service::new(
+            stream_runtime::backend::memory::MemoryBackend::new(),
+            ServiceConfig::default()
+                .app(unique_name("level"))
+                .span_level(level),
+        );
+        let handled = Recorder::new();
+        service
+            .subscribe("orders", "billing", handled.handler(), fast_options())
+            .await
+            .expect("subscribe");
+        service
+            .publish("orders", "x", PublishOptions::new())
+            .await
+            .expect("publish");
+        handled.wait_len(1, "the delivery").await;
+        // Closing drains the consumer: its span (if any) has closed once this returns.
+        service.close().await.expect("close");
+        let what = format!("span_level {level:?} under a {filter} filter");
+        assert_eq!(
+            spans.named("stream.handle").len(),
+            usize::from(seen),
+            "{what}: stream.handle"
+        );
+        assert_eq!(
+            spans.named("stream.publish").len(),
+            usize::from(seen),
+            "{what}: stream.publish"
+        );
+    }
+}

@@ -93,3 +93,62 @@ async fn one_trace_across_two_hops() {
     );
     service.close().await.expect("close");
 }
+
+/// With `span_level = "off"` a publish opens no span of its own, and its messages carry the
+/// trace context of the caller's current span, so the trace is not cut at the stream.
+#[tokio::test(flavor = "current_thread")]
+async fn without_a_publish_span_the_callers_context_is_carried() {
+    use opentelemetry::trace::TracerProvider as _;
+    use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
+
+    let exporter = InMemorySpanExporter::default();
+    let provider = SdkTracerProvider::builder()
+        .with_simple_exporter(exporter.clone())
+        .build();
+    let subscriber = tracing_subscriber::registry()
+        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let service = Service::new(
+        stream_runtime::backend::memory::MemoryBackend::new(),
+        ServiceConfig::default()
+            .app(unique_name("otel-off"))
+            .span_level(stream_runtime::SpanLevel::Off),
+    );
+    let handled = Recorder::new();
+    service
+        .subscribe("orders", "billing", handled.handler(), fast_options())
+        .await
+        .expect("subscribe");
+    {
+        let request = tracing::info_span!("request");
+        let _entered = request.enter();
+        service
+            .publish("orders", "order-1", PublishOptions::new())
+            .await
+            .expect("publish");
+    }
+    handled.wait_len(1, "the delivery").await;
+    let traceparent = handled.messages()[0]
+        .header("traceparent")
+        .map(str::to_owned)
+        .expect("the message carries the caller's traceparent");
+    service.close().await.expect("close");
+    let spans = exporter.get_finished_spans().expect("finished spans");
+    let request = spans
+        .iter()
+        .find(|s| s.name == "request")
+        .expect("the request span");
+    assert_eq!(
+        traceparent,
+        format!(
+            "00-{}-{}-{:02x}",
+            request.span_context.trace_id(),
+            request.span_context.span_id(),
+            request.span_context.trace_flags().to_u8()
+        )
+    );
+    assert!(
+        spans.iter().all(|s| s.name == "request"),
+        "no stream span with span_level off: {spans:?}"
+    );
+}

@@ -60,6 +60,12 @@ pub struct Args {
     #[arg(long, value_enum, num_args = 0..=1, default_missing_value = "all")]
     pub telemetry: Option<Telemetry>,
 
+    /// The level of the engine's per-message and publish spans (`span_level`): `info` (the
+    /// default), `debug`, `trace` or `off`. With `--telemetry=spans --span-level debug`, an
+    /// INFO formatter runs beside spans it does not enable.
+    #[arg(long, default_value = "info", value_parser = parse_span_level)]
+    pub span_level: stream_runtime::SpanLevel,
+
     /// Skip the raw ceilings (to profile the framework alone).
     #[arg(long)]
     pub no_raw: bool,
@@ -67,6 +73,17 @@ pub struct Args {
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     pub bench: bool,
+}
+
+fn parse_span_level(level: &str) -> Result<stream_runtime::SpanLevel, String> {
+    use stream_runtime::SpanLevel;
+    match level {
+        "info" => Ok(SpanLevel::Info),
+        "debug" => Ok(SpanLevel::Debug),
+        "trace" => Ok(SpanLevel::Trace),
+        "off" => Ok(SpanLevel::Off),
+        other => Err(format!("{other:?}: expected info, debug, trace or off")),
+    }
 }
 
 /// What `--telemetry` switches on.
@@ -120,6 +137,7 @@ impl Args {
         plan.count_calls = self.count_calls;
         plan.warmup = !self.no_warmup;
         plan.raw = !self.no_raw;
+        plan.span_level = self.span_level;
         if let Some(c) = &self.concurrency {
             plan.concurrencies = c.clone();
         }

@@ -39,6 +39,8 @@ pub struct Plan {
     pub warmup: bool,
     /// Measure the raw ceilings too (`--no-raw` skips them, to profile ours alone).
     pub raw: bool,
+    /// The engine's span level (`--span-level`).
+    pub span_level: stream_runtime::SpanLevel,
 }
 
 impl Plan {
@@ -60,6 +62,7 @@ impl Plan {
             cap: Duration::from_secs(if quick { 2 } else { 6 }),
             workloads: Workload::ALL.to_vec(),
             count_calls: false,
+            span_level: stream_runtime::SpanLevel::Info,
             warmup: true,
             raw: true,
         }
@@ -190,7 +193,9 @@ pub async fn run_backend(
     let (ours_url, raw_url) = url_for(kind, &dir, tag);
     let app = format!("bench{tag}");
     // Without the backend (not in this build, say) the raw ceilings are still measured.
-    let config = ServiceConfig::default().app(app.clone());
+    let config = ServiceConfig::default()
+        .app(app.clone())
+        .span_level(plan.span_level);
     let mut counters = None;
     let service = match stream_runtime::backend::connect(&ours_url).await {
         Ok(backend) if plan.count_calls => {

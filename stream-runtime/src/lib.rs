@@ -193,7 +193,7 @@ pub use naming::{
     dead_letter_stream, format_stream, DEFAULT_APP, DEFAULT_NAMESPACE, MAX_NAME_BYTES,
 };
 pub use options::{
-    Isolation, MaxRetries, PublishOptions, RetryDelay, ServiceConfig, StartPosition,
+    Isolation, MaxRetries, PublishOptions, RetryDelay, ServiceConfig, SpanLevel, StartPosition,
     SubscribeOptions, Trim, DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_MAX_RETRIES, DEFAULT_POLL_INTERVAL,
     DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_VISIBILITY_TIMEOUT,
 };

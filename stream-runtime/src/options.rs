@@ -39,6 +39,30 @@ pub struct ServiceConfig {
     /// handlers and of [`Service::begin`](crate::Service::begin) (default read committed).
     /// Postgres only: a SQLite transaction is always serializable.
     pub transaction_isolation: Isolation,
+    /// The level of the per-message `stream.handle` span and of the `stream.publish` span
+    /// (default [`SpanLevel::Info`]). Config key `span_level`.
+    pub span_level: SpanLevel,
+}
+
+/// The level of the spans the engine opens for every handler call (`stream.handle`) and
+/// every publish (`stream.publish`). A subscriber builds (and a formatting layer formats) a
+/// span only when its filter enables the span's level, so a level below the application's
+/// log filter keeps them off that subscriber at no cost, while a subscriber that enables it
+/// (an OpenTelemetry layer filtered at DEBUG, say) still gets every span. Config key
+/// `span_level`: `"info"`, `"debug"`, `"trace"` or `"off"` (no span at all).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum SpanLevel {
+    /// `TRACE`.
+    Trace,
+    /// `DEBUG`.
+    Debug,
+    /// `INFO`, the default: the spans are part of an INFO trace.
+    #[default]
+    Info,
+    /// No span is opened (trace context is still carried in the headers).
+    Off,
 }
 
 /// The isolation level of a transaction the service begins (Postgres; SQLite transactions
@@ -79,6 +103,7 @@ impl Default for ServiceConfig {
             max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
             connect_timeout: crate::backend::DEFAULT_CONNECT_TIMEOUT,
             transaction_isolation: Isolation::ReadCommitted,
+            span_level: SpanLevel::Info,
         }
     }
 }
@@ -123,6 +148,12 @@ impl ServiceConfig {
     /// Sets the isolation level of the transactions the service begins.
     pub fn transaction_isolation(mut self, isolation: Isolation) -> Self {
         self.transaction_isolation = isolation;
+        self
+    }
+
+    /// Sets the level of the `stream.handle` and `stream.publish` spans.
+    pub fn span_level(mut self, level: SpanLevel) -> Self {
+        self.span_level = level;
         self
     }
 }

@@ -229,7 +229,8 @@ impl Service {
             naming::pick(options.namespace.as_deref(), &config.namespace),
             stream,
         )?;
-        let span = tracing::info_span!(
+        let span = crate::engine::telemetry::span_at!(
+            config.span_level,
             "stream.publish",
             stream = %full,
             count = tracing::field::Empty
@@ -635,6 +636,7 @@ impl Service {
             retry_delay: options.retry_delay,
             name: options.name.clone().unwrap_or_else(|| group.to_owned()),
             transactional: options.transactional.is_some(),
+            span_level: self.inner.config.span_level,
         });
         let consumer = Consumer {
             inner: Arc::new(ConsumerInner {

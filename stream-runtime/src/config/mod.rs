@@ -100,6 +100,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "connect_timeout",
     "transaction_isolation",
     "metrics_interval",
+    "span_level",
     "defaults",
     "consumers",
     "http",
@@ -135,6 +136,9 @@ pub struct Config {
     /// `streams_lag` / `streams_pending` gauges (zero = never).
     #[serde(deserialize_with = "de_duration")]
     pub metrics_interval: Duration,
+    /// The level of the `stream.handle` and `stream.publish` spans: `"info"` (default),
+    /// `"debug"`, `"trace"` or `"off"`.
+    pub span_level: crate::options::SpanLevel,
     /// Settings for every consumer.
     pub defaults: ConsumerSettings,
     /// Per-consumer overrides, by consumer name.
@@ -158,6 +162,7 @@ impl fmt::Debug for Config {
             .field("connect_timeout", &self.connect_timeout)
             .field("transaction_isolation", &self.transaction_isolation)
             .field("metrics_interval", &self.metrics_interval)
+            .field("span_level", &self.span_level)
             .field("defaults", &self.defaults)
             .field("consumers", &self.consumers)
             .field("http", &self.http)
@@ -179,6 +184,7 @@ impl Default for Config {
             connect_timeout: service.connect_timeout,
             transaction_isolation: service.transaction_isolation,
             metrics_interval: DEFAULT_METRICS_INTERVAL,
+            span_level: service.span_level,
             defaults: ConsumerSettings::default(),
             consumers: BTreeMap::new(),
             http: None,
@@ -273,6 +279,7 @@ impl Config {
             .max_payload_bytes(self.max_payload_bytes)
             .connect_timeout(self.connect_timeout)
             .transaction_isolation(self.transaction_isolation)
+            .span_level(self.span_level)
     }
 
     /// Where the settings came from, for logs: the file, or "no config file".

@@ -91,7 +91,8 @@ pub(super) async fn run_one(
         headers: message.headers.clone(),
     };
     let id = message.id.clone();
-    let span = tracing::info_span!(
+    let span = telemetry::span_at!(
+        state.sub.span_level,
         "stream.handle",
         stream = %state.sub.stream,
         group = %state.sub.group,
@@ -234,6 +235,7 @@ mod tests {
                 retry_delay: policy,
                 name: String::new(),
                 transactional: false,
+                span_level: crate::SpanLevel::Info,
             };
             let d = retry_delay(&sub, attempt);
             assert!(

@@ -91,6 +91,8 @@ pub(crate) struct Subscription {
     pub name: String,
     /// The handler acks inside its own transaction: a success sends no ack.
     pub transactional: bool,
+    /// The level of the `stream.handle` spans.
+    pub span_level: crate::SpanLevel,
 }
 
 /// What a subscription's coordinator and workers share.

@@ -138,6 +138,20 @@ pub(crate) async fn sample_groups(
     }
 }
 
+/// Opens a span at the configured [`SpanLevel`](crate::SpanLevel) (each level is its own
+/// callsite, as `tracing` wants a constant level), or none for `Off`.
+macro_rules! span_at {
+    ($level:expr, $($span:tt)*) => {
+        match $level {
+            $crate::SpanLevel::Info => ::tracing::info_span!($($span)*),
+            $crate::SpanLevel::Debug => ::tracing::debug_span!($($span)*),
+            $crate::SpanLevel::Trace => ::tracing::trace_span!($($span)*),
+            $crate::SpanLevel::Off => ::tracing::Span::none(),
+        }
+    };
+}
+pub(crate) use span_at;
+
 /// Records how a delivery ended on its span: outcome, reason (for failures) and duration,
 /// in one call, so a subscriber sees (and a formatting layer formats) one record, not three.
 pub(crate) fn record(span: &tracing::Span, outcome: Outcome, reason: Option<&str>, took: Duration) {
@@ -177,8 +191,16 @@ pub(crate) mod trace_context {
     /// The W3C header names.
     pub const TRACESTATE: &str = "tracestate";
 
-    /// Adds `span`'s trace context to `headers`, unless they carry one already.
+    /// Adds `span`'s trace context to `headers` (the caller's current span's when `span` is
+    /// disabled, by its level), unless they carry one already.
     pub(crate) fn inject(span: &tracing::Span, headers: &mut Headers) {
+        let current;
+        let span = if span.is_disabled() {
+            current = tracing::Span::current();
+            &current
+        } else {
+            span
+        };
         if span.is_disabled() || headers.contains_key(TRACEPARENT) {
             return;
         }
