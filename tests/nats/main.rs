@@ -3,6 +3,9 @@
 
 stream_runtime::conformance_tests!(nats, stream_tests::shared_nats());
 
+/// A three-node cluster of the test's own, its stream leader killed mid-run.
+mod nats_cluster;
+
 /// Cases only the NATS backend has.
 mod nats_specific {
     use std::time::Duration;

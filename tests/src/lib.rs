@@ -808,3 +808,198 @@ pub async fn victim_redelivered_after_crash(
     assert_eq!(victim.attempt, 2, "the victim's delivery count survives");
     rec
 }
+
+/// A NATS JetStream cluster of a test's own: three `nats-server -js` nodes on free loopback
+/// ports, routed to each other (`-cluster` / `-routes`), each with its own store directory
+/// (`-sd`) and pid file, under a keeper shell that stops it when this value is dropped or
+/// the test process exits.
+#[derive(Debug)]
+pub struct ThrowawayNatsCluster {
+    nodes: Vec<NatsNode>,
+    dir: PathBuf,
+}
+
+#[derive(Debug)]
+struct NatsNode {
+    name: String,
+    port: u16,
+    pid_file: PathBuf,
+    keeper: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+}
+
+/// A free loopback port not in `taken`.
+fn free_port(taken: &[u16]) -> Result<u16, String> {
+    for _ in 0..200 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| format!("no free port: {e}"))?
+            .port();
+        if !taken.contains(&port) {
+            return Ok(port);
+        }
+    }
+    Err("no free port".to_owned())
+}
+
+impl ThrowawayNatsCluster {
+    /// Starts three nodes and waits until a stream with three replicas can be created (the
+    /// cluster has elected its meta leader), or `None` (a loud skip) when it cannot.
+    pub async fn start() -> Option<ThrowawayNatsCluster> {
+        match Self::try_start().await {
+            Ok(cluster) => Some(cluster),
+            Err(e) => skip_or_fail("nats cluster", &e),
+        }
+    }
+
+    async fn try_start() -> Result<ThrowawayNatsCluster, String> {
+        let dir = temp_dir("nats-cluster");
+        let mut taken = Vec::new();
+        let mut ports = Vec::new();
+        for _ in 0..3 {
+            let client = free_port(&taken)?;
+            taken.push(client);
+            let route = free_port(&taken)?;
+            taken.push(route);
+            ports.push((client, route));
+        }
+        let mut cluster = ThrowawayNatsCluster {
+            nodes: Vec::new(),
+            dir,
+        };
+        for (i, (client, route)) in ports.iter().enumerate() {
+            let name = format!("n{}", i + 1);
+            let store = cluster.dir.join(&name);
+            std::fs::create_dir_all(&store)
+                .map_err(|e| format!("creating {}: {e}", store.display()))?;
+            let pid_file = cluster.dir.join(format!("{name}.pid"));
+            let routes: Vec<String> = ports
+                .iter()
+                .filter(|(c, _)| c != client)
+                .map(|(_, r)| format!("nats://127.0.0.1:{r}"))
+                .collect();
+            let args: Vec<std::ffi::OsString> = vec![
+                "-a".into(),
+                "127.0.0.1".into(),
+                "-p".into(),
+                client.to_string().into(),
+                "-n".into(),
+                name.clone().into(),
+                "-js".into(),
+                "-sd".into(),
+                store.into_os_string(),
+                "--cluster_name".into(),
+                "streams-test".into(),
+                "-cluster".into(),
+                format!("nats://127.0.0.1:{route}").into(),
+                "-routes".into(),
+                routes.join(",").into(),
+                "-P".into(),
+                pid_file.clone().into_os_string(),
+            ];
+            let (keeper, stdin) = spawn_kept(None, "nats-server", &args, "TERM")?;
+            cluster.nodes.push(NatsNode {
+                name,
+                port: *client,
+                pid_file,
+                keeper,
+                stdin: Some(stdin),
+            });
+        }
+        // Ready when a three-replica stream can be made: the backend's connect creates its
+        // groups stream with the URL's replica count.
+        let url = cluster.url();
+        let last = Mutex::new(String::new());
+        let ready =
+            stream_runtime::conformance::eventually(std::time::Duration::from_secs(30), || async {
+                match stream_runtime::backend::nats::NatsBackend::connect(&url).await {
+                    Ok(backend) => {
+                        let _ = stream_runtime::backend::Backend::close(&backend).await;
+                        true
+                    }
+                    Err(e) => {
+                        *last.lock().unwrap_or_else(PoisonError::into_inner) = e.to_string();
+                        false
+                    }
+                }
+            })
+            .await;
+        if !ready {
+            let last = last.into_inner().unwrap_or_else(PoisonError::into_inner);
+            return Err(format!(
+                "the NATS cluster was not ready within 30 s: {last}"
+            ));
+        }
+        Ok(cluster)
+    }
+
+    /// Its URL: every node listed, streams with three replicas.
+    pub fn url(&self) -> String {
+        let nodes: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        format!("nats://{}?replicas=3", nodes.join(","))
+    }
+
+    /// The URL of one node alone (no replica option).
+    pub fn node_url(&self, name: &str) -> Option<String> {
+        self.nodes
+            .iter()
+            .find(|n| n.name == name)
+            .map(|n| format!("nats://127.0.0.1:{}", n.port))
+    }
+
+    /// The nodes' server names (`n1`, `n2`, `n3`).
+    pub fn names(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.name.clone()).collect()
+    }
+
+    /// Kills the node named `name` with SIGKILL (a crash), by the pid it wrote.
+    pub fn kill(&self, name: &str) -> Result<(), String> {
+        let node = self
+            .nodes
+            .iter()
+            .find(|n| n.name == name)
+            .ok_or_else(|| format!("no node {name}"))?;
+        let pid = std::fs::read_to_string(&node.pid_file)
+            .map_err(|e| format!("reading {}: {e}", node.pid_file.display()))?;
+        let pid = pid.trim();
+        let status = std::process::Command::new("kill")
+            .args(["-9", pid])
+            .status()
+            .map_err(|e| format!("kill: {e}"))?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(format!("kill -9 {pid} failed: {status}"))
+        }
+    }
+}
+
+impl Drop for ThrowawayNatsCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            node.stdin.take(); // the keeper stops its server
+        }
+        for node in &mut self.nodes {
+            let _ = node.keeper.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The leader of JetStream stream `name` (its server name), asked over `client`; `None`
+/// while there is none (an election) or the request fails.
+pub async fn nats_stream_leader(client: &async_nats::Client, name: &str) -> Option<String> {
+    let reply = client
+        .request(format!("$JS.API.STREAM.INFO.{name}"), "".into())
+        .await
+        .ok()?;
+    let info: serde_json::Value = serde_json::from_slice(&reply.payload).ok()?;
+    info.get("cluster")?
+        .get("leader")?
+        .as_str()
+        .map(str::to_owned)
+}
