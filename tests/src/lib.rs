@@ -73,9 +73,128 @@ pub async fn nats_backend() -> Option<stream_runtime::backend::nats::NatsBackend
     }
 }
 
-/// [`nats_backend`], shared.
+/// [`nats_backend`], shared, with the streams the test touches deleted from the server when
+/// the test drops it ([`NatsCleanup`]). The first call in a process also deletes the
+/// streams earlier runs left behind (a killed run, a test that panicked first): those not
+/// written to for [`NATS_SWEEP_IDLE`].
 pub async fn shared_nats() -> Option<SharedBackend> {
-    Some(Arc::new(nats_backend().await?))
+    let backend = nats_backend().await?;
+    static SWEPT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !SWEPT.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        match backend.delete_idle_streams("", NATS_SWEEP_IDLE).await {
+            Ok(deleted) if !deleted.is_empty() => {
+                eprintln!(
+                    "deleted {} idle test streams from the NATS server",
+                    deleted.len()
+                );
+            }
+            Ok(_) => {}
+            Err(e) => eprintln!("sweeping idle test streams off the NATS server: {e}"),
+        }
+    }
+    let cleanup = Arc::new(NatsCleanup {
+        url: nats_url(),
+        streams: Mutex::default(),
+    });
+    Some(stream_runtime::conformance::intercept::intercept(
+        Arc::new(backend),
+        cleanup,
+    ))
+}
+
+/// How long a stream on the shared NATS server must have gone unwritten before the sweep
+/// of [`shared_nats`] deletes it: longer than any test runs.
+pub const NATS_SWEEP_IDLE: std::time::Duration = std::time::Duration::from_secs(30 * 60);
+
+/// Records the streams a test appends to, creates groups on or dead-letters to, and
+/// deletes them (with their groups' records) from the NATS server when dropped, so the
+/// shared server does not fill up with test streams.
+#[derive(Debug)]
+pub struct NatsCleanup {
+    url: String,
+    streams: Mutex<std::collections::HashSet<String>>,
+}
+
+impl NatsCleanup {
+    fn record(&self, stream: &str) {
+        let mut streams = self.streams.lock().unwrap_or_else(PoisonError::into_inner);
+        if !streams.contains(stream) {
+            streams.insert(stream.to_owned());
+        }
+    }
+}
+
+impl stream_runtime::conformance::intercept::Intercept for NatsCleanup {
+    fn append<'a>(
+        &'a self,
+        inner: &'a dyn stream_runtime::backend::Backend,
+        stream: &'a str,
+        messages: Vec<stream_runtime::NewMessage>,
+        trim: stream_runtime::Trim,
+    ) -> stream_runtime::backend::BoxFuture<
+        'a,
+        stream_runtime::Result<Vec<stream_runtime::MessageId>>,
+    > {
+        self.record(stream);
+        inner.append(stream, messages, trim)
+    }
+
+    fn ensure_group<'a>(
+        &'a self,
+        inner: &'a dyn stream_runtime::backend::Backend,
+        stream: &'a str,
+        group: &'a str,
+        start: &'a stream_runtime::StartPosition,
+    ) -> stream_runtime::backend::BoxFuture<'a, stream_runtime::Result<()>> {
+        self.record(stream);
+        inner.ensure_group(stream, group, start)
+    }
+
+    fn dead_letter<'a>(
+        &'a self,
+        inner: &'a dyn stream_runtime::backend::Backend,
+        group: stream_runtime::backend::GroupRef<'a>,
+        claim: &'a stream_runtime::backend::Claim,
+        to: &'a str,
+        message: stream_runtime::NewMessage,
+    ) -> stream_runtime::backend::BoxFuture<'a, stream_runtime::Result<bool>> {
+        self.record(to);
+        inner.dead_letter(group, claim, to, message)
+    }
+}
+
+impl Drop for NatsCleanup {
+    fn drop(&mut self) {
+        let streams =
+            std::mem::take(&mut *self.streams.lock().unwrap_or_else(PoisonError::into_inner));
+        if streams.is_empty() {
+            return;
+        }
+        let url = self.url.clone();
+        // On a thread and runtime of its own: this may run while the test's runtime shuts
+        // down, and the backend it wrapped is closed by then.
+        let _ = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async move {
+                let Ok(backend) = stream_runtime::backend::nats::NatsBackend::connect(&url).await
+                else {
+                    return;
+                };
+                for stream in &streams {
+                    if let Err(e) = backend.delete_stream(stream).await {
+                        eprintln!("deleting test stream {stream:?} from the NATS server: {e}");
+                    }
+                }
+                let _ = stream_runtime::backend::Backend::close(&backend).await;
+            });
+        })
+        .join();
+    }
 }
 
 /// The URL of a backend of this `kind` (`memory`, `sqlite`, `postgres`, `redis`) for one
