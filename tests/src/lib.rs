@@ -738,6 +738,76 @@ impl ThrowawayCluster {
             .ok_or_else(|| format!("no process_id in INFO of node {port}"))
     }
 
+    /// The node id of the node on `port` (`CLUSTER MYID`).
+    pub fn node_id(&self, port: u16) -> Result<String, String> {
+        let id = redis_cli(port, &["cluster", "myid"])?.trim().to_owned();
+        if id.is_empty() {
+            return Err(format!("node {port} did not tell its id"));
+        }
+        Ok(id)
+    }
+
+    /// Moves slot `slot` from the primary on `from` to the primary on `to` while clients
+    /// run, as `redis-cli --cluster reshard` does for each slot: the target `IMPORTING`, the
+    /// source `MIGRATING`, its keys `MIGRATE`d in batches, then `SETSLOT ... NODE` on both
+    /// and every other primary (blocking).
+    pub fn migrate_slot(&self, slot: u16, from: u16, to: u16) -> Result<(), String> {
+        let slot_arg = slot.to_string();
+        let (from_id, to_id) = (self.node_id(from)?, self.node_id(to)?);
+        let ok = |port: u16, args: &[&str]| -> Result<(), String> {
+            let out = redis_cli(port, args)?;
+            if out.trim() == "OK" {
+                Ok(())
+            } else {
+                Err(format!("{args:?} on node {port} answered {out:?}"))
+            }
+        };
+        ok(
+            to,
+            &["cluster", "setslot", &slot_arg, "importing", &from_id],
+        )?;
+        ok(
+            from,
+            &["cluster", "setslot", &slot_arg, "migrating", &to_id],
+        )?;
+        loop {
+            let keys = redis_cli(from, &["cluster", "getkeysinslot", &slot_arg, "100"])?;
+            let keys: Vec<&str> = keys
+                .lines()
+                .map(str::trim)
+                .filter(|k| !k.is_empty())
+                .collect();
+            if keys.is_empty() {
+                break;
+            }
+            let to_port = to.to_string();
+            let mut args = vec!["migrate", "127.0.0.1", &to_port, "", "0", "5000", "keys"];
+            args.extend(keys.iter().copied());
+            let out = redis_cli(from, &args)?;
+            if !matches!(out.trim(), "OK" | "NOKEY") {
+                return Err(format!("MIGRATE answered {out:?}"));
+            }
+        }
+        ok(to, &["cluster", "setslot", &slot_arg, "node", &to_id])?;
+        ok(from, &["cluster", "setslot", &slot_arg, "node", &to_id])?;
+        Ok(())
+    }
+
+    /// The primaries' ports (from `CLUSTER NODES` of the first node that answers).
+    pub fn primaries(&self) -> Result<Vec<u16>, String> {
+        let nodes = self
+            .ports()
+            .into_iter()
+            .find_map(|port| redis_cli(port, &["cluster", "nodes"]).ok())
+            .ok_or_else(|| "no cluster node answers CLUSTER NODES".to_owned())?;
+        nodes
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .filter(|c| c.len() > 2 && c[2].contains("master") && !c[2].contains("fail"))
+            .map(|c| node_port(c[1]))
+            .collect()
+    }
+
     /// Waits until every node still running reports `cluster_state:ok` (blocking).
     pub fn wait_ok(&self, skip: &[u16], timeout: std::time::Duration) -> bool {
         self.ports()
