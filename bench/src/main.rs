@@ -2,11 +2,12 @@
 //! written directly against the backend's client library, in one run.
 //!
 //! ```text
-//! cargo run --release -p stream-bench -- --backend memory,sqlite,postgres,redis [--quick]
+//! cargo run --release -p stream-bench -- --backend memory,sqlite,postgres,redis,nats [--quick]
 //! ```
 //!
 //! `--help` lists the options ([`args`]); [`run`] measures, [`report`] prints the table and
-//! the JSON lines. Services: `STREAMS_TEST_POSTGRES_URL`, `STREAMS_TEST_REDIS_URL`. See
+//! the JSON lines. Services: `STREAMS_TEST_POSTGRES_URL`, `STREAMS_TEST_REDIS_URL`,
+//! `STREAMS_TEST_NATS_URL`. See
 //! BENCHMARKS.md for what each workload and ceiling is.
 
 mod args;
@@ -38,6 +39,7 @@ pub enum Kind {
     Sqlite,
     Postgres,
     Redis,
+    Nats,
 }
 
 impl Kind {
@@ -47,6 +49,7 @@ impl Kind {
             Kind::Sqlite => "sqlite",
             Kind::Postgres => "postgres",
             Kind::Redis => "redis",
+            Kind::Nats => "nats",
         }
     }
 
@@ -55,6 +58,7 @@ impl Kind {
         match self {
             Kind::Memory => 20,
             Kind::Redis => 4,
+            Kind::Nats => 1,
             Kind::Sqlite | Kind::Postgres => 1,
         }
     }

@@ -178,6 +178,11 @@ fn url_for(kind: Kind, dir: &std::path::Path, tag: &str) -> (String, String) {
                 .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
             (base.clone(), base)
         }
+        Kind::Nats => {
+            let base = std::env::var("STREAMS_TEST_NATS_URL")
+                .unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned());
+            (base.clone(), base)
+        }
     }
 }
 
@@ -533,6 +538,11 @@ async fn cleanup(
             for chunk in keys.chunks(500) {
                 let _: () = redis::cmd("DEL").arg(chunk).query_async(&mut con).await?;
             }
+        }
+        Kind::Nats => {
+            let backend = stream_runtime::backend::nats::NatsBackend::connect(raw_url).await?;
+            backend.delete_streams(&format!("{app}.")).await?;
+            stream_runtime::Backend::close(&backend).await?;
         }
         Kind::Memory | Kind::Sqlite => {}
     }

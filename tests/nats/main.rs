@@ -3,6 +3,9 @@
 
 stream_runtime::conformance_tests!(nats, stream_tests::shared_nats());
 
+/// A three-node cluster of the test's own, its stream leader killed mid-run.
+mod nats_cluster;
+
 /// Cases only the NATS backend has.
 mod nats_specific {
     use std::time::Duration;
@@ -81,5 +84,62 @@ mod nats_specific {
             .await
             .expect("pending")
             .is_empty());
+        let deleted = b.delete_streams(&stream).await.expect("delete the streams");
+        assert_eq!(
+            deleted.len(),
+            2,
+            "the stream and its dead letters: {deleted:?}"
+        );
+    }
+
+    /// The streams a test touches through `shared_nats` are deleted from the server (with
+    /// their groups) when the test drops its backend.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn test_streams_are_deleted_when_the_test_drops_its_backend() {
+        let Some(shared) = stream_tests::shared_nats().await else {
+            return;
+        };
+        let stream = format!("{}.orders", unique_name("natsclean"));
+        shared
+            .ensure_group(&stream, "g", &StartPosition::Earliest)
+            .await
+            .expect("group");
+        shared
+            .append(&stream, vec![NewMessage::new("m")], Trim::NONE)
+            .await
+            .expect("append");
+        drop(shared);
+        let Some(b) = stream_tests::nats_backend().await else {
+            return;
+        };
+        let left = b.list_streams(&stream).await.expect("list streams");
+        assert!(left.is_empty(), "left on the server: {left:?}");
+        let groups = b.list_groups(&stream).await.expect("list groups");
+        assert!(groups.is_empty(), "group records left: {groups:?}");
+    }
+
+    /// `delete_idle_streams` deletes streams idle for longer than asked, and only those.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn idle_streams_are_swept() {
+        let Some(b) = stream_tests::nats_backend().await else {
+            return;
+        };
+        let prefix = unique_name("natsidle");
+        let stream = format!("{prefix}.orders");
+        b.append(&stream, vec![NewMessage::new("m")], Trim::NONE)
+            .await
+            .expect("append");
+        let kept = b
+            .delete_idle_streams(&prefix, Duration::from_secs(3600))
+            .await
+            .expect("sweep");
+        assert!(kept.is_empty(), "a fresh stream was swept: {kept:?}");
+        assert_eq!(b.list_streams(&prefix).await.expect("list").len(), 1);
+        let swept = b
+            .delete_idle_streams(&prefix, Duration::ZERO)
+            .await
+            .expect("sweep");
+        assert_eq!(swept, vec![stream.clone()]);
+        assert!(b.list_streams(&prefix).await.expect("list").is_empty());
     }
 }

@@ -13,6 +13,7 @@ stream_runtime::conformance_tests!(redis_cluster, stream_tests::shared_redis_clu
 /// cleanup, push wake-ups across connections, and reconnects on a throwaway server.
 mod redis_specific {
     mod cluster;
+    mod cluster_moves;
     mod faults;
     mod streams;
 

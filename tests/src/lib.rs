@@ -73,9 +73,128 @@ pub async fn nats_backend() -> Option<stream_runtime::backend::nats::NatsBackend
     }
 }
 
-/// [`nats_backend`], shared.
+/// [`nats_backend`], shared, with the streams the test touches deleted from the server when
+/// the test drops it ([`NatsCleanup`]). The first call in a process also deletes the
+/// streams earlier runs left behind (a killed run, a test that panicked first): those not
+/// written to for [`NATS_SWEEP_IDLE`].
 pub async fn shared_nats() -> Option<SharedBackend> {
-    Some(Arc::new(nats_backend().await?))
+    let backend = nats_backend().await?;
+    static SWEPT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !SWEPT.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        match backend.delete_idle_streams("", NATS_SWEEP_IDLE).await {
+            Ok(deleted) if !deleted.is_empty() => {
+                eprintln!(
+                    "deleted {} idle test streams from the NATS server",
+                    deleted.len()
+                );
+            }
+            Ok(_) => {}
+            Err(e) => eprintln!("sweeping idle test streams off the NATS server: {e}"),
+        }
+    }
+    let cleanup = Arc::new(NatsCleanup {
+        url: nats_url(),
+        streams: Mutex::default(),
+    });
+    Some(stream_runtime::conformance::intercept::intercept(
+        Arc::new(backend),
+        cleanup,
+    ))
+}
+
+/// How long a stream on the shared NATS server must have gone unwritten before the sweep
+/// of [`shared_nats`] deletes it: longer than any test runs.
+pub const NATS_SWEEP_IDLE: std::time::Duration = std::time::Duration::from_secs(30 * 60);
+
+/// Records the streams a test appends to, creates groups on or dead-letters to, and
+/// deletes them (with their groups' records) from the NATS server when dropped, so the
+/// shared server does not fill up with test streams.
+#[derive(Debug)]
+pub struct NatsCleanup {
+    url: String,
+    streams: Mutex<std::collections::HashSet<String>>,
+}
+
+impl NatsCleanup {
+    fn record(&self, stream: &str) {
+        let mut streams = self.streams.lock().unwrap_or_else(PoisonError::into_inner);
+        if !streams.contains(stream) {
+            streams.insert(stream.to_owned());
+        }
+    }
+}
+
+impl stream_runtime::conformance::intercept::Intercept for NatsCleanup {
+    fn append<'a>(
+        &'a self,
+        inner: &'a dyn stream_runtime::backend::Backend,
+        stream: &'a str,
+        messages: Vec<stream_runtime::NewMessage>,
+        trim: stream_runtime::Trim,
+    ) -> stream_runtime::backend::BoxFuture<
+        'a,
+        stream_runtime::Result<Vec<stream_runtime::MessageId>>,
+    > {
+        self.record(stream);
+        inner.append(stream, messages, trim)
+    }
+
+    fn ensure_group<'a>(
+        &'a self,
+        inner: &'a dyn stream_runtime::backend::Backend,
+        stream: &'a str,
+        group: &'a str,
+        start: &'a stream_runtime::StartPosition,
+    ) -> stream_runtime::backend::BoxFuture<'a, stream_runtime::Result<()>> {
+        self.record(stream);
+        inner.ensure_group(stream, group, start)
+    }
+
+    fn dead_letter<'a>(
+        &'a self,
+        inner: &'a dyn stream_runtime::backend::Backend,
+        group: stream_runtime::backend::GroupRef<'a>,
+        claim: &'a stream_runtime::backend::Claim,
+        to: &'a str,
+        message: stream_runtime::NewMessage,
+    ) -> stream_runtime::backend::BoxFuture<'a, stream_runtime::Result<bool>> {
+        self.record(to);
+        inner.dead_letter(group, claim, to, message)
+    }
+}
+
+impl Drop for NatsCleanup {
+    fn drop(&mut self) {
+        let streams =
+            std::mem::take(&mut *self.streams.lock().unwrap_or_else(PoisonError::into_inner));
+        if streams.is_empty() {
+            return;
+        }
+        let url = self.url.clone();
+        // On a thread and runtime of its own: this may run while the test's runtime shuts
+        // down, and the backend it wrapped is closed by then.
+        let _ = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async move {
+                let Ok(backend) = stream_runtime::backend::nats::NatsBackend::connect(&url).await
+                else {
+                    return;
+                };
+                for stream in &streams {
+                    if let Err(e) = backend.delete_stream(stream).await {
+                        eprintln!("deleting test stream {stream:?} from the NATS server: {e}");
+                    }
+                }
+                let _ = stream_runtime::backend::Backend::close(&backend).await;
+            });
+        })
+        .join();
+    }
 }
 
 /// The URL of a backend of this `kind` (`memory`, `sqlite`, `postgres`, `redis`) for one
@@ -619,6 +738,76 @@ impl ThrowawayCluster {
             .ok_or_else(|| format!("no process_id in INFO of node {port}"))
     }
 
+    /// The node id of the node on `port` (`CLUSTER MYID`).
+    pub fn node_id(&self, port: u16) -> Result<String, String> {
+        let id = redis_cli(port, &["cluster", "myid"])?.trim().to_owned();
+        if id.is_empty() {
+            return Err(format!("node {port} did not tell its id"));
+        }
+        Ok(id)
+    }
+
+    /// Moves slot `slot` from the primary on `from` to the primary on `to` while clients
+    /// run, as `redis-cli --cluster reshard` does for each slot: the target `IMPORTING`, the
+    /// source `MIGRATING`, its keys `MIGRATE`d in batches, then `SETSLOT ... NODE` on both
+    /// and every other primary (blocking).
+    pub fn migrate_slot(&self, slot: u16, from: u16, to: u16) -> Result<(), String> {
+        let slot_arg = slot.to_string();
+        let (from_id, to_id) = (self.node_id(from)?, self.node_id(to)?);
+        let ok = |port: u16, args: &[&str]| -> Result<(), String> {
+            let out = redis_cli(port, args)?;
+            if out.trim() == "OK" {
+                Ok(())
+            } else {
+                Err(format!("{args:?} on node {port} answered {out:?}"))
+            }
+        };
+        ok(
+            to,
+            &["cluster", "setslot", &slot_arg, "importing", &from_id],
+        )?;
+        ok(
+            from,
+            &["cluster", "setslot", &slot_arg, "migrating", &to_id],
+        )?;
+        loop {
+            let keys = redis_cli(from, &["cluster", "getkeysinslot", &slot_arg, "100"])?;
+            let keys: Vec<&str> = keys
+                .lines()
+                .map(str::trim)
+                .filter(|k| !k.is_empty())
+                .collect();
+            if keys.is_empty() {
+                break;
+            }
+            let to_port = to.to_string();
+            let mut args = vec!["migrate", "127.0.0.1", &to_port, "", "0", "5000", "keys"];
+            args.extend(keys.iter().copied());
+            let out = redis_cli(from, &args)?;
+            if !matches!(out.trim(), "OK" | "NOKEY") {
+                return Err(format!("MIGRATE answered {out:?}"));
+            }
+        }
+        ok(to, &["cluster", "setslot", &slot_arg, "node", &to_id])?;
+        ok(from, &["cluster", "setslot", &slot_arg, "node", &to_id])?;
+        Ok(())
+    }
+
+    /// The primaries' ports (from `CLUSTER NODES` of the first node that answers).
+    pub fn primaries(&self) -> Result<Vec<u16>, String> {
+        let nodes = self
+            .ports()
+            .into_iter()
+            .find_map(|port| redis_cli(port, &["cluster", "nodes"]).ok())
+            .ok_or_else(|| "no cluster node answers CLUSTER NODES".to_owned())?;
+        nodes
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .filter(|c| c.len() > 2 && c[2].contains("master") && !c[2].contains("fail"))
+            .map(|c| node_port(c[1]))
+            .collect()
+    }
+
     /// Waits until every node still running reports `cluster_state:ok` (blocking).
     pub fn wait_ok(&self, skip: &[u16], timeout: std::time::Duration) -> bool {
         self.ports()
@@ -807,4 +996,199 @@ pub async fn victim_redelivered_after_crash(
         .expect("victim");
     assert_eq!(victim.attempt, 2, "the victim's delivery count survives");
     rec
+}
+
+/// A NATS JetStream cluster of a test's own: three `nats-server -js` nodes on free loopback
+/// ports, routed to each other (`-cluster` / `-routes`), each with its own store directory
+/// (`-sd`) and pid file, under a keeper shell that stops it when this value is dropped or
+/// the test process exits.
+#[derive(Debug)]
+pub struct ThrowawayNatsCluster {
+    nodes: Vec<NatsNode>,
+    dir: PathBuf,
+}
+
+#[derive(Debug)]
+struct NatsNode {
+    name: String,
+    port: u16,
+    pid_file: PathBuf,
+    keeper: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+}
+
+/// A free loopback port not in `taken`.
+fn free_port(taken: &[u16]) -> Result<u16, String> {
+    for _ in 0..200 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| format!("no free port: {e}"))?
+            .port();
+        if !taken.contains(&port) {
+            return Ok(port);
+        }
+    }
+    Err("no free port".to_owned())
+}
+
+impl ThrowawayNatsCluster {
+    /// Starts three nodes and waits until a stream with three replicas can be created (the
+    /// cluster has elected its meta leader), or `None` (a loud skip) when it cannot.
+    pub async fn start() -> Option<ThrowawayNatsCluster> {
+        match Self::try_start().await {
+            Ok(cluster) => Some(cluster),
+            Err(e) => skip_or_fail("nats cluster", &e),
+        }
+    }
+
+    async fn try_start() -> Result<ThrowawayNatsCluster, String> {
+        let dir = temp_dir("nats-cluster");
+        let mut taken = Vec::new();
+        let mut ports = Vec::new();
+        for _ in 0..3 {
+            let client = free_port(&taken)?;
+            taken.push(client);
+            let route = free_port(&taken)?;
+            taken.push(route);
+            ports.push((client, route));
+        }
+        let mut cluster = ThrowawayNatsCluster {
+            nodes: Vec::new(),
+            dir,
+        };
+        for (i, (client, route)) in ports.iter().enumerate() {
+            let name = format!("n{}", i + 1);
+            let store = cluster.dir.join(&name);
+            std::fs::create_dir_all(&store)
+                .map_err(|e| format!("creating {}: {e}", store.display()))?;
+            let pid_file = cluster.dir.join(format!("{name}.pid"));
+            let routes: Vec<String> = ports
+                .iter()
+                .filter(|(c, _)| c != client)
+                .map(|(_, r)| format!("nats://127.0.0.1:{r}"))
+                .collect();
+            let args: Vec<std::ffi::OsString> = vec![
+                "-a".into(),
+                "127.0.0.1".into(),
+                "-p".into(),
+                client.to_string().into(),
+                "-n".into(),
+                name.clone().into(),
+                "-js".into(),
+                "-sd".into(),
+                store.into_os_string(),
+                "--cluster_name".into(),
+                "streams-test".into(),
+                "-cluster".into(),
+                format!("nats://127.0.0.1:{route}").into(),
+                "-routes".into(),
+                routes.join(",").into(),
+                "-P".into(),
+                pid_file.clone().into_os_string(),
+            ];
+            let (keeper, stdin) = spawn_kept(None, "nats-server", &args, "TERM")?;
+            cluster.nodes.push(NatsNode {
+                name,
+                port: *client,
+                pid_file,
+                keeper,
+                stdin: Some(stdin),
+            });
+        }
+        // Ready when a three-replica stream can be made: the backend's connect creates its
+        // groups stream with the URL's replica count.
+        let url = cluster.url();
+        let last = Mutex::new(String::new());
+        let ready =
+            stream_runtime::conformance::eventually(std::time::Duration::from_secs(30), || async {
+                match stream_runtime::backend::nats::NatsBackend::connect(&url).await {
+                    Ok(backend) => {
+                        let _ = stream_runtime::backend::Backend::close(&backend).await;
+                        true
+                    }
+                    Err(e) => {
+                        *last.lock().unwrap_or_else(PoisonError::into_inner) = e.to_string();
+                        false
+                    }
+                }
+            })
+            .await;
+        if !ready {
+            let last = last.into_inner().unwrap_or_else(PoisonError::into_inner);
+            return Err(format!(
+                "the NATS cluster was not ready within 30 s: {last}"
+            ));
+        }
+        Ok(cluster)
+    }
+
+    /// Its URL: every node listed, streams with three replicas.
+    pub fn url(&self) -> String {
+        let nodes: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        format!("nats://{}?replicas=3", nodes.join(","))
+    }
+
+    /// The URL of one node alone (no replica option).
+    pub fn node_url(&self, name: &str) -> Option<String> {
+        self.nodes
+            .iter()
+            .find(|n| n.name == name)
+            .map(|n| format!("nats://127.0.0.1:{}", n.port))
+    }
+
+    /// The nodes' server names (`n1`, `n2`, `n3`).
+    pub fn names(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.name.clone()).collect()
+    }
+
+    /// Kills the node named `name` with SIGKILL (a crash), by the pid it wrote.
+    pub fn kill(&self, name: &str) -> Result<(), String> {
+        let node = self
+            .nodes
+            .iter()
+            .find(|n| n.name == name)
+            .ok_or_else(|| format!("no node {name}"))?;
+        let pid = std::fs::read_to_string(&node.pid_file)
+            .map_err(|e| format!("reading {}: {e}", node.pid_file.display()))?;
+        let pid = pid.trim();
+        let status = std::process::Command::new("kill")
+            .args(["-9", pid])
+            .status()
+            .map_err(|e| format!("kill: {e}"))?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(format!("kill -9 {pid} failed: {status}"))
+        }
+    }
+}
+
+impl Drop for ThrowawayNatsCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            node.stdin.take(); // the keeper stops its server
+        }
+        for node in &mut self.nodes {
+            let _ = node.keeper.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The leader of JetStream stream `name` (its server name), asked over `client`; `None`
+/// while there is none (an election) or the request fails.
+pub async fn nats_stream_leader(client: &async_nats::Client, name: &str) -> Option<String> {
+    let reply = client
+        .request(format!("$JS.API.STREAM.INFO.{name}"), "".into())
+        .await
+        .ok()?;
+    let info: serde_json::Value = serde_json::from_slice(&reply.payload).ok()?;
+    info.get("cluster")?
+        .get("leader")?
+        .as_str()
+        .map(str::to_owned)
 }

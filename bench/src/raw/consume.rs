@@ -58,6 +58,14 @@ impl Raw {
         let start;
         match self {
             Raw::Memory => unreachable!("handled above"),
+            Raw::Nats {
+                client,
+                stream,
+                prefix,
+            } => {
+                start = Instant::now();
+                seen = nats::consume(client, stream, prefix, n, batch, start, cap).await?;
+            }
             Raw::Sqlite(pool) => {
                 start = Instant::now();
                 while seen < n && start.elapsed() < cap {
@@ -179,7 +187,7 @@ impl Raw {
             }
         }
         let elapsed = start.elapsed();
-        if let Raw::Redis { .. } = self {
+        if let Raw::Redis { .. } | Raw::Nats { .. } = self {
             self.clear("queue").await?;
         }
         Ok((seen.min(n), elapsed))
@@ -292,7 +300,7 @@ impl Raw {
                 let _: () = redis::cmd("DEL").arg(&key).query_async(con).await?;
                 Ok(Some(lat))
             }
-            Raw::Sqlite(_) | Raw::Postgres { .. } => Ok(None),
+            Raw::Sqlite(_) | Raw::Postgres { .. } | Raw::Nats { .. } => Ok(None),
         }
     }
 }

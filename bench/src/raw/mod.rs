@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 use crate::{paced, BoxError, Kind};
 
 mod consume;
+mod nats;
 mod publish;
 
 /// A connection to one backend's client library, for the raw figures.
@@ -31,6 +32,15 @@ pub enum Raw {
     Redis {
         client: Box<redis::Client>,
         con: MultiplexedConnection,
+        prefix: String,
+    },
+    /// A client and a JetStream stream of our own (file storage, one replica, as the
+    /// backend's), spoken to with plain `$JS.API` requests as the backend does.
+    Nats {
+        client: async_nats::Client,
+        /// The JetStream stream's name.
+        stream: String,
+        /// Its subjects' prefix: `<prefix>.publish`, `<prefix>.queue`.
         prefix: String,
     },
 }
@@ -95,6 +105,7 @@ impl Raw {
                     prefix: format!("bench-raw:{tag}"),
                 })
             }
+            Kind::Nats => nats::connect(url, tag).await,
         }
     }
 
@@ -142,6 +153,9 @@ impl Raw {
                 }
                 Ok(parts.join(" "))
             }
+            Raw::Nats { .. } => {
+                Ok("JetStream file storage, 1 replica (backend: the same)".to_owned())
+            }
         }
     }
 
@@ -164,6 +178,18 @@ impl Raw {
                     .query_async(con)
                     .await?;
             }
+            Raw::Nats {
+                client,
+                stream,
+                prefix,
+            } => {
+                nats::request(
+                    client,
+                    format!("$JS.API.STREAM.PURGE.{stream}"),
+                    serde_json::json!({ "filter": format!("{prefix}.{which}") }),
+                )
+                .await?;
+            }
         }
         Ok(())
     }
@@ -184,6 +210,14 @@ impl Raw {
                         .query_async(con)
                         .await?;
                 }
+            }
+            Raw::Nats { client, stream, .. } => {
+                nats::request(
+                    client,
+                    format!("$JS.API.STREAM.DELETE.{stream}"),
+                    serde_json::json!({}),
+                )
+                .await?;
             }
         }
         Ok(())

@@ -49,6 +49,17 @@ impl Raw {
                 let _: () = redis::cmd("DEL").arg(&key).query_async(con).await?;
                 Ok(elapsed)
             }
+            Raw::Nats { client, prefix, .. } => {
+                let subject = format!("{prefix}.publish");
+                let body = bytes::Bytes::copy_from_slice(payload);
+                let start = Instant::now();
+                for _ in 0..n {
+                    nats::publish(client, &subject, body.clone()).await?;
+                }
+                let elapsed = start.elapsed();
+                self.clear("publish").await?;
+                Ok(elapsed)
+            }
         }
     }
 
@@ -122,6 +133,15 @@ impl Raw {
                         pipe.cmd("XADD").arg(&key).arg("*").arg("p").arg(payload);
                     }
                     let _: Vec<String> = pipe.query_async(con).await?;
+                }
+                Raw::Nats { client, prefix, .. } => {
+                    // Every publish of the batch sent at once, their acks awaited together.
+                    let subject = format!("{prefix}.{which}");
+                    let body = bytes::Bytes::copy_from_slice(payload);
+                    futures_util::future::try_join_all(
+                        (0..k).map(|_| nats::publish(client, &subject, body.clone())),
+                    )
+                    .await?;
                 }
             }
         }

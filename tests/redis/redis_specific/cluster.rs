@@ -72,3 +72,63 @@ async fn cluster_failover_loses_nothing() {
     );
     svc.close().await.expect("close");
 }
+
+/// The slot of the stream being consumed moves to another primary mid-run (`CLUSTER
+/// SETSLOT ... IMPORTING / MIGRATING`, `MIGRATE` of its keys, `SETSLOT ... NODE`), as a
+/// `redis-cli --cluster reshard` does slot by slot: every acknowledged message is handled,
+/// nothing is left pending, and the slot is served by its new primary. On the cluster the
+/// tests of this binary share (a resharding keeps every node up).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_slot_resharded_under_load_loses_nothing() {
+    let Some(cluster) = stream_tests::shared_cluster() else {
+        return;
+    };
+    let backend: SharedBackend = Arc::new(
+        RedisBackend::connect(&cluster.url())
+            .await
+            .expect("connect to the cluster"),
+    );
+    let svc = service(backend);
+    let key = stream_key(&svc.stream_name("reshard").expect("name"));
+    let slot: u16 = cluster
+        .cli(cluster.ports()[0], &["cluster", "keyslot", &key])
+        .expect("CLUSTER KEYSLOT")
+        .trim()
+        .parse()
+        .expect("a slot");
+    let (from, _) = cluster.serving(&key).expect("the slot's nodes");
+    let to = cluster
+        .primaries()
+        .expect("the primaries")
+        .into_iter()
+        .find(|p| *p != from)
+        .expect("another primary");
+
+    run_through(&svc, "reshard", async || {
+        let moved = tokio::task::spawn_blocking(move || {
+            stream_tests::shared_cluster()
+                .expect("the cluster")
+                .migrate_slot(slot, from, to)
+        })
+        .await
+        .expect("migrating");
+        moved.expect("the slot moves");
+    })
+    .await;
+    let admin = svc.admin();
+    let settled = eventually(Duration::from_secs(30), || async {
+        admin
+            .groups("reshard")
+            .await
+            .is_ok_and(|groups| groups.iter().all(|g| g.pending == 0 && g.lag == 0))
+    })
+    .await;
+    assert!(settled, "claims left unsettled after the resharding");
+    // Every node learns the new owner by gossip.
+    let moved = eventually(Duration::from_secs(10), || {
+        std::future::ready(cluster.serving(&key).is_ok_and(|(p, _)| p == to))
+    })
+    .await;
+    assert!(moved, "the slot moved to the other primary");
+    svc.close().await.expect("close");
+}

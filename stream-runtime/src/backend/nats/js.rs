@@ -51,12 +51,18 @@ pub(super) struct StreamState {
     pub last_seq: u64,
     #[serde(default)]
     pub subjects: Option<std::collections::HashMap<String, u64>>,
+    /// When the last message was stored (RFC 3339; year 1 when never).
+    #[serde(default)]
+    pub last_ts: String,
 }
 
 #[derive(Debug, Deserialize)]
 struct StreamInfo {
     #[serde(default)]
     state: StreamState,
+    /// When the stream was created (RFC 3339).
+    #[serde(default)]
+    created: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -227,6 +233,26 @@ impl Js {
         }
     }
 
+    /// When stream `name` was last written to, or created if later; `None` when there is
+    /// no such stream.
+    pub async fn last_active(&self, name: &str) -> Result<Option<SystemTime>> {
+        let what = format!("reading JetStream stream {name}");
+        match self
+            .api::<StreamInfo>(&what, format!("$JS.API.STREAM.INFO.{name}"), json!({}))
+            .await?
+        {
+            Ok(info) => Ok(Some(
+                [info.created.as_str(), info.state.last_ts.as_str()]
+                    .into_iter()
+                    .filter_map(parse_time)
+                    .max()
+                    .unwrap_or(UNIX_EPOCH),
+            )),
+            Err(e) if e.err_code == STREAM_NOT_FOUND => Ok(None),
+            Err(e) => Err(failed(what, e)),
+        }
+    }
+
     /// One stored message, `None` when there is none (or no stream).
     pub async fn get(&self, name: &str, get: Get<'_>) -> Result<Option<StoredMessage>> {
         let body = match get {
@@ -295,6 +321,35 @@ impl Js {
             .await?
         {
             Ok(v) => Ok(v.get("purged").and_then(Value::as_u64).unwrap_or(0)),
+            Err(e) => Err(failed(what, e)),
+        }
+    }
+
+    /// Purges the messages on subjects matching `filter`.
+    pub async fn purge_subjects(&self, name: &str, filter: &str) -> Result<u64> {
+        let what = format!("purging {filter} of JetStream stream {name}");
+        match self
+            .api::<Value>(
+                &what,
+                format!("$JS.API.STREAM.PURGE.{name}"),
+                json!({ "filter": filter }),
+            )
+            .await?
+        {
+            Ok(v) => Ok(v.get("purged").and_then(Value::as_u64).unwrap_or(0)),
+            Err(e) => Err(failed(what, e)),
+        }
+    }
+
+    /// Deletes a stream; false when there was none.
+    pub async fn delete_stream(&self, name: &str) -> Result<bool> {
+        let what = format!("deleting JetStream stream {name}");
+        match self
+            .api::<Value>(&what, format!("$JS.API.STREAM.DELETE.{name}"), json!({}))
+            .await?
+        {
+            Ok(v) => Ok(v.get("success").and_then(Value::as_bool).unwrap_or(false)),
+            Err(e) if e.err_code == STREAM_NOT_FOUND => Ok(false),
             Err(e) => Err(failed(what, e)),
         }
     }

@@ -211,10 +211,40 @@ fn parse_url(url: &str) -> Result<(String, usize)> {
     Ok((base.to_owned(), replicas))
 }
 
+/// The servers of `nats://[user:password@]host[:port][,host[:port]...]`: one address per
+/// listed server; those written without a scheme get the first's scheme and credentials.
+fn server_addresses(base: &str) -> Vec<String> {
+    let mut parts = base.split(',').map(str::trim).filter(|p| !p.is_empty());
+    let Some(first) = parts.next() else {
+        return Vec::new();
+    };
+    // `nats://user:password@` of the first address, for the others.
+    let prefix = match first.split_once("://") {
+        Some((scheme, rest)) => match rest.rfind('@') {
+            Some(at) => format!("{scheme}://{}", &rest[..=at]),
+            None => format!("{scheme}://"),
+        },
+        None => String::new(),
+    };
+    std::iter::once(first.to_owned())
+        .chain(parts.map(|p| {
+            if p.contains("://") {
+                p.to_owned()
+            } else {
+                format!("{prefix}{p}")
+            }
+        }))
+        .collect()
+}
+
 impl NatsBackend {
     /// Connects to `nats://[user:password@]host[:port][?replicas=N]` (JetStream enabled),
     /// creating the groups stream if missing. New streams get `replicas` replicas (default
     /// 1: a message is on one server's disk; 3: on three, surviving the loss of one).
+    ///
+    /// A cluster's servers may be listed, `nats://h1:4222,h2:4222,h3:4222?replicas=3`: the
+    /// client connects to one of them and moves to another when it goes away (it also
+    /// learns the cluster's other servers from the one it is connected to).
     pub async fn connect(url: &str) -> Result<Self> {
         Self::connect_with(url, ConnectOptions::default()).await
     }
@@ -228,7 +258,7 @@ impl NatsBackend {
         let connecting = async {
             let client = async_nats::ConnectOptions::new()
                 .connection_timeout(timeout)
-                .connect(address.as_str())
+                .connect(server_addresses(&address))
                 .await
                 .map_err(|e| {
                     let refused = matches!(e.kind(), async_nats::ConnectErrorKind::Io);
@@ -265,6 +295,69 @@ impl NatsBackend {
             watchers: Mutex::new(HashMap::new()),
             closed: Closed::default(),
         })
+    }
+
+    /// Deletes stream `stream` (its JetStream stream `ST-...` and every message in it) and
+    /// the state of every group of it. Consumers still running on it see it empty and
+    /// their groups gone. Returns whether the stream existed. For tests and operators
+    /// removing what they no longer use (this backend never deletes a stream by itself).
+    pub async fn delete_stream(&self, stream: &str) -> Result<bool> {
+        self.closed.check()?;
+        let existed = self
+            .js
+            .delete_stream(&names::jetstream_name(stream))
+            .await?;
+        self.js
+            .purge_subjects(
+                GROUPS_STREAM,
+                &format!("{GROUPS_SUBJECT}.{}.>", names::encode(stream)),
+            )
+            .await?;
+        self.streams
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(stream);
+        Ok(existed)
+    }
+
+    /// [`delete_stream`](Self::delete_stream) for every stream whose name starts with
+    /// `prefix` (an app's streams: `"myapp."`); the names deleted.
+    pub async fn delete_streams(&self, prefix: &str) -> Result<Vec<String>> {
+        let mut deleted = Vec::new();
+        for name in self.js.stream_names().await? {
+            let Some(stream) = names::stream_of(&name) else {
+                continue;
+            };
+            if stream.starts_with(prefix) && self.delete_stream(&stream).await? {
+                deleted.push(stream);
+            }
+        }
+        Ok(deleted)
+    }
+
+    /// [`delete_stream`](Self::delete_stream) for every stream whose name starts with
+    /// `prefix` and that nothing was appended to (nor created) for `idle`: the names
+    /// deleted. The test suites sweep their old streams off a shared server with it.
+    pub async fn delete_idle_streams(&self, prefix: &str, idle: Duration) -> Result<Vec<String>> {
+        let cutoff = SystemTime::now().checked_sub(idle).unwrap_or(UNIX_EPOCH);
+        let mut deleted = Vec::new();
+        for name in self.js.stream_names().await? {
+            let Some(stream) = names::stream_of(&name) else {
+                continue;
+            };
+            if !stream.starts_with(prefix) {
+                continue;
+            }
+            let idle = self
+                .js
+                .last_active(&name)
+                .await?
+                .is_some_and(|last| last < cutoff);
+            if idle && self.delete_stream(&stream).await? {
+                deleted.push(stream);
+            }
+        }
+        Ok(deleted)
     }
 
     /// The client, for tools that want to look at the server directly.
@@ -840,6 +933,16 @@ mod tests {
             time: std::time::UNIX_EPOCH,
         };
         assert_eq!(decode_headers(&stored), headers);
+    }
+
+    #[test]
+    fn a_cluster_url_lists_its_servers() {
+        assert_eq!(server_addresses("nats://h1:4222"), vec!["nats://h1:4222"]);
+        assert_eq!(
+            server_addresses("nats://u:p@h1:1, h2:2,tls://h3:3"),
+            vec!["nats://u:p@h1:1", "nats://u:p@h2:2", "tls://h3:3"]
+        );
+        assert_eq!(server_addresses("h1:1,h2:2"), vec!["h1:1", "h2:2"]);
     }
 
     #[test]

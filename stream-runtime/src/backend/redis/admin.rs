@@ -100,7 +100,7 @@ return out
 
 /// `remove(stream, id)`: deletes an entry and drops it from every group's pending list and
 /// schedules; whether it was there.
-const REMOVE: &str = r"
+pub(super) const REMOVE: &str = r"
 local function remove(stream, id)
   if redis.call('XDEL', stream, id) == 0 then return false end
   for _, g in ipairs(redis.call('XINFO', 'GROUPS', stream)) do
@@ -425,9 +425,7 @@ impl BackendAdmin for RedisBackend {
                 return Ok(None);
             };
             if self.is_cluster() {
-                let moved = self
-                    .move_across_slots(from, &id, to, message, &DELETE)
-                    .await?;
+                let moved = self.move_across_slots(from, &id, to, message).await?;
                 if moved.is_some() {
                     self.wakeups.notify(to);
                 }

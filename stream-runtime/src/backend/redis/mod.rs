@@ -12,7 +12,15 @@
 //! | `streams:{N}:retry:<group>` | sorted set | ids parked for a retry, scored by retry time (ms) |
 //! | `streams:{N}:deadlines:<group>` | sorted set | claimed ids, scored by their claim's deadline (ms) |
 //!
-//! The hash tag keeps a stream and its side keys in one cluster slot.
+//! The hash tag keeps a stream and its side keys in one cluster slot. On a Redis Cluster, a
+//! dead letter or a redrive moves a message between two slots in three steps (see
+//! `cluster.rs`), with these keys beside them:
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `streams:{D}:dead:<len>:<N>:<group>:<id>` | string | the id of the dead letter of `<id>` of `N` in dead-letter stream `D` (kept for [`MARKER_LIFE`]) |
+//! | `streams:{T}:moved:<N>:<id>` | string | the id of the copy of `<id>` of `N` redriven to `T` (kept for [`MARKER_LIFE`]) |
+//! | `streams:{N}:redrive:<id>` | string | the lock of a redrive of `<id>` in progress (for [`RedisBackend::move_lease`]) |
 //!
 //! # Entry layout
 //!
@@ -58,6 +66,7 @@ use crate::error::{Error, Result};
 use crate::message::{MessageId, NewMessage};
 use crate::options::{StartPosition, Trim};
 
+pub use cluster::{DEFAULT_MOVE_LEASE, MARKER_LIFE};
 use conn::{Conn, Target};
 use consumers::Consumers;
 use entries::{created_at, parse_claimed, parse_start_id};
@@ -90,6 +99,10 @@ pub struct RedisBackend {
     /// The consumers this backend claimed for, and when each last claimed.
     consumers: Mutex<Consumers>,
     idle_consumer_timeout: Duration,
+    /// How long a move across cluster slots holds its message ([`RedisBackend::move_lease`]).
+    move_lease: Duration,
+    /// The step after which the next move across slots stops (0: none); a test's fault hook.
+    stop_after: std::sync::atomic::AtomicU8,
     closed: Closed,
 }
 
@@ -411,6 +424,8 @@ impl RedisBackend {
                 last_sweep: Instant::now(),
             }),
             idle_consumer_timeout: DEFAULT_IDLE_CONSUMER_TIMEOUT,
+            move_lease: cluster::DEFAULT_MOVE_LEASE,
+            stop_after: std::sync::atomic::AtomicU8::new(0),
             closed: Closed::default(),
         }
     }
