@@ -226,6 +226,12 @@ fn unexpected(what: &str, value: &Value) -> Error {
     )
 }
 
+/// The two numbers of a stream entry id `<ms>-<seq>`, which order ids as Redis does.
+fn entry_id_parts(id: &str) -> Option<(u64, u64)> {
+    let (ms, seq) = id.split_once('-')?;
+    Some((ms.parse().ok()?, seq.parse().ok()?))
+}
+
 /// Payload and headers as stream fields.
 fn fields(message: NewMessage) -> Vec<Vec<u8>> {
     let mut out = Vec::with_capacity(2 + 2 * message.headers.len());
@@ -694,6 +700,26 @@ impl Backend for RedisBackend {
                 .key(deadlines_key(group.stream, group.group))
                 .arg(group.group)
                 .arg(group.consumer);
+            // The batch's id range, for the script's one look at the pending list; an id
+            // that is not an entry id makes the range "-" "+" (the script then checks the
+            // ids it does not find one by one).
+            let mut range: Option<((u64, u64, &str), (u64, u64, &str))> = None;
+            for claim in claims {
+                let id = claim.id.as_str();
+                let Some((ms, seq)) = entry_id_parts(id) else {
+                    range = None;
+                    break;
+                };
+                let key = (ms, seq, id);
+                range = Some(match range {
+                    None => (key, key),
+                    Some((lo, hi)) => (lo.min(key), hi.max(key)),
+                });
+            }
+            match range {
+                Some(((_, _, lo), (_, _, hi))) => invocation.arg(lo).arg(hi),
+                None => invocation.arg("-").arg("+"),
+            };
             for claim in claims {
                 invocation.arg(claim.id.as_str()).arg(claim.token.0);
             }

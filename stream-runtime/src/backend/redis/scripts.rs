@@ -166,35 +166,20 @@ return reclaimed
 
 /// Acknowledges held claims.
 ///
-/// KEYS: stream, the group's claim deadlines. ARGV: group, consumer, then id/token pairs.
-/// Returns how many were acked.
+/// KEYS: stream, the group's claim deadlines. ARGV: group, consumer, the lowest and the
+/// highest id of the batch, then id/token pairs. Returns how many were acked.
 ///
 /// Which claims are still held is read with one `XPENDING` of the consumer's entries over
 /// the batch's id range (an entry is held if it is there with the claim's delivery count, as
-/// [`HELD`] checks one by one); only when that reply was cut at its count are the ids it did
-/// not show checked one by one. Then one `XACK` and one `ZREM` per 1000 held ids.
+/// [`HELD`] checks one by one); only when that reply was cut at its count (or the range was
+/// refused) are the ids it did not show checked one by one. Then one `XACK` and one `ZREM`
+/// per 1000 held ids.
 const ACK: &str = r"
 local stream, deadlines, group, consumer = KEYS[1], KEYS[2], ARGV[1], ARGV[2]
-local function parse(id)
-  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
-  return tonumber(ms), tonumber(seq)
-end
-local function before(a, b)
-  local am, as = parse(a)
-  local bm, bs = parse(b)
-  if am == nil or bm == nil then return false end
-  if am ~= bm then return am < bm end
-  return as < bs
-end
-local n = (#ARGV - 2) / 2
-local lo, hi = ARGV[3], ARGV[3]
-for i = 5, #ARGV, 2 do
-  if before(ARGV[i], lo) then lo = ARGV[i] end
-  if before(hi, ARGV[i]) then hi = ARGV[i] end
-end
+local n = (#ARGV - 4) / 2
 local count = n + 64
 local owned, cut = {}, true
-local p = redis.pcall('XPENDING', stream, group, lo, hi, count, consumer)
+local p = redis.pcall('XPENDING', stream, group, ARGV[3], ARGV[4], count, consumer)
 if type(p) == 'table' and not p.err then
   for _, e in ipairs(p) do owned[e[1]] = tonumber(e[4]) end
   cut = #p >= count
@@ -208,7 +193,7 @@ local function flush()
     ids = {}
   end
 end
-for i = 3, #ARGV, 2 do
+for i = 5, #ARGV, 2 do
   local id, token = ARGV[i], tonumber(ARGV[i + 1])
   local deliveries = owned[id]
   if deliveries == nil and cut then
