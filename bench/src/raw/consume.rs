@@ -154,9 +154,16 @@ impl Raw {
                     .arg("0")
                     .query_async(con)
                     .await?;
+                // As a careful user writes it: the acks of the previous batch go in the same
+                // pipeline (one round trip) as the read of the next.
+                let mut unacked: Vec<String> = Vec::new();
                 start = Instant::now();
                 while seen < n && start.elapsed() < cap {
-                    let reply: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
+                    let mut pipe = redis::pipe();
+                    if !unacked.is_empty() {
+                        pipe.cmd("XACK").arg(&key).arg("g").arg(&unacked).ignore();
+                    }
+                    pipe.cmd("XREADGROUP")
                         .arg("GROUP")
                         .arg("g")
                         .arg("c")
@@ -164,9 +171,9 @@ impl Raw {
                         .arg(batch)
                         .arg("STREAMS")
                         .arg(&key)
-                        .arg(">")
-                        .query_async(con)
-                        .await?;
+                        .arg(">");
+                    let (reply,): (redis::streams::StreamReadReply,) =
+                        pipe.query_async(con).await?;
                     let ids: Vec<String> = reply
                         .keys
                         .into_iter()
@@ -176,13 +183,16 @@ impl Raw {
                     if ids.is_empty() {
                         return Err("raw stream ran dry".into());
                     }
+                    seen += ids.len();
+                    unacked = ids;
+                }
+                if !unacked.is_empty() {
                     let _: i64 = redis::cmd("XACK")
                         .arg(&key)
                         .arg("g")
-                        .arg(&ids)
+                        .arg(&unacked)
                         .query_async(con)
                         .await?;
-                    seen += ids.len();
                 }
             }
         }

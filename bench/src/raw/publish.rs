@@ -115,16 +115,16 @@ impl Raw {
                     query.fetch_all(&*pool).await?;
                 }
                 Raw::Postgres { pool, schema } => {
-                    let values = (1..=k).map(|i| format!("(${i})")).collect::<Vec<_>>();
+                    // One array parameter (`unnest`) rather than a `VALUES` row of parameters
+                    // per message: one statement text for every batch size, one bind.
                     let sql = format!(
-                        "INSERT INTO {schema}.raw_{which} (payload) VALUES {} RETURNING id",
-                        values.join(", ")
+                        "INSERT INTO {schema}.raw_{which} (payload) \
+                         SELECT * FROM unnest($1::bytea[]) RETURNING id"
                     );
-                    let mut query = sqlx::query(&sql);
-                    for _ in 0..k {
-                        query = query.bind(payload);
-                    }
-                    query.fetch_all(&*pool).await?;
+                    sqlx::query(&sql)
+                        .bind(vec![payload; k])
+                        .fetch_all(&*pool)
+                        .await?;
                 }
                 Raw::Redis { con, prefix, .. } => {
                     let key = format!("{prefix}:{which}");

@@ -319,6 +319,9 @@ impl RedisBackend {
             .key(deadlines_key(group.stream, group.group))
             .arg(group.group)
             .arg(group.consumer)
+            // The batch's id range: the one id.
+            .arg(claim.id.as_str())
+            .arg(claim.id.as_str())
             .arg(claim.id.as_str())
             .arg(claim.token.0);
         let acked: u64 = self.run_settling(&ack, what).await?;

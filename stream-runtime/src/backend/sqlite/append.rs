@@ -1,5 +1,7 @@
 //! Appending: multi-row inserts and exact trims.
 
+use std::borrow::Cow;
+
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, Sqlite, SqliteConnection};
 
@@ -121,28 +123,39 @@ impl SqliteBackend {
     }
 }
 
-/// A multi-row insert of `rows` messages. Anonymous `?` placeholders, the stream and time
-/// bound again in every row: sqlx looks the name of each numbered parameter up, a linear
-/// scan in SQLite, which made binding quadratic in the number of rows.
+/// A multi-row insert of `rows` messages: payload and headers per row as anonymous `?`
+/// placeholders in a `VALUES` list (the first `2 * rows` parameters), then the stream bound
+/// once after them. Anonymous placeholders because sqlx looks the name of each numbered
+/// parameter up, a linear scan in SQLite, which made binding quadratic in the number of
+/// rows; the stream's number follows them in the text, so sqlx's count of anonymous
+/// parameters and SQLite's numbering agree. Rows are inserted in the order of the list, so
+/// ids are assigned in message order.
 /// With `now_in_sql`, created_at is SQLite's clock (the same system clock, in whole
 /// milliseconds) when the statement runs, after it has taken the write lock, rather than a
-/// bound parameter; 'now' is the same for every row (all the rows of an `INSERT ...
-/// RETURNING` are written in its first step).
+/// bound parameter (the last one); 'now' is the same for every row (all the rows of an
+/// `INSERT ... RETURNING` are written in its first step).
 fn insert_sql(rows: usize, now_in_sql: bool) -> String {
-    let row = if now_in_sql {
-        "(?, ?, ?, CAST(ROUND((julianday('now') - 2440587.5) * 86400000) AS INTEGER))"
-    } else {
-        "(?, ?, ?, ?)"
-    };
-    let mut sql = String::with_capacity(90 + (row.len() + 2) * rows);
-    sql.push_str("INSERT INTO stream_messages (stream, payload, headers, created_at) VALUES ");
+    use std::fmt::Write as _;
+    let mut sql = String::with_capacity(220 + 8 * rows);
+    sql.push_str("WITH m (payload, headers) AS (VALUES ");
     for i in 0..rows {
         if i > 0 {
             sql.push_str(", ");
         }
-        sql.push_str(row);
+        sql.push_str("(?, ?)");
     }
-    sql.push_str(" RETURNING id");
+    let stream = 2 * rows + 1;
+    let _ = write!(
+        sql,
+        ") INSERT INTO stream_messages (stream, payload, headers, created_at) SELECT ?{stream}, \
+         payload, headers, "
+    );
+    if now_in_sql {
+        sql.push_str("CAST(ROUND((julianday('now') - 2440587.5) * 86400000) AS INTEGER)");
+    } else {
+        let _ = write!(sql, "?{}", stream + 1);
+    }
+    sql.push_str(" FROM m RETURNING id");
     sql
 }
 
@@ -158,18 +171,18 @@ fn insert_query<'q>(
     let mut query = sqlx::query(sql);
     for message in messages {
         let headers = if message.headers.is_empty() {
-            "{}".to_owned()
+            Cow::Borrowed("{}")
         } else {
-            serde_json::to_string(&message.headers)
-                .map_err(|e| Error::backend(NAME, what.to_owned(), e))?
+            Cow::Owned(
+                serde_json::to_string(&message.headers)
+                    .map_err(|e| Error::backend(NAME, what.to_owned(), e))?,
+            )
         };
-        query = query
-            .bind(stream)
-            .bind(Vec::from(message.payload))
-            .bind(headers);
-        if let Some(created_at) = created_at {
-            query = query.bind(created_at);
-        }
+        query = query.bind(Vec::from(message.payload)).bind(headers);
+    }
+    query = query.bind(stream);
+    if let Some(created_at) = created_at {
+        query = query.bind(created_at);
     }
     Ok(query)
 }
