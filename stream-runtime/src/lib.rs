@@ -185,6 +185,7 @@ pub mod testing;
 pub use admin::Admin;
 pub use backend::{Backend, BackendAdmin, ClaimToken};
 pub use codec::{Payload, Raw};
+pub use engine::delay::DELIVER_AT_HEADER;
 pub use engine::{dead_letter_headers, handler_fn, CloseReport, Handler};
 pub use error::{BoxError, Error, HandlerError, Result};
 pub use message::{Bytes, Headers, Message, MessageId, NewMessage};
@@ -193,7 +194,7 @@ pub use naming::{
     dead_letter_stream, format_stream, DEFAULT_APP, DEFAULT_NAMESPACE, MAX_NAME_BYTES,
 };
 pub use options::{
-    Isolation, MaxRetries, PublishOptions, RetryDelay, ServiceConfig, StartPosition,
+    DeliverAt, Isolation, MaxRetries, PublishOptions, RetryDelay, ServiceConfig, StartPosition,
     SubscribeOptions, Trim, DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_MAX_RETRIES, DEFAULT_POLL_INTERVAL,
     DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_VISIBILITY_TIMEOUT,
 };

@@ -234,6 +234,10 @@ impl Service {
             stream = %full,
             count = tracing::field::Empty
         );
+        // The delivery time, written once as the reserved header's value.
+        let deliver_at = options
+            .deliver
+            .map(|at| crate::engine::delay::header_value(at.time()));
         let messages = messages
             .into_iter()
             .map(|m| {
@@ -248,6 +252,12 @@ impl Service {
                 }
                 for (k, v) in &options.headers {
                     m.headers.entry(k.clone()).or_insert_with(|| v.clone());
+                }
+                if let Some(at) = &deliver_at {
+                    m.headers.insert(
+                        crate::engine::delay::DELIVER_AT_HEADER.to_owned(),
+                        at.clone(),
+                    );
                 }
                 Ok(m)
             })
@@ -635,6 +645,7 @@ impl Service {
             retry_delay: options.retry_delay,
             name: options.name.clone().unwrap_or_else(|| group.to_owned()),
             transactional: options.transactional.is_some(),
+            heartbeat: options.heartbeat,
         });
         let consumer = Consumer {
             inner: Arc::new(ConsumerInner {

@@ -9,8 +9,10 @@
 //! dead-letter moves are issued by the worker.
 
 pub(crate) mod catch_unwind;
+pub(crate) mod delay;
 mod deliver;
 mod dispatch;
+pub(crate) mod lease;
 mod settle;
 pub mod telemetry;
 
@@ -91,6 +93,8 @@ pub(crate) struct Subscription {
     pub name: String,
     /// The handler acks inside its own transaction: a success sends no ack.
     pub transactional: bool,
+    /// Extend the claims of running handlers (see `lease`).
+    pub heartbeat: bool,
 }
 
 /// What a subscription's coordinator and workers share.
@@ -114,6 +118,8 @@ struct SubscriptionState {
     ended: Notify,
     /// The concurrency in force (at least 1).
     concurrency: usize,
+    /// The claims this subscription extends (heartbeat, or a handler's own extension).
+    leases: Arc<lease::Leases>,
 }
 
 /// Slack added to a retry's due time, for backends whose clock (the database's) runs a
