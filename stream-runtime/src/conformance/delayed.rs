@@ -140,6 +140,7 @@ pub async fn delayed_publish_arrives_on_time(h: &Harness) {
                 early.duration()
             )
         });
+        eprintln!("{}: handler started {late:?} after its time", text(m));
         assert!(
             late <= ON_TIME,
             "{} reached its handler {late:?} after its time (poll interval 5 s)",

@@ -2,9 +2,10 @@
 //! ([`PublishOptions::deliver_after`](crate::PublishOptions::deliver_after)) carries that
 //! time in the reserved header [`DELIVER_AT_HEADER`]. It is appended at once, like any
 //! message; when a claim hands it out before its time, the engine postpones it
-//! ([`Backend::postpone`](crate::Backend::postpone): claimable again at its time, the
-//! delivery given back, so it reaches its handler with attempt 1) and schedules a wake-up
-//! for that time, as for a due retry. No schema or claim changes, and no cost for messages
+//! ([`Backend::postpone`](crate::Backend::postpone): claimable again shortly before its
+//! time, the delivery given back, so it reaches its handler with attempt 1) and schedules a
+//! wake-up for then, as for a due retry; the claim then made waits out the last few
+//! milliseconds in its worker. No schema or claim changes, and no cost for messages
 //! without headers (see docs/semantics.md, "Delayed publish").
 
 use std::sync::Arc;
@@ -17,6 +18,9 @@ use crate::message::Headers;
 /// The header holding a delayed message's delivery time, in milliseconds since the Unix
 /// epoch. Reserved: written by a publish with a delivery time, read by every consumer.
 pub const DELIVER_AT_HEADER: &str = "x-deliver-at";
+
+/// Added to a parked message's wake-up (see `park`).
+const WAKE_SLACK: Duration = Duration::from_millis(1);
 
 /// The header value for a delivery time.
 pub(crate) fn header_value(at: SystemTime) -> String {
@@ -40,11 +44,36 @@ pub(super) fn not_yet_due(headers: &Headers) -> Option<Duration> {
     (wait > 0).then(|| Duration::from_millis(wait))
 }
 
-/// Gives a claim of a message not yet due back to the group until its time, and schedules
-/// this subscription's wake-up for then.
-pub(super) async fn park(state: &Arc<SubscriptionState>, claim: &Claim, wait: Duration) {
-    match state.sub.backend.postpone(state.group(), claim, wait).await {
-        Ok(true) => state.schedule_retry_wake(wait),
+/// How long before its time a delayed message is claimed again: the claim's own latency is
+/// spent before the time, and the worker waits out the rest, so the handler starts on time.
+pub(super) const LEAD: Duration = Duration::from_millis(25);
+
+/// Handles a claimed message's delivery time: returns false when it is due (at once, or after
+/// waiting here when it is due within [`LEAD`]); true when it went back to the group until
+/// [`LEAD`] before its time (and this subscription wakes for it then).
+pub(super) async fn wait_or_park(
+    state: &Arc<SubscriptionState>,
+    claim: &Claim,
+    headers: &Headers,
+) -> bool {
+    let Some(wait) = not_yet_due(headers) else {
+        return false;
+    };
+    if wait <= LEAD {
+        tokio::time::sleep(wait).await;
+        return false;
+    }
+    let delay = wait - LEAD;
+    match state
+        .sub
+        .backend
+        .postpone(state.group(), claim, delay)
+        .await
+    {
+        // The backend counted `delay` from when it ran the call, before it answered: a
+        // wake-up `delay` from now finds the message claimable. The slack covers the timer's
+        // and the backends' millisecond rounding.
+        Ok(true) => state.schedule_wake(delay.saturating_add(WAKE_SLACK)),
         Ok(false) => {}
         Err(e) => tracing::warn!(
             stream = %state.sub.stream, group = %state.sub.group, id = %claim.id, error = %e,
@@ -52,6 +81,7 @@ pub(super) async fn park(state: &Arc<SubscriptionState>, claim: &Claim, wait: Du
              visibility timeout"
         ),
     }
+    true
 }
 
 #[cfg(test)]

@@ -66,8 +66,8 @@ pub(super) async fn run_one(
     };
     let mut message = claimed.message;
     // A message not yet due (delayed publish) waits in the group until its time.
-    if let Some(wait) = super::delay::not_yet_due(&message.headers) {
-        super::delay::park(state, guard.settle(), wait).await;
+    if super::delay::wait_or_park(state, &guard.claim, &message.headers).await {
+        guard.settle();
         return None;
     }
     message.token = claimed.token;

@@ -158,10 +158,15 @@ impl SubscriptionState {
     }
 
     fn schedule_retry_wake(&self, delay: Duration) {
+        self.schedule_wake(delay.saturating_add(RETRY_SLACK));
+    }
+
+    /// Wakes the claimer after `delay` (an idle one, instead of at its next poll).
+    fn schedule_wake(&self, delay: Duration) {
         self.retries_due
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .push(Reverse(after(delay.saturating_add(RETRY_SLACK))));
+            .push(Reverse(after(delay)));
         self.retry_scheduled.notify_one();
     }
 

@@ -109,20 +109,25 @@ impl Sql {
                  AND p.group_id = g.group_id AND p.msg_id = $3 AND p.token = $4 \
                  AND p.token <> 0"
             ),
+            // Committed asynchronously, like the other settling calls (`set_config` in a
+            // CTE applies to the statement's own transaction): a server crash may lose an
+            // extension or a postponement, and the claim then expires at its old deadline.
             extend: format!(
-                "UPDATE {s}.pending p \
+                "WITH c AS (SELECT set_config('synchronous_commit', 'off', true)) \
+                 UPDATE {s}.pending p \
                  SET deadline = clock_timestamp() + $5 * interval '1 microsecond' \
-                 FROM {s}.groups g, {s}.streams st \
+                 FROM c, {s}.groups g, {s}.streams st \
                  WHERE st.name = $1 AND g.stream_id = st.stream_id AND g.name = $2 \
                  AND p.group_id = g.group_id AND p.token <> 0 \
                  AND (p.msg_id, p.token) IN (SELECT * FROM unnest($3::bigint[], $4::bigint[])) \
                  RETURNING p.msg_id, p.token"
             ),
             postpone: format!(
-                "UPDATE {s}.pending p \
+                "WITH c AS (SELECT set_config('synchronous_commit', 'off', true)) \
+                 UPDATE {s}.pending p \
                  SET token = 0, deadline = clock_timestamp() + $5 * interval '1 microsecond', \
                  deliveries = greatest(p.deliveries - 1, 0) \
-                 FROM {s}.groups g, {s}.streams st \
+                 FROM c, {s}.groups g, {s}.streams st \
                  WHERE st.name = $1 AND g.stream_id = st.stream_id AND g.name = $2 \
                  AND p.group_id = g.group_id AND p.msg_id = $3 AND p.token = $4 \
                  AND p.token <> 0"
