@@ -39,6 +39,8 @@ pub struct Plan {
     pub warmup: bool,
     /// Measure the raw ceilings too (`--no-raw` skips them, to profile ours alone).
     pub raw: bool,
+    /// Consume with the lease heartbeat on (`--heartbeat`).
+    pub heartbeat: bool,
 }
 
 impl Plan {
@@ -62,6 +64,7 @@ impl Plan {
             count_calls: false,
             warmup: true,
             raw: true,
+            heartbeat: false,
         }
     }
 
@@ -348,7 +351,15 @@ pub async fn run_backend(
                     let before = counters.as_ref().map(|c| c.snapshot());
                     let measured = match &service {
                         Some(s) => {
-                            ours::consume(s, &stream, &group, backlog, concurrency, plan.cap).await
+                            ours::consume_with(
+                                s,
+                                &stream,
+                                &group,
+                                (backlog, concurrency),
+                                plan.cap,
+                                plan.heartbeat,
+                            )
+                            .await
                         }
                         None => Err(UNAVAILABLE.into()),
                     };
@@ -370,10 +381,14 @@ pub async fn run_backend(
                     eprintln!("   calls: {calls}");
                 }
                 let mut r = row(
-                    format!("consume_backlog{backlog}_c{concurrency}"),
                     format!(
-                        "consume {}k backlog, concurrency {concurrency}{}",
+                        "consume_backlog{backlog}_c{concurrency}{}",
+                        if plan.heartbeat { "_heartbeat" } else { "" }
+                    ),
+                    format!(
+                        "consume {}k backlog, concurrency {concurrency}{}{}",
                         backlog / 1000,
+                        if plan.heartbeat { ", heartbeat on" } else { "" },
                         if capped { " †" } else { "" }
                     ),
                     backlog,

@@ -129,9 +129,7 @@ pub(super) async fn dispatch(sub: Subscription, mut stop: watch::Receiver<bool>)
     }
     let deadline = after(state.sub.shutdown_timeout);
     let report = drain(&state, deadline).await;
-    if let Some(heartbeat) = heartbeat {
-        heartbeat.abort();
-    }
+    drop(heartbeat);
     report
 }
 

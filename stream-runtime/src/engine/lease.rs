@@ -213,15 +213,25 @@ pub(crate) fn period(visibility: Duration) -> Duration {
     (visibility / 3).max(Duration::from_millis(1))
 }
 
+/// A running heartbeat task; stopped when dropped (also when the dispatcher's own task is
+/// dropped half-way).
+pub(super) struct Heartbeat(tokio::task::JoinHandle<()>);
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Starts the heartbeat of a subscription whose option is on; `None` when it is off (or the
 /// visibility timeout never expires).
-pub(super) fn start_heartbeat(leases: &Arc<Leases>) -> Option<tokio::task::JoinHandle<()>> {
+pub(super) fn start_heartbeat(leases: &Arc<Leases>) -> Option<Heartbeat> {
     if !leases.heartbeat || leases.visibility >= Duration::from_secs(100 * 365 * 24 * 3600) {
         return None;
     }
     let leases = Arc::clone(leases);
     let period = period(leases.visibility);
-    Some(tokio::spawn(async move {
+    Some(Heartbeat(tokio::spawn(async move {
         let mut ticks = tokio::time::interval(period);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticks.tick().await;
@@ -229,7 +239,7 @@ pub(super) fn start_heartbeat(leases: &Arc<Leases>) -> Option<tokio::task::JoinH
             ticks.tick().await;
             leases.beat().await;
         }
-    }))
+    })))
 }
 
 /// A delivery's handle on its subscription's leases, carried by the [`Message`]
