@@ -63,12 +63,14 @@ fn reference_file_parses_and_matches_the_built_in_defaults() {
         dead_letter,
         app,
         namespace,
+        heartbeat,
         ..
     } = example.clone();
     assert!(enabled.is_some() && max_retries.is_some() && concurrency.is_some());
     assert!(visibility_timeout.is_some() && poll_interval.is_some());
     assert!(shutdown_timeout.is_some() && retry_delay.is_some() && start.is_some());
     assert!(dead_letter.is_some() && app.is_some() && namespace.is_some());
+    assert!(heartbeat.is_some());
 }
 
 #[test]
@@ -590,6 +592,40 @@ fn the_file_follows_the_attributes_rules() {
         options.retry_delay,
         RetryDelay::Fixed(Duration::from_secs(90))
     );
+}
+
+/// `heartbeat`: off by default; the attribute turns it on, `[defaults]` only where the
+/// attribute is silent, `[consumers.<name>]` and the environment over both.
+#[test]
+fn heartbeat_follows_the_precedence_chain() {
+    let path = write_config(
+        "heartbeat-precedence",
+        "[defaults]\nheartbeat = true\n[consumers.bill]\nheartbeat = false\n",
+    );
+    let config = load(&path, &NO_ENV).expect("valid config");
+    let mut on = Attributes::NONE;
+    on.heartbeat = Some(true);
+    let mut off = Attributes::NONE;
+    off.heartbeat = Some(false);
+    let heartbeat = |name: &str, attrs: &Attributes| config.resolve(name, attrs).options.heartbeat;
+    assert!(
+        !heartbeat("bill", &on),
+        "[consumers.bill] overrides the attribute"
+    );
+    assert!(
+        !heartbeat("ship", &off),
+        "[defaults] does not override the attribute"
+    );
+    assert!(heartbeat("ship", &Attributes::NONE), "[defaults] fills in");
+    let env = load(&path, &[("STREAMS_CONSUMERS__BILL__HEARTBEAT", "true")]).expect("valid");
+    assert!(env.resolve("bill", &Attributes::NONE).options.heartbeat);
+    let builtin = Config::default().resolve("ship", &Attributes::NONE).options;
+    assert!(!builtin.heartbeat, "off by default");
+    let path = write_config("heartbeat-bad", "[defaults]\nheartbeat = \"yes\"\n");
+    let error = load(&path, &NO_ENV)
+        .expect_err("a string is no bool")
+        .to_string();
+    assert!(error.contains("heartbeat"), "{error}");
 }
 
 /// `retry_delay` set in the attribute sits in the precedence chain like every other key.

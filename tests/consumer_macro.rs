@@ -93,6 +93,24 @@ async fn unlimited(_order: Order) -> Result<(), HandlerError> {
     Ok(())
 }
 
+/// `heartbeat` as a flag, and with a value.
+#[consumer(stream = "macro-settings", group = "leased", heartbeat)]
+async fn leased(_order: Order) -> Result<(), HandlerError> {
+    Ok(())
+}
+
+#[consumer(stream = "macro-settings", group = "unleased", heartbeat = false)]
+async fn unleased(_order: Order) -> Result<(), HandlerError> {
+    Ok(())
+}
+
+#[test]
+fn heartbeat_is_a_flag_or_a_bool() {
+    assert_eq!(def("leased").attributes.heartbeat, Some(true));
+    assert_eq!(def("unleased").attributes.heartbeat, Some(false));
+    assert_eq!(def("record").attributes.heartbeat, None);
+}
+
 fn def(name: &str) -> &'static ConsumerDef {
     registry::consumers()
         .expect("registered consumers are valid")

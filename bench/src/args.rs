@@ -70,6 +70,11 @@ pub struct Args {
     #[arg(long)]
     pub no_raw: bool,
 
+    /// Consume with the lease heartbeat on (`SubscribeOptions::heartbeat`), to compare with
+    /// a run without it.
+    #[arg(long)]
+    pub heartbeat: bool,
+
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     pub bench: bool,
@@ -138,6 +143,7 @@ impl Args {
         plan.warmup = !self.no_warmup;
         plan.raw = !self.no_raw;
         plan.span_level = self.span_level;
+        plan.heartbeat = self.heartbeat;
         if let Some(c) = &self.concurrency {
             plan.concurrencies = c.clone();
         }

@@ -81,6 +81,18 @@ pub async fn consume(
     concurrency: usize,
     cap: Duration,
 ) -> Result<(usize, Duration), BoxError> {
+    consume_with(service, stream, group, (n, concurrency), cap, false).await
+}
+
+/// [`consume`] of `(n, concurrency)`, with the lease heartbeat on or off.
+pub async fn consume_with(
+    service: &Service,
+    stream: &str,
+    group: &str,
+    (n, concurrency): (usize, usize),
+    cap: Duration,
+    heartbeat: bool,
+) -> Result<(usize, Duration), BoxError> {
     let handled = Arc::new(AtomicUsize::new(0));
     let all = Arc::new(Notify::new());
     let (h, a) = (handled.clone(), all.clone());
@@ -98,7 +110,8 @@ pub async fn consume(
             SubscribeOptions::new()
                 .start(StartPosition::Earliest)
                 .concurrency(concurrency)
-                .poll_interval(POLL_INTERVAL),
+                .poll_interval(POLL_INTERVAL)
+                .heartbeat(heartbeat),
         )
         .await?;
     let finished = tokio::time::timeout(cap, all.notified()).await;

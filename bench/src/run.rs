@@ -41,6 +41,8 @@ pub struct Plan {
     pub raw: bool,
     /// The engine's span level (`--span-level`).
     pub span_level: stream_runtime::SpanLevel,
+    /// Consume with the lease heartbeat on (`--heartbeat`).
+    pub heartbeat: bool,
 }
 
 impl Plan {
@@ -65,6 +67,7 @@ impl Plan {
             span_level: stream_runtime::SpanLevel::Info,
             warmup: true,
             raw: true,
+            heartbeat: false,
         }
     }
 
@@ -358,7 +361,15 @@ pub async fn run_backend(
                     let before = counters.as_ref().map(|c| c.snapshot());
                     let measured = match &service {
                         Some(s) => {
-                            ours::consume(s, &stream, &group, backlog, concurrency, plan.cap).await
+                            ours::consume_with(
+                                s,
+                                &stream,
+                                &group,
+                                (backlog, concurrency),
+                                plan.cap,
+                                plan.heartbeat,
+                            )
+                            .await
                         }
                         None => Err(UNAVAILABLE.into()),
                     };
@@ -380,10 +391,14 @@ pub async fn run_backend(
                     eprintln!("   calls: {calls}");
                 }
                 let mut r = row(
-                    format!("consume_backlog{backlog}_c{concurrency}"),
                     format!(
-                        "consume {}k backlog, concurrency {concurrency}{}",
+                        "consume_backlog{backlog}_c{concurrency}{}",
+                        if plan.heartbeat { "_heartbeat" } else { "" }
+                    ),
+                    format!(
+                        "consume {}k backlog, concurrency {concurrency}{}{}",
                         backlog / 1000,
+                        if plan.heartbeat { ", heartbeat on" } else { "" },
                         if capped { " †" } else { "" }
                     ),
                     backlog,

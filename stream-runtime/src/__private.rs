@@ -159,6 +159,11 @@ impl Attributes {
         self.transactional = Some(database);
         self
     }
+    #[doc(hidden)]
+    pub const fn __heartbeat(mut self, value: bool) -> Self {
+        self.heartbeat = Some(value);
+        self
+    }
 }
 
 #[cfg(test)]

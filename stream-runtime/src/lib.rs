@@ -82,6 +82,48 @@
 //! mid-handler. Make handler effects idempotent (unique keys, upserts) and look at
 //! [`Message::attempt`] to spot redeliveries.
 //!
+//! # Long handlers and delayed messages
+//!
+//! A handler that may run longer than the visibility timeout keeps its message with the
+//! lease heartbeat ([`SubscribeOptions::heartbeat`], `heartbeat` in `#[consumer]` and
+//! `Streams.toml`), or extends its own claim ([`Message::extend_lease`]). A message published
+//! with [`PublishOptions::deliver_after`] or [`PublishOptions::deliver_at`] is stored at once
+//! and handed to no handler before its time (docs/semantics.md, S18 and S19).
+//!
+//! ```
+//! use std::time::Duration;
+//! use stream_runtime::{HandlerError, Message, PublishOptions, Service, SubscribeOptions};
+//!
+//! # async fn demo(service: &Service) -> Result<(), stream_runtime::Error> {
+//! service
+//!     .subscribe(
+//!         "reports",
+//!         "render",
+//!         |msg: Message| async move {
+//!             // Ten minutes from now, whatever the visibility timeout.
+//!             let held = msg
+//!                 .extend_lease(Duration::from_secs(600))
+//!                 .await
+//!                 .map_err(|e| HandlerError::retry(e.to_string()))?;
+//!             if !held {
+//!                 return Err(HandlerError::retry("the claim was taken over"));
+//!             }
+//!             Ok(())
+//!         },
+//!         SubscribeOptions::new().heartbeat(true),
+//!     )
+//!     .await?;
+//! service
+//!     .publish(
+//!         "reminders",
+//!         "renew the subscription",
+//!         PublishOptions::new().deliver_after(Duration::from_secs(24 * 3600)),
+//!     )
+//!     .await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Publishing exactly once
 //!
 //! A publish that returns `Ok` stored its messages. One that fails with
@@ -185,6 +227,7 @@ pub mod testing;
 pub use admin::Admin;
 pub use backend::{Backend, BackendAdmin, ClaimToken};
 pub use codec::{Payload, Raw};
+pub use engine::delay::DELIVER_AT_HEADER;
 pub use engine::{dead_letter_headers, handler_fn, CloseReport, Handler};
 pub use error::{BoxError, Error, HandlerError, Result};
 pub use message::{Bytes, Headers, Message, MessageId, NewMessage};
@@ -193,9 +236,9 @@ pub use naming::{
     dead_letter_stream, format_stream, DEFAULT_APP, DEFAULT_NAMESPACE, MAX_NAME_BYTES,
 };
 pub use options::{
-    Isolation, MaxRetries, PublishOptions, RetryDelay, ServiceConfig, SpanLevel, StartPosition,
-    SubscribeOptions, Trim, DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_MAX_RETRIES, DEFAULT_POLL_INTERVAL,
-    DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_VISIBILITY_TIMEOUT,
+    DeliverAt, Isolation, MaxRetries, PublishOptions, RetryDelay, ServiceConfig, SpanLevel,
+    StartPosition, SubscribeOptions, Trim, DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_MAX_RETRIES,
+    DEFAULT_POLL_INTERVAL, DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_VISIBILITY_TIMEOUT,
 };
 pub use publisher::Publisher;
 pub use registry::State;

@@ -128,6 +128,9 @@ pub struct Message {
     /// The token of the claim this delivery holds (zero outside a delivery): what a
     /// transactional handler's ack is fenced by.
     pub(crate) token: crate::backend::ClaimToken,
+    /// The subscription's leases, for [`extend_lease`](Self::extend_lease) (`None` outside
+    /// a delivery).
+    pub(crate) lease: Option<crate::engine::lease::LeaseHandle>,
 }
 
 impl Message {
@@ -148,6 +151,21 @@ impl Message {
             created_at,
             attempt,
             token: crate::backend::ClaimToken(0),
+            lease: None,
+        }
+    }
+
+    /// Extends this delivery's claim: the message stays hidden from the group's other
+    /// workers until `extra` from now, as if just claimed with that visibility timeout
+    /// (shorter than what is left shortens it). For a handler that knows it needs longer
+    /// than the visibility timeout; with `heartbeat` on, the engine extends running
+    /// handlers' claims by itself. Returns whether the claim was still held: `false` when it
+    /// expired and was taken over (another worker may be handling the message), or for a
+    /// message that is not a delivery (built by hand). One backend call.
+    pub async fn extend_lease(&self, extra: std::time::Duration) -> crate::Result<bool> {
+        match &self.lease {
+            Some(lease) => lease.0.extend_one(&self.id, self.token, extra).await,
+            None => Ok(false),
         }
     }
 

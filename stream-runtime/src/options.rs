@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::str::FromStr;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use crate::message::Headers;
 use crate::naming::{DEFAULT_APP, DEFAULT_NAMESPACE};
@@ -200,6 +200,38 @@ pub struct PublishOptions {
     pub max_len: Option<u64>,
     /// `max_age` override (zero = no trim for this publish).
     pub max_age: Option<Duration>,
+    /// When the message becomes deliverable (`None`: at once). The message is appended at
+    /// once (it has its id and is durable) but no group hands it to a handler before then.
+    pub deliver: Option<DeliverAt>,
+}
+
+/// When a published message becomes deliverable ([`PublishOptions::deliver_after`],
+/// [`PublishOptions::deliver_at`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DeliverAt {
+    /// This long after the publish call.
+    After(Duration),
+    /// At this time.
+    At(SystemTime),
+}
+
+impl DeliverAt {
+    /// The time this names, for a publish made now.
+    pub fn time(self) -> SystemTime {
+        match self {
+            DeliverAt::After(delay) => SystemTime::now()
+                .checked_add(delay)
+                .unwrap_or_else(far_future),
+            DeliverAt::At(at) => at,
+        }
+    }
+}
+
+/// A time later than any delivery time anyone means (about 100 years from now): what a
+/// delay too long for the clock becomes.
+fn far_future() -> SystemTime {
+    SystemTime::now() + Duration::from_secs(100 * 365 * 24 * 3600)
 }
 
 impl PublishOptions {
@@ -245,6 +277,19 @@ impl PublishOptions {
     /// Trims messages older than `max_age` (zero = no trim).
     pub fn max_age(mut self, max_age: Duration) -> Self {
         self.max_age = Some(max_age);
+        self
+    }
+
+    /// Delays delivery: the message is appended now, and no group hands it to a handler
+    /// before `delay` has passed (see docs/semantics.md, "Delayed publish").
+    pub fn deliver_after(mut self, delay: Duration) -> Self {
+        self.deliver = Some(DeliverAt::After(delay));
+        self
+    }
+
+    /// Delays delivery until `at` (a time in the past delivers at once).
+    pub fn deliver_at(mut self, at: SystemTime) -> Self {
+        self.deliver = Some(DeliverAt::At(at));
         self
     }
 }
@@ -358,6 +403,10 @@ pub struct SubscribeOptions {
     /// Set for transactional handlers, which ack inside their own transaction: the
     /// database their transaction is on (`"postgres"`, `"sqlite"`).
     pub(crate) transactional: Option<&'static str>,
+    /// Extends the claim of every running handler of this subscription, so a handler that
+    /// runs longer than the visibility timeout keeps its message (default false). See
+    /// [`heartbeat`](Self::heartbeat).
+    pub heartbeat: bool,
 }
 
 impl Default for SubscribeOptions {
@@ -376,6 +425,7 @@ impl Default for SubscribeOptions {
             name: None,
             transaction_isolation: None,
             transactional: None,
+            heartbeat: false,
         }
     }
 }
@@ -455,6 +505,17 @@ impl SubscribeOptions {
     /// Names the consumer in spans (see [`SubscribeOptions::name`](Self#structfield.name)).
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = Some(name.into());
+        self
+    }
+
+    /// Turns the lease heartbeat on or off (default off). On, the engine extends the claim
+    /// of every handler still running, every third of the visibility timeout, in one backend
+    /// call per subscription: a live handler keeps its message however long it runs, and a
+    /// crashed process's claims expire one visibility timeout after their last extension.
+    /// Off, a handler running past the visibility timeout may see its message redelivered
+    /// to another worker (S6).
+    pub fn heartbeat(mut self, on: bool) -> Self {
+        self.heartbeat = on;
         self
     }
 

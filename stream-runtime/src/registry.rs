@@ -124,6 +124,8 @@ pub struct Attributes {
     /// `transactional`: the handler runs in a transaction that commits with its ack, on
     /// this database (`"postgres"`, `"sqlite"`).
     pub transactional: Option<&'static str>,
+    /// `heartbeat` (or `heartbeat = true|false`): extend the claims of running handlers.
+    pub heartbeat: Option<bool>,
 }
 
 impl Attributes {
@@ -140,6 +142,7 @@ impl Attributes {
         app: None,
         namespace: None,
         transactional: None,
+        heartbeat: None,
     };
 }
 

@@ -484,7 +484,7 @@ fn log_started(
     tracing::info!(
         "consumer {} started: stream {}, group {}, payload {}, concurrency {}, max_retries {}, \
          visibility_timeout {}, poll_interval {}, shutdown_timeout {}, retry_delay {}, \
-         start {} (if the group is new), dead_letter {} ({})",
+         start {} (if the group is new), dead_letter {} ({}){}",
         def.name,
         consumer.stream(),
         consumer.group(),
@@ -498,6 +498,11 @@ fn log_started(
         options.start,
         dead_letter,
         def.location,
+        if options.heartbeat {
+            ", heartbeat on"
+        } else {
+            ""
+        },
     );
 }
 

@@ -235,6 +235,10 @@ impl Service {
             stream = %full,
             count = tracing::field::Empty
         );
+        // The delivery time, written once as the reserved header's value.
+        let deliver_at = options
+            .deliver
+            .map(|at| crate::engine::delay::header_value(at.time()));
         let messages = messages
             .into_iter()
             .map(|m| {
@@ -249,6 +253,12 @@ impl Service {
                 }
                 for (k, v) in &options.headers {
                     m.headers.entry(k.clone()).or_insert_with(|| v.clone());
+                }
+                if let Some(at) = &deliver_at {
+                    m.headers.insert(
+                        crate::engine::delay::DELIVER_AT_HEADER.to_owned(),
+                        at.clone(),
+                    );
                 }
                 Ok(m)
             })
@@ -637,6 +647,7 @@ impl Service {
             name: options.name.clone().unwrap_or_else(|| group.to_owned()),
             transactional: options.transactional.is_some(),
             span_level: self.inner.config.span_level,
+            heartbeat: options.heartbeat,
         });
         let consumer = Consumer {
             inner: Arc::new(ConsumerInner {

@@ -29,6 +29,7 @@ const KEYS: &[&str] = &[
     "name",
     "transactional",
     "crate",
+    "heartbeat",
 ];
 
 /// `max_retries` as given.
@@ -57,6 +58,8 @@ pub struct Args {
     pub namespace: Option<String>,
     /// `transactional`: the handler takes a transaction that commits with its ack.
     pub transactional: bool,
+    /// `heartbeat` / `heartbeat = true|false`: extend the claims of running handlers.
+    pub heartbeat: Option<bool>,
 }
 
 /// One value per key, with the span of the key that set it (to report duplicates).
@@ -80,6 +83,7 @@ struct Builder {
     app: Option<String>,
     namespace: Option<String>,
     transactional: bool,
+    heartbeat: Option<bool>,
 }
 
 /// Parses and checks the arguments; `None` when any of them is wrong (reported in `errors`).
@@ -141,6 +145,7 @@ pub fn parse(
         app: builder.app,
         namespace: builder.namespace,
         transactional: builder.transactional,
+        heartbeat: builder.heartbeat,
     })
 }
 
@@ -172,6 +177,15 @@ impl Builder {
                 }
                 self.seen.push(("transactional", path.span()));
                 self.transactional = true;
+                return;
+            }
+            Meta::Path(path) if path_key(&path) == "heartbeat" => {
+                if self.seen.iter().any(|(k, _)| *k == "heartbeat") {
+                    errors.spanned(&path, "duplicate key `heartbeat`");
+                    return;
+                }
+                self.seen.push(("heartbeat", path.span()));
+                self.heartbeat = Some(true);
                 return;
             }
             other => {
@@ -227,11 +241,30 @@ impl Builder {
             "retry_delay" => self.retry_delay = retry_delay(value, errors),
             "start" => self.start = start(value, errors),
             "crate" => self.krate = krate(value, errors),
+            "heartbeat" => self.heartbeat = flag(key, value, errors),
             "transactional" => errors.spanned(
                 &nv,
                 "`transactional` is a flag: write `transactional` alone, without a value",
             ),
             _ => unreachable!("every key in KEYS has a setter"),
+        }
+    }
+}
+
+/// A flag given with a value: `heartbeat = true` or `heartbeat = false`.
+fn flag(key: &str, value: &Expr, errors: &mut Errors) -> Option<bool> {
+    match value {
+        Expr::Lit(ExprLit {
+            lit: Lit::Bool(b), ..
+        }) => Some(b.value),
+        other => {
+            errors.spanned(
+                other,
+                format!(
+                    "`{key}` is a flag: write `{key}` alone, or `{key} = true` / `{key} = false`"
+                ),
+            );
+            None
         }
     }
 }

@@ -469,6 +469,68 @@ impl Backend for MemoryBackend {
         })
     }
 
+    fn extend<'a>(
+        &'a self,
+        group: GroupRef<'a>,
+        claims: &'a [Claim],
+        visibility: Duration,
+    ) -> BoxFuture<'a, Result<Vec<bool>>> {
+        Box::pin(async move {
+            let mut state = self.lock()?;
+            let Some(g) = state
+                .streams
+                .get_mut(group.stream)
+                .and_then(|s| s.groups.get_mut(group.group))
+            else {
+                return Ok(vec![false; claims.len()]);
+            };
+            let deadline = crate::time::after(visibility);
+            let held = claims
+                .iter()
+                .map(|claim| {
+                    let Ok(seq) = claim.id.as_str().parse::<u64>() else {
+                        return false;
+                    };
+                    match g.pending.get_mut(&seq) {
+                        Some(p) if p.token == claim.token.0 && p.token != 0 => {
+                            p.deadline = deadline;
+                            true
+                        }
+                        _ => false,
+                    }
+                })
+                .collect::<Vec<_>>();
+            if held.contains(&true) {
+                // A shorter visibility than the claim's may bring the deadline forward.
+                g.deadline_set(deadline);
+            }
+            Ok(held)
+        })
+    }
+
+    fn postpone<'a>(
+        &'a self,
+        group: GroupRef<'a>,
+        claim: &'a Claim,
+        delay: Duration,
+    ) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            let done = self.with_claim(group, claim, |s, seq| {
+                if let Some(g) = s.groups.get_mut(group.group) {
+                    let deadline = crate::time::after(delay);
+                    if let Some(p) = g.pending.get_mut(&seq) {
+                        p.token = 0;
+                        p.deadline = deadline;
+                        // Not due yet: this claim does not count as a delivery.
+                        p.deliveries = p.deliveries.saturating_sub(1);
+                    }
+                    g.deadline_set(deadline);
+                }
+            })?;
+            Ok(done.is_some())
+        })
+    }
+
     fn ping(&self) -> BoxFuture<'_, Result<()>> {
         let open = self.lock().map(drop);
         Box::pin(std::future::ready(open))

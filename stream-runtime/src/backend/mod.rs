@@ -56,7 +56,7 @@ pub struct Claimed {
 }
 
 /// What settling calls name: a message id and the token of the claim being settled.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Claim {
     /// The claimed message.
     pub id: MessageId,
@@ -154,6 +154,34 @@ pub trait Backend: BackendAdmin + Send + Sync + 'static {
     /// (it is closing), so a backend may fence by consumer name and delivery count.
     fn release<'a>(&'a self, group: GroupRef<'a>, claims: &'a [Claim])
         -> BoxFuture<'a, Result<()>>;
+
+    /// Pushes the deadline of every claim in `claims` still held (fenced by its token) to
+    /// now + `visibility`, without a new token or delivery: the lease extension of a handler
+    /// that is still running (the heartbeat, and `Message::extend_lease`). Claims since taken
+    /// over, settled or trimmed away are left alone. Returns, for each claim in order, whether
+    /// it was held and so extended. One call for the whole batch: the engine makes one per
+    /// subscription and heartbeat period.
+    fn extend<'a>(
+        &'a self,
+        group: GroupRef<'a>,
+        claims: &'a [Claim],
+        visibility: Duration,
+    ) -> BoxFuture<'a, Result<Vec<bool>>>;
+
+    /// Leaves the message pending, claimable again after `delay`, and gives back the
+    /// delivery the claim counted (as [`release`](Self::release) does): the next claim of the
+    /// message has the attempt this one had. Used for a message published with a delivery
+    /// time (`PublishOptions::deliver_after`) that a claim returned early. Fenced by the
+    /// token; returns whether the claim was still held. The consumer named in `group` may
+    /// claim the message again later (unlike after a release): a backend whose tokens are
+    /// delivery counts may issue the postponed claim's token again, which is safe because
+    /// the engine drops a postponed claim and never settles it.
+    fn postpone<'a>(
+        &'a self,
+        group: GroupRef<'a>,
+        claim: &'a Claim,
+        delay: Duration,
+    ) -> BoxFuture<'a, Result<bool>>;
 
     /// Checks that the backend answers (a cheap round trip: `SELECT 1`, `PING`): what a
     /// readiness probe asks. [`Error::Closed`](crate::Error::Closed) after [`close`](Self::close).

@@ -240,6 +240,8 @@ pub struct ConsumerSettings {
     /// Namespace override (only in `[consumers.<name>]`).
     #[serde(default, deserialize_with = "de_name")]
     pub namespace: Option<String>,
+    /// Extend the claims of running handlers (lease heartbeat); default false.
+    pub heartbeat: Option<bool>,
 }
 
 /// One consumer's settings after the precedence chain.
@@ -321,6 +323,7 @@ impl Config {
             name: Some(name.to_owned()),
             transaction_isolation: None,
             transactional: attributes.transactional,
+            heartbeat: pick!(heartbeat).unwrap_or(builtin.heartbeat),
         };
         let enabled = file
             .and_then(|f| f.enabled)

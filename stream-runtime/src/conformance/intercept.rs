@@ -115,6 +115,26 @@ pub trait Intercept: Send + Sync + 'static {
         inner.release(group, claims)
     }
 
+    fn extend<'a>(
+        &'a self,
+        inner: &'a dyn Backend,
+        group: GroupRef<'a>,
+        claims: &'a [Claim],
+        visibility: Duration,
+    ) -> BoxFuture<'a, Result<Vec<bool>>> {
+        inner.extend(group, claims, visibility)
+    }
+
+    fn postpone<'a>(
+        &'a self,
+        inner: &'a dyn Backend,
+        group: GroupRef<'a>,
+        claim: &'a Claim,
+        delay: Duration,
+    ) -> BoxFuture<'a, Result<bool>> {
+        inner.postpone(group, claim, delay)
+    }
+
     fn ping<'a>(&'a self, inner: &'a dyn Backend) -> BoxFuture<'a, Result<()>> {
         inner.ping()
     }
@@ -207,6 +227,24 @@ impl<I: Intercept> Backend for Intercepted<I> {
         claims: &'a [Claim],
     ) -> BoxFuture<'a, Result<()>> {
         self.hooks.release(&*self.inner, group, claims)
+    }
+
+    fn extend<'a>(
+        &'a self,
+        group: GroupRef<'a>,
+        claims: &'a [Claim],
+        visibility: Duration,
+    ) -> BoxFuture<'a, Result<Vec<bool>>> {
+        self.hooks.extend(&*self.inner, group, claims, visibility)
+    }
+
+    fn postpone<'a>(
+        &'a self,
+        group: GroupRef<'a>,
+        claim: &'a Claim,
+        delay: Duration,
+    ) -> BoxFuture<'a, Result<bool>> {
+        self.hooks.postpone(&*self.inner, group, claim, delay)
     }
 
     fn ping(&self) -> BoxFuture<'_, Result<()>> {

@@ -13,15 +13,17 @@
 //! in parallel against one shared server without seeing each other's streams.
 //!
 //! The cases live in one file per area ([`delivery`], [`groups`], [`retries`], [`fencing`],
-//! [`trim`], [`names`], [`shutdown`], [`backend`]); each `pub async fn` there is a case, and
+//! [`trim`], [`names`], [`shutdown`], [`backend`], [`heartbeat`], [`delayed`]); each `pub async fn` there is a case, and
 //! the list in [`conformance_tests!`](crate::conformance_tests) must name it (a unit test
 //! fails otherwise). [`intercept`] wraps a backend to watch or disturb its calls.
 
 pub mod admin;
 pub mod backend;
+pub mod delayed;
 pub mod delivery;
 pub mod fencing;
 pub mod groups;
+pub mod heartbeat;
 pub mod intercept;
 pub mod names;
 pub mod retries;
@@ -104,6 +106,10 @@ macro_rules! __conformance_list {
                 admin_oldest_pending_age_is_the_claims, admin_pending_entries,
                 admin_reads_ranges, admin_redrive_moves_back, admin_redrive_is_fenced,
                 admin_purge, admin_trim_after_delete;
+            heartbeat: heartbeat_extend_keeps_held_claims, heartbeat_extend_ignores_stale_tokens,
+                heartbeat_long_handler_runs_once, heartbeat_handler_extends_its_own_claim;
+            delayed: delayed_postpone_gives_back_the_attempt, delayed_publish_arrives_on_time,
+                delayed_message_survives_restart, delayed_deliver_at_in_the_past_is_at_once;
         }
     };
 }

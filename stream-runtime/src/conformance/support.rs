@@ -9,7 +9,7 @@ pub(crate) use std::time::{Duration, Instant, SystemTime};
 pub(crate) use tokio::sync::Notify;
 
 pub(crate) use super::intercept::Call;
-pub(crate) use super::{unique_name, wait_for, Harness, Recorder};
+pub(crate) use super::{unique_name, wait_for, wait_for_async, Harness, Recorder};
 pub(crate) use crate::backend::{Claim, GroupRef, SharedBackend};
 pub(crate) use crate::engine::dead_letter_headers as dlh;
 pub(crate) use crate::error::{Error, HandlerError};

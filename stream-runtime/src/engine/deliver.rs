@@ -65,7 +65,13 @@ pub(super) async fn run_one(
         state: state.as_ref(),
     };
     let mut message = claimed.message;
+    // A message not yet due (delayed publish) waits in the group until its time.
+    if super::delay::wait_or_park(state, &guard.claim, &message.headers).await {
+        guard.settle();
+        return None;
+    }
     message.token = claimed.token;
+    message.lease = Some(super::lease::LeaseHandle(state.leases.clone()));
     let attempt = message.attempt;
     let max_attempts = state.sub.max_retries.max_attempts();
 
@@ -106,6 +112,7 @@ pub(super) async fn run_one(
     #[cfg(feature = "opentelemetry")]
     telemetry::trace_context::extract(&span, &message.headers);
     let started_at = state.metrics.started(message.created_at);
+    let lease = state.leases.hold(&guard.claim);
 
     // A handler still running at its visibility deadline has lost its claim: another worker
     // may take the message over, so its slot is freed for that; the handler runs on (its
@@ -127,17 +134,18 @@ pub(super) async fn run_one(
     let outcome = tokio::select! {
         biased;
         outcome = &mut handler => outcome,
-        _ = tokio::time::sleep(state.sub.visibility_timeout) => {
+        _ = state.leases.expired(lease.claim()) => {
             tracing::warn!(
                 stream = %state.sub.stream, group = %state.sub.group, %id, attempt,
-                timeout = ?state.sub.visibility_timeout,
-                "handler passed its visibility timeout; the message may be redelivered"
+                timeout = ?state.sub.visibility_timeout, heartbeat = state.sub.heartbeat,
+                "handler passed its claim's deadline; the message may be redelivered"
             );
             *slot = false;
             super::dispatch::slot_freed_early(state);
             (&mut handler).await
         }
     };
+    drop(lease);
     let took = state.metrics.finished(started_at);
     let error = match outcome {
         Ok(Ok(())) => {
@@ -236,6 +244,7 @@ mod tests {
                 name: String::new(),
                 transactional: false,
                 span_level: crate::SpanLevel::Info,
+                heartbeat: false,
             };
             let d = retry_delay(&sub, attempt);
             assert!(

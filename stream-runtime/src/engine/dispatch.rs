@@ -83,8 +83,17 @@ pub(super) async fn dispatch(sub: Subscription, mut stop: watch::Receiver<bool>)
         failures: 0,
         claimed_at: Instant::now(),
     };
+    let consumer = consumer_name();
+    let leases = Arc::new(super::lease::Leases::new(
+        sub.backend.clone(),
+        &sub.stream,
+        &sub.group,
+        &consumer,
+        sub.visibility_timeout,
+        sub.heartbeat,
+    ));
     let state = Arc::new(SubscriptionState {
-        consumer: consumer_name(),
+        consumer,
         metrics: SubscriptionMetrics::new(&sub.stream, &sub.group),
         claimer_wake: Notify::new(),
         aborted: Arc::new(Mutex::new(Vec::new())),
@@ -106,8 +115,11 @@ pub(super) async fn dispatch(sub: Subscription, mut stop: watch::Receiver<bool>)
         work: Notify::new(),
         ended: Notify::new(),
         concurrency,
+        leases,
         sub,
     });
+    // Runs until the drain is over: handlers finishing during the drain keep their claims.
+    let heartbeat = super::lease::start_heartbeat(&state.leases);
     state.pool().tasks.spawn(worker(state.clone(), false));
     // Ends at close, or when the backend closed under the claimer.
     tokio::select! {
@@ -116,7 +128,9 @@ pub(super) async fn dispatch(sub: Subscription, mut stop: watch::Receiver<bool>)
         _ = state.ended.notified() => {}
     }
     let deadline = after(state.sub.shutdown_timeout);
-    drain(&state, deadline).await
+    let report = drain(&state, deadline).await;
+    drop(heartbeat);
+    report
 }
 
 impl Pool {

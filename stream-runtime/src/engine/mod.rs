@@ -9,8 +9,10 @@
 //! dead-letter moves are issued by the worker.
 
 pub(crate) mod catch_unwind;
+pub(crate) mod delay;
 mod deliver;
 mod dispatch;
+pub(crate) mod lease;
 mod settle;
 pub mod telemetry;
 
@@ -93,6 +95,8 @@ pub(crate) struct Subscription {
     pub transactional: bool,
     /// The level of the `stream.handle` spans.
     pub span_level: crate::SpanLevel,
+    /// Extend the claims of running handlers (see `lease`).
+    pub heartbeat: bool,
 }
 
 /// What a subscription's coordinator and workers share.
@@ -116,6 +120,8 @@ struct SubscriptionState {
     ended: Notify,
     /// The concurrency in force (at least 1).
     concurrency: usize,
+    /// The claims this subscription extends (heartbeat, or a handler's own extension).
+    leases: Arc<lease::Leases>,
 }
 
 /// Slack added to a retry's due time, for backends whose clock (the database's) runs a
@@ -154,10 +160,15 @@ impl SubscriptionState {
     }
 
     fn schedule_retry_wake(&self, delay: Duration) {
+        self.schedule_wake(delay.saturating_add(RETRY_SLACK));
+    }
+
+    /// Wakes the claimer after `delay` (an idle one, instead of at its next poll).
+    fn schedule_wake(&self, delay: Duration) {
         self.retries_due
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .push(Reverse(after(delay.saturating_add(RETRY_SLACK))));
+            .push(Reverse(after(delay)));
         self.retry_scheduled.notify_one();
     }
 

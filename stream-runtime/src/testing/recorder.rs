@@ -133,6 +133,28 @@ impl Backend for Recorder {
         })
     }
 
+    fn extend<'a>(
+        &'a self,
+        group: GroupRef<'a>,
+        claims: &'a [Claim],
+        visibility: Duration,
+    ) -> BoxFuture<'a, Result<Vec<bool>>> {
+        self.memory.extend(group, claims, visibility)
+    }
+
+    fn postpone<'a>(
+        &'a self,
+        group: GroupRef<'a>,
+        claim: &'a Claim,
+        delay: Duration,
+    ) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            let held = self.memory.postpone(group, claim, delay).await;
+            self.journal.changed();
+            held
+        })
+    }
+
     fn ping(&self) -> BoxFuture<'_, Result<()>> {
         self.memory.ping()
     }

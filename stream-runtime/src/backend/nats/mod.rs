@@ -865,6 +865,56 @@ impl Backend for NatsBackend {
         })
     }
 
+    fn extend<'a>(
+        &'a self,
+        group: GroupRef<'a>,
+        claims: &'a [Claim],
+        visibility: Duration,
+    ) -> BoxFuture<'a, Result<Vec<bool>>> {
+        Box::pin(async move {
+            let mut out = vec![false; claims.len()];
+            self.update(group.stream, group.group, |state| {
+                let deadline = after_ms(visibility);
+                let mut any = false;
+                for (claim, held) in claims.iter().zip(out.iter_mut()) {
+                    *held = false;
+                    if let Some(seq) = state.held(claim) {
+                        if let Some(p) = state.pending.get_mut(&seq) {
+                            p.deadline = deadline;
+                            *held = true;
+                            any = true;
+                        }
+                    }
+                }
+                any.then_some(())
+            })
+            .await?;
+            Ok(out)
+        })
+    }
+
+    fn postpone<'a>(
+        &'a self,
+        group: GroupRef<'a>,
+        claim: &'a Claim,
+        delay: Duration,
+    ) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            let done = self
+                .update(group.stream, group.group, |state| {
+                    let seq = state.held(claim)?;
+                    let p = state.pending.get_mut(&seq)?;
+                    p.token = 0;
+                    p.deadline = after_ms(delay);
+                    // Not due yet: this claim does not count as a delivery.
+                    p.deliveries = p.deliveries.saturating_sub(1);
+                    Some(())
+                })
+                .await?;
+            Ok(done.is_some())
+        })
+    }
+
     fn ping(&self) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
             self.closed.check()?;

@@ -79,6 +79,10 @@ struct Sql {
     /// One fenced ack as a plain statement, for a caller's transaction: the `ack` function
     /// would turn that whole transaction's commit asynchronous.
     ack_one: String,
+    /// Pushes held claims' deadlines out (a plain statement: no migration needed).
+    extend: String,
+    /// Makes a held claim claimable after a delay and gives its delivery back.
+    postpone: String,
 }
 
 impl Sql {
@@ -101,6 +105,29 @@ impl Sql {
             dead_letter: format!("SELECT {s}.dead_letter($1, $2, $3, $4, $5, $6, $7::text::jsonb)"),
             ack_one: format!(
                 "DELETE FROM {s}.pending p USING {s}.groups g, {s}.streams st \
+                 WHERE st.name = $1 AND g.stream_id = st.stream_id AND g.name = $2 \
+                 AND p.group_id = g.group_id AND p.msg_id = $3 AND p.token = $4 \
+                 AND p.token <> 0"
+            ),
+            // Committed asynchronously, like the other settling calls (`set_config` in a
+            // CTE applies to the statement's own transaction): a server crash may lose an
+            // extension or a postponement, and the claim then expires at its old deadline.
+            extend: format!(
+                "WITH c AS (SELECT set_config('synchronous_commit', 'off', true)) \
+                 UPDATE {s}.pending p \
+                 SET deadline = clock_timestamp() + $5 * interval '1 microsecond' \
+                 FROM c, {s}.groups g, {s}.streams st \
+                 WHERE st.name = $1 AND g.stream_id = st.stream_id AND g.name = $2 \
+                 AND p.group_id = g.group_id AND p.token <> 0 \
+                 AND (p.msg_id, p.token) IN (SELECT * FROM unnest($3::bigint[], $4::bigint[])) \
+                 RETURNING p.msg_id, p.token"
+            ),
+            postpone: format!(
+                "WITH c AS (SELECT set_config('synchronous_commit', 'off', true)) \
+                 UPDATE {s}.pending p \
+                 SET token = 0, deadline = clock_timestamp() + $5 * interval '1 microsecond', \
+                 deliveries = greatest(p.deliveries - 1, 0) \
+                 FROM c, {s}.groups g, {s}.streams st \
                  WHERE st.name = $1 AND g.stream_id = st.stream_id AND g.name = $2 \
                  AND p.group_id = g.group_id AND p.msg_id = $3 AND p.token = $4 \
                  AND p.token <> 0"
@@ -608,6 +635,76 @@ impl Backend for PostgresBackend {
                 self.wakeups.notify(group.stream);
             }
             Ok(())
+        })
+    }
+
+    fn extend<'a>(
+        &'a self,
+        group: GroupRef<'a>,
+        claims: &'a [Claim],
+        visibility: Duration,
+    ) -> BoxFuture<'a, Result<Vec<bool>>> {
+        Box::pin(async move {
+            self.closed.check()?;
+            let (ids, tokens) = claim_arrays(claims);
+            let mut extended = std::collections::HashSet::new();
+            if !ids.is_empty() {
+                let rows: Vec<(i64, i64)> = sqlx::query_as(&self.sql.extend)
+                    .bind(group.stream)
+                    .bind(group.group)
+                    .bind(&ids)
+                    .bind(&tokens)
+                    .bind(micros(visibility))
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(|e| {
+                        self.error(
+                            format!(
+                                "extending claims of {} for group {}",
+                                group.stream, group.group
+                            ),
+                            e,
+                        )
+                    })?;
+                extended.extend(rows);
+            }
+            Ok(claims
+                .iter()
+                .map(|c| {
+                    parse_id(c.id.as_str())
+                        .is_some_and(|id| extended.contains(&(id, from_token(c.token))))
+                })
+                .collect())
+        })
+    }
+
+    fn postpone<'a>(
+        &'a self,
+        group: GroupRef<'a>,
+        claim: &'a Claim,
+        delay: Duration,
+    ) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            self.closed.check()?;
+            let Some(id) = parse_id(claim.id.as_str()) else {
+                return Ok(false);
+            };
+            let done = sqlx::query(&self.sql.postpone)
+                .bind(group.stream)
+                .bind(group.group)
+                .bind(id)
+                .bind(from_token(claim.token))
+                .bind(micros(delay))
+                .execute(&self.pool)
+                .await
+                .map_err(|e| {
+                    self.error(
+                        format!("postponing {} {id} for group {}", group.stream, group.group),
+                        e,
+                    )
+                })?
+                .rows_affected();
+            Ok(done > 0)
         })
     }
 

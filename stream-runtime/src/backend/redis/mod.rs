@@ -815,6 +815,52 @@ impl Backend for RedisBackend {
         })
     }
 
+    fn extend<'a>(
+        &'a self,
+        group: GroupRef<'a>,
+        claims: &'a [Claim],
+        visibility: Duration,
+    ) -> BoxFuture<'a, Result<Vec<bool>>> {
+        Box::pin(async move {
+            self.closed.check()?;
+            if claims.is_empty() {
+                return Ok(Vec::new());
+            }
+            let mut invocation = self.scripts.extend.prepare_invoke();
+            invocation
+                .key(stream_key(group.stream))
+                .key(deadlines_key(group.stream, group.group))
+                .arg(group.group)
+                .arg(group.consumer)
+                .arg(millis(visibility));
+            for claim in claims {
+                invocation.arg(claim.id.as_str()).arg(claim.token.0);
+            }
+            let held: Vec<u8> = self
+                .run_settling(&invocation, || {
+                    format!("extending claims in {}/{}", group.stream, group.group)
+                })
+                .await?;
+            Ok(held.into_iter().map(|h| h == 1).collect())
+        })
+    }
+
+    fn postpone<'a>(
+        &'a self,
+        group: GroupRef<'a>,
+        claim: &'a Claim,
+        delay: Duration,
+    ) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            self.closed.check()?;
+            // A release with a delay: the delivery is given back.
+            Ok(self
+                .park(group, std::slice::from_ref(claim), delay, true)
+                .await?
+                > 0)
+        })
+    }
+
     fn ping(&self) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
             self.closed.check()?;

@@ -268,6 +268,28 @@ redis.call('ZREM', deadlines, id)
 return new_id
 ";
 
+/// Extends held claims: their deadlines in the deadline set move to now + visibility. The
+/// pending entry itself is not touched (its idle time stays the claim's age).
+///
+/// KEYS: stream, the group's claim deadlines. ARGV: group, consumer, visibility in ms, then
+/// id/token pairs. Returns 1 or 0 per pair: whether that claim was held and extended.
+const EXTEND: &str = r"
+local stream, deadlines, group, consumer = KEYS[1], KEYS[2], ARGV[1], ARGV[2]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local deadline = now + tonumber(ARGV[3])
+local out = {}
+for i = 4, #ARGV, 2 do
+  if held(stream, group, consumer, ARGV[i], ARGV[i + 1]) then
+    redis.call('ZADD', deadlines, deadline, ARGV[i])
+    out[#out + 1] = 1
+  else
+    out[#out + 1] = 0
+  end
+end
+return out
+";
+
 /// Deletes a consumer of ours if it holds no pending entry (`XGROUP DELCONSUMER` would drop
 /// them).
 ///
@@ -287,6 +309,7 @@ pub(super) struct Scripts {
     pub park: redis::Script,
     pub dead_letter: redis::Script,
     pub remove_idle_consumer: redis::Script,
+    pub extend: redis::Script,
 }
 
 impl Scripts {
@@ -299,6 +322,7 @@ impl Scripts {
             park: with_held(PARK),
             dead_letter: with_held(DEAD_LETTER),
             remove_idle_consumer: redis::Script::new(REMOVE_IDLE_CONSUMER),
+            extend: with_held(EXTEND),
         }
     }
 }

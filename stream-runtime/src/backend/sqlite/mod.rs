@@ -369,6 +369,24 @@ impl Backend for SqliteBackend {
         })
     }
 
+    fn extend<'a>(
+        &'a self,
+        group: GroupRef<'a>,
+        claims: &'a [Claim],
+        visibility: Duration,
+    ) -> BoxFuture<'a, Result<Vec<bool>>> {
+        Box::pin(async move { self.extend_claims(group, claims, visibility).await })
+    }
+
+    fn postpone<'a>(
+        &'a self,
+        group: GroupRef<'a>,
+        claim: &'a Claim,
+        delay: Duration,
+    ) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move { self.postpone_claim(group, claim, delay).await })
+    }
+
     fn ping(&self) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
             self.closed.check()?;

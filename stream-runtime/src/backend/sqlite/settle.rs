@@ -125,6 +125,82 @@ impl SqliteBackend {
         Ok(done > 0)
     }
 
+    /// Pushes the deadlines of the held `claims` to now + `visibility`; for each claim,
+    /// whether it was held. One statement per [`CHUNK`] claims.
+    pub(super) async fn extend_claims(
+        &self,
+        group: GroupRef<'_>,
+        claims: &[Claim],
+        visibility: Duration,
+    ) -> Result<Vec<bool>> {
+        self.closed.check()?;
+        let pairs = parse_claims(claims);
+        let mut extended = std::collections::HashSet::new();
+        if !pairs.is_empty() {
+            let what = format!(
+                "extending claims of {} for group {}",
+                group.stream, group.group
+            );
+            let deadline = now_ms().saturating_add(duration_ms(visibility));
+            for chunk in pairs.chunks(CHUNK) {
+                let sql = format!(
+                    "UPDATE stream_pending SET deadline = ?{}                      WHERE stream = ?1 AND group_name = ?2 AND (id, token) IN (VALUES {})                      RETURNING id, token",
+                    3 + 2 * chunk.len(),
+                    placeholders(chunk.len(), 2, 3, "")
+                );
+                let mut query = sqlx::query_as::<_, (i64, i64)>(&sql)
+                    .bind(group.stream)
+                    .bind(group.group);
+                for &(id, token) in chunk {
+                    query = query.bind(id).bind(token);
+                }
+                let rows = query
+                    .bind(deadline)
+                    .fetch_all(&self.writer)
+                    .await
+                    .map_err(|e| self.err(what.clone(), e))?;
+                extended.extend(rows);
+            }
+        }
+        Ok(claims
+            .iter()
+            .map(|c| {
+                let id = c.id.as_str().parse::<i64>().ok();
+                let token = i64::try_from(c.token.0).ok();
+                id.zip(token).is_some_and(|pair| extended.contains(&pair))
+            })
+            .collect())
+    }
+
+    /// Makes `claim` claimable again after `delay` and gives its delivery back; whether the
+    /// claim was still held.
+    pub(super) async fn postpone_claim(
+        &self,
+        group: GroupRef<'_>,
+        claim: &Claim,
+        delay: Duration,
+    ) -> Result<bool> {
+        self.closed.check()?;
+        let Some(&(id, token)) = parse_claims(std::slice::from_ref(claim)).first() else {
+            return Ok(false);
+        };
+        let what = format!("postponing message {id} of {}", group.stream);
+        let done = sqlx::query(
+            "UPDATE stream_pending SET token = 0, deadline = ?5, released = released + 1
+             WHERE stream = ?1 AND group_name = ?2 AND id = ?3 AND token = ?4",
+        )
+        .bind(group.stream)
+        .bind(group.group)
+        .bind(id)
+        .bind(token)
+        .bind(now_ms().saturating_add(duration_ms(delay)))
+        .execute(&self.writer)
+        .await
+        .map_err(|e| self.err(what, e))?
+        .rows_affected();
+        Ok(done > 0)
+    }
+
     /// Moves `claim`'s message to `to` as `message`; whether the claim was still held.
     pub(super) async fn dead_letter_claim(
         &self,
