@@ -10,6 +10,7 @@ pub use inventory;
 pub use crate::codec::Payload;
 pub use crate::engine::{handler_fn, Handler};
 pub use crate::error::{Error, HandlerError, Result};
+pub use crate::key_order::Order;
 pub use crate::message::Message;
 pub use crate::options::{MaxRetries, RetryDelay};
 pub use crate::publisher::Publisher;
@@ -157,6 +158,11 @@ impl Attributes {
     #[doc(hidden)]
     pub const fn __transactional(mut self, database: &'static str) -> Self {
         self.transactional = Some(database);
+        self
+    }
+    #[doc(hidden)]
+    pub const fn __ordered(mut self, value: crate::key_order::Order) -> Self {
+        self.ordered = Some(value);
         self
     }
 }

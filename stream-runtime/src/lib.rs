@@ -164,6 +164,7 @@ pub mod config;
 pub mod engine;
 mod error;
 mod http;
+pub mod key_order;
 mod message;
 pub mod middleware;
 mod naming;
@@ -187,6 +188,7 @@ pub use backend::{Backend, BackendAdmin, ClaimToken};
 pub use codec::{Payload, Raw};
 pub use engine::{dead_letter_headers, handler_fn, CloseReport, Handler};
 pub use error::{BoxError, Error, HandlerError, Result};
+pub use key_order::{Order, KEY_HEADER};
 pub use message::{Bytes, Headers, Message, MessageId, NewMessage};
 pub use middleware::{Middleware, Next};
 pub use naming::{

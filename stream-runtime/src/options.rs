@@ -169,6 +169,8 @@ pub struct PublishOptions {
     pub max_len: Option<u64>,
     /// `max_age` override (zero = no trim for this publish).
     pub max_age: Option<Duration>,
+    /// The ordering key of the published messages (see [`PublishOptions::key`]).
+    pub key: Option<String>,
 }
 
 impl PublishOptions {
@@ -214,6 +216,15 @@ impl PublishOptions {
     /// Trims messages older than `max_age` (zero = no trim).
     pub fn max_age(mut self, max_age: Duration) -> Self {
         self.max_age = Some(max_age);
+        self
+    }
+
+    /// Gives the published messages an ordering key, e.g. `"order-42"` (stored in the
+    /// [`KEY_HEADER`](crate::KEY_HEADER) header; a message of a batch that already has a
+    /// key keeps its own). A group ordered by key ([`SubscribeOptions::ordered`]) handles
+    /// the messages sharing a key one at a time and in stream order.
+    pub fn key(mut self, key: impl Into<String>) -> Self {
+        self.key = Some(key.into());
         self
     }
 }
@@ -327,6 +338,10 @@ pub struct SubscribeOptions {
     /// Set for transactional handlers, which ack inside their own transaction: the
     /// database their transaction is on (`"postgres"`, `"sqlite"`).
     pub(crate) transactional: Option<&'static str>,
+    /// [`Order::Key`](crate::Order::Key): the messages sharing a key are handled one at a
+    /// time and in stream order, across every process of the group (default
+    /// [`Order::None`](crate::Order::None)). Every subscription of a group must agree.
+    pub ordered: crate::key_order::Order,
 }
 
 impl Default for SubscribeOptions {
@@ -345,6 +360,7 @@ impl Default for SubscribeOptions {
             name: None,
             transaction_isolation: None,
             transactional: None,
+            ordered: crate::key_order::Order::None,
         }
     }
 }
@@ -431,6 +447,13 @@ impl SubscribeOptions {
     /// [`SubscribeOptions::transaction_isolation`](Self#structfield.transaction_isolation)).
     pub fn transaction_isolation(mut self, level: Isolation) -> Self {
         self.transaction_isolation = Some(level);
+        self
+    }
+
+    /// Sets how the group orders its messages (see
+    /// [`SubscribeOptions::ordered`](Self#structfield.ordered)).
+    pub fn ordered(mut self, order: crate::key_order::Order) -> Self {
+        self.ordered = order;
         self
     }
 }

@@ -124,6 +124,8 @@ pub struct Attributes {
     /// `transactional`: the handler runs in a transaction that commits with its ack, on
     /// this database (`"postgres"`, `"sqlite"`).
     pub transactional: Option<&'static str>,
+    /// `ordered = "key"`: messages sharing a key one at a time, in stream order.
+    pub ordered: Option<crate::key_order::Order>,
 }
 
 impl Attributes {
@@ -140,6 +142,7 @@ impl Attributes {
         app: None,
         namespace: None,
         transactional: None,
+        ordered: None,
     };
 }
 

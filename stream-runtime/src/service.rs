@@ -249,6 +249,11 @@ impl Service {
                 for (k, v) in &options.headers {
                     m.headers.entry(k.clone()).or_insert_with(|| v.clone());
                 }
+                if let Some(key) = &options.key {
+                    m.headers
+                        .entry(crate::key_order::KEY_HEADER.to_owned())
+                        .or_insert_with(|| key.clone());
+                }
                 Ok(m)
             })
             .collect::<Result<Vec<_>>>()?;
@@ -600,6 +605,11 @@ impl Service {
                 ),
             ));
         }
+        if options.ordered.is_key() && !self.inner.backend.key_order_supported() {
+            return Err(Error::OrderingUnsupported {
+                backend: self.inner.backend.name(),
+            });
+        }
         if let Some(database) = options.transactional {
             crate::backend::check_database(
                 &*self.inner.backend,
@@ -635,6 +645,7 @@ impl Service {
             retry_delay: options.retry_delay,
             name: options.name.clone().unwrap_or_else(|| group.to_owned()),
             transactional: options.transactional.is_some(),
+            ordered: options.ordered.is_key(),
         });
         let consumer = Consumer {
             inner: Arc::new(ConsumerInner {

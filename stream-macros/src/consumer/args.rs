@@ -29,6 +29,7 @@ const KEYS: &[&str] = &[
     "name",
     "transactional",
     "crate",
+    "ordered",
 ];
 
 /// `max_retries` as given.
@@ -57,6 +58,8 @@ pub struct Args {
     pub namespace: Option<String>,
     /// `transactional`: the handler takes a transaction that commits with its ack.
     pub transactional: bool,
+    /// `ordered = "key"`: `Some(true)`; `ordered = "none"`: `Some(false)`.
+    pub ordered: Option<bool>,
 }
 
 /// One value per key, with the span of the key that set it (to report duplicates).
@@ -80,6 +83,7 @@ struct Builder {
     app: Option<String>,
     namespace: Option<String>,
     transactional: bool,
+    ordered: Option<bool>,
 }
 
 /// Parses and checks the arguments; `None` when any of them is wrong (reported in `errors`).
@@ -141,6 +145,7 @@ pub fn parse(
         app: builder.app,
         namespace: builder.namespace,
         transactional: builder.transactional,
+        ordered: builder.ordered,
     })
 }
 
@@ -162,6 +167,14 @@ impl Builder {
                 }
                 self.seen.push(("retry_delay", list.path.span()));
                 self.retry_delay = exponential(&list, errors);
+                return;
+            }
+            Meta::Path(path) if path_key(&path) == "ordered" => {
+                errors.spanned(
+                    &path,
+                    "`ordered` takes a value: write `ordered = \"key\"` (messages sharing a \
+                     key one at a time, in stream order)",
+                );
                 return;
             }
             // A flag, given alone.
@@ -227,6 +240,7 @@ impl Builder {
             "retry_delay" => self.retry_delay = retry_delay(value, errors),
             "start" => self.start = start(value, errors),
             "crate" => self.krate = krate(value, errors),
+            "ordered" => self.ordered = ordered(value, errors),
             "transactional" => errors.spanned(
                 &nv,
                 "`transactional` is a flag: write `transactional` alone, without a value",
@@ -484,5 +498,24 @@ mod tests {
         assert_eq!(super::closest("strem"), Some("stream"));
         assert_eq!(super::closest("max_retry"), Some("max_retries"));
         assert_eq!(super::closest("zzz"), None);
+    }
+}
+
+/// `ordered = "key"` (or `"none"`).
+fn ordered(value: &Expr, errors: &mut Errors) -> Option<bool> {
+    let lit = lit_str("ordered", value, errors)?;
+    match lit.value().as_str() {
+        "key" => Some(true),
+        "none" => Some(false),
+        other => {
+            errors.spanned(
+                lit,
+                format!(
+                    "unknown ordering {other:?}: write `ordered = \"key\"` (messages sharing a \
+                     key one at a time, in stream order) or `ordered = \"none\"`"
+                ),
+            );
+            None
+        }
     }
 }

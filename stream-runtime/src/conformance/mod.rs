@@ -23,6 +23,7 @@ pub mod delivery;
 pub mod fencing;
 pub mod groups;
 pub mod intercept;
+pub mod key_order;
 pub mod names;
 pub mod retries;
 pub mod shutdown;
@@ -104,6 +105,9 @@ macro_rules! __conformance_list {
                 admin_oldest_pending_age_is_the_claims, admin_pending_entries,
                 admin_reads_ranges, admin_redrive_moves_back, admin_redrive_is_fenced,
                 admin_purge, admin_trim_after_delete;
+            key_order: key_order_one_claim_per_key, key_order_retry_holds_its_key_only,
+                key_order_dead_letter_releases, key_order_crashed_claim_first,
+                key_order_end_to_end;
         }
     };
 }

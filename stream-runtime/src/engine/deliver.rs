@@ -234,6 +234,7 @@ mod tests {
                 retry_delay: policy,
                 name: String::new(),
                 transactional: false,
+                ordered: false,
             };
             let d = retry_delay(&sub, attempt);
             assert!(

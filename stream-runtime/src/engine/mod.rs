@@ -91,6 +91,9 @@ pub(crate) struct Subscription {
     pub name: String,
     /// The handler acks inside its own transaction: a success sends no ack.
     pub transactional: bool,
+    /// The group is ordered by key: claims, acks and dead-letter moves go through the
+    /// backend's `_ordered` calls.
+    pub ordered: bool,
 }
 
 /// What a subscription's coordinator and workers share.
@@ -138,7 +141,12 @@ impl SubscriptionState {
     /// Sends acks, in batches of at most [`MAX_ACK_BATCH`].
     async fn send_acks(&self, acks: &[Claim]) {
         for chunk in acks.chunks(MAX_ACK_BATCH) {
-            if let Err(e) = self.sub.backend.ack(self.group(), chunk).await {
+            let acked = if self.sub.ordered {
+                self.sub.backend.ack_ordered(self.group(), chunk).await
+            } else {
+                self.sub.backend.ack(self.group(), chunk).await
+            };
+            if let Err(e) = acked {
                 tracing::warn!(
                     stream = %self.sub.stream, group = %self.sub.group, error = %e,
                     count = chunk.len(), "acknowledging failed; these messages will be redelivered"
@@ -188,6 +196,11 @@ impl SubscriptionState {
             let acks = self.take_acks_or_ask();
             if !acks.is_empty() {
                 self.send_acks(&acks).await;
+                if self.sub.ordered {
+                    // An ack releases its key: the next message of that key may be
+                    // claimable now.
+                    return true;
+                }
                 continue;
             }
             let due = self
@@ -197,7 +210,9 @@ impl SubscriptionState {
             tokio::select! {
                 biased;
                 _ = stop.wait_for(|s| *s) => return false,
-                _ = self.claimer_wake.notified() => {}
+                // A freed slot of an ordered group may have released a key (an ack sent
+                // inside a transaction, a dead-letter move).
+                _ = self.claimer_wake.notified() => if self.sub.ordered { return true },
                 _ = wakeup.changed() => return true,
                 _ = self.retry_scheduled.notified() => {}
                 _ = tokio::time::sleep_until(due) => return true,

@@ -20,6 +20,7 @@
 mod admin;
 mod connect;
 mod listen;
+mod ordered;
 mod schema;
 
 use std::sync::{Arc, Mutex, PoisonError};
@@ -79,6 +80,8 @@ struct Sql {
     /// One fenced ack as a plain statement, for a caller's transaction: the `ack` function
     /// would turn that whole transaction's commit asynchronous.
     ack_one: String,
+    /// The claim of a group ordered by key (migrations/0005_key_order.sql).
+    claim_ordered: String,
 }
 
 impl Sql {
@@ -104,6 +107,12 @@ impl Sql {
                  WHERE st.name = $1 AND g.stream_id = st.stream_id AND g.name = $2 \
                  AND p.group_id = g.group_id AND p.msg_id = $3 AND p.token = $4 \
                  AND p.token <> 0"
+            ),
+            claim_ordered: format!(
+                "SELECT r_id, r_payload, r_headers::text AS r_headers, \
+                 (extract(epoch FROM r_created_at) * 1000000)::bigint AS r_created_us, \
+                 r_deliveries, r_token \
+                 FROM {s}.claim_ordered($1, $2, $3, $4, $5 * interval '1 microsecond')"
             ),
         }
     }
@@ -628,6 +637,19 @@ impl Backend for PostgresBackend {
 
     fn sql(&self) -> Option<super::SqlBackend<'_>> {
         Some(super::SqlBackend::Postgres(self))
+    }
+
+    fn key_order_supported(&self) -> bool {
+        true
+    }
+
+    fn claim_ordered<'a>(
+        &'a self,
+        group: GroupRef<'a>,
+        max: usize,
+        visibility: Duration,
+    ) -> BoxFuture<'a, Result<Vec<Claimed>>> {
+        Box::pin(self.claim_by_key(group, max, visibility))
     }
 
     fn close(&self) -> BoxFuture<'_, Result<()>> {
