@@ -172,6 +172,7 @@ impl RedisBackend {
         claim: &Claim,
         to: &str,
         message: NewMessage,
+        ordered: bool,
     ) -> Result<bool> {
         let what = || format!("moving {} of {} to {to}", claim.id, group.stream);
         let mut check = HELD_CHECK.prepare_invoke();
@@ -190,14 +191,19 @@ impl RedisBackend {
             .await
             .map_err(|e| self.error(what(), e))?;
         self.wakeups.notify(to);
-        let mut ack = self.scripts.ack.prepare_invoke();
-        ack.key(stream_key(group.stream))
-            .key(deadlines_key(group.stream, group.group))
-            .arg(group.group)
-            .arg(group.consumer)
-            .arg(claim.id.as_str())
-            .arg(claim.token.0);
-        let acked: u64 = self.run_settling(&ack, what).await?;
+        let acked: u64 = if ordered {
+            let ack = super::ordered::ack_invocation(group, std::slice::from_ref(claim));
+            self.run_settling(&ack, what).await?
+        } else {
+            let mut ack = self.scripts.ack.prepare_invoke();
+            ack.key(stream_key(group.stream))
+                .key(deadlines_key(group.stream, group.group))
+                .arg(group.group)
+                .arg(group.consumer)
+                .arg(claim.id.as_str())
+                .arg(claim.token.0);
+            self.run_settling(&ack, what).await?
+        };
         if acked == 0 {
             tracing::warn!(
                 stream = %group.stream, group = %group.group, id = %claim.id,
