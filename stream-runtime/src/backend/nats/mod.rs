@@ -33,6 +33,7 @@
 mod admin;
 mod js;
 pub mod names;
+mod ordered;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
@@ -106,6 +107,10 @@ pub(crate) struct GroupState {
     /// The last token handed out.
     pub last_token: u64,
     pub pending: BTreeMap<u64, Pending>,
+    /// A group ordered by key: the key of each keyed pending entry (entries settled since
+    /// are dropped by the next ordered claim). Empty, and not stored, otherwise.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub keys: BTreeMap<u64, String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -806,6 +811,19 @@ impl Backend for NatsBackend {
             }
             Ok(())
         })
+    }
+
+    fn key_order_supported(&self) -> bool {
+        true
+    }
+
+    fn claim_ordered<'a>(
+        &'a self,
+        group: GroupRef<'a>,
+        max: usize,
+        visibility: Duration,
+    ) -> BoxFuture<'a, Result<Vec<Claimed>>> {
+        Box::pin(self.claim_by_key(group, max, visibility))
     }
 }
 
