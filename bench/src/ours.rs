@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use stream_runtime::{NewMessage, PublishOptions, Service, StartPosition, SubscribeOptions};
+use stream_runtime::{NewMessage, Order, PublishOptions, Service, StartPosition, SubscribeOptions};
 use tokio::sync::Notify;
 
 use crate::{paced, BoxError};
@@ -59,6 +59,24 @@ pub async fn publish_batch(
     Ok(start.elapsed())
 }
 
+/// Fills `stream` with `n` messages over `keys` ordering keys, round robin (not timed).
+pub async fn prefill_keyed(
+    service: &Service,
+    stream: &str,
+    n: usize,
+    keys: usize,
+    payload: &[u8],
+) -> Result<(), BoxError> {
+    for start in (0..n).step_by(500) {
+        let batch = (start..(start + 500).min(n))
+            .map(|i| NewMessage::new(payload.to_vec()).key(format!("k{}", i % keys)));
+        service
+            .publish_batch(stream, batch, PublishOptions::new())
+            .await?;
+    }
+    Ok(())
+}
+
 /// Fills `stream` with `n` messages (not timed).
 pub async fn prefill(
     service: &Service,
@@ -81,6 +99,19 @@ pub async fn consume(
     concurrency: usize,
     cap: Duration,
 ) -> Result<(usize, Duration), BoxError> {
+    consume_in_order(service, stream, group, n, concurrency, cap, Order::None).await
+}
+
+/// [`consume`] by a group ordered by `order`.
+pub async fn consume_in_order(
+    service: &Service,
+    stream: &str,
+    group: &str,
+    n: usize,
+    concurrency: usize,
+    cap: Duration,
+    order: Order,
+) -> Result<(usize, Duration), BoxError> {
     let handled = Arc::new(AtomicUsize::new(0));
     let all = Arc::new(Notify::new());
     let (h, a) = (handled.clone(), all.clone());
@@ -98,7 +129,8 @@ pub async fn consume(
             SubscribeOptions::new()
                 .start(StartPosition::Earliest)
                 .concurrency(concurrency)
-                .poll_interval(POLL_INTERVAL),
+                .poll_interval(POLL_INTERVAL)
+                .ordered(order),
         )
         .await?;
     let finished = tokio::time::timeout(cap, all.notified()).await;

@@ -22,7 +22,7 @@ use std::str::FromStr;
 pub const KEY_HEADER: &str = "x-stream-key";
 
 /// The backends whose ordered claims are supported, for error messages.
-pub const ORDERED_BACKENDS: &str = "memory, sqlite, postgres, redis (and Redis Cluster)";
+pub const ORDERED_BACKENDS: &str = "memory, sqlite, postgres, redis (and Redis Cluster), nats";
 
 /// How a group orders its messages. Config value `ordered = "key"`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]

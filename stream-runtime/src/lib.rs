@@ -261,6 +261,7 @@ pub use transaction::{DatabaseTx, TransactionPool, TxConnection};
 /// | `app`, `namespace` | override the service's | the service's |
 /// | `name` | the consumer's unique name, which keys `Streams.toml` overrides | the function's name |
 /// | `crate` | path to this crate, when it is re-exported under another name | `"::stream_runtime"` |
+/// | `ordered` | `"key"`: the messages sharing a key ([`PublishOptions::key`]) are handled one at a time, in stream order, across every process of the group ([`key_order`]); `"none"` | `"none"` |
 ///
 /// At deploy time, `[consumers.<name>]` in `Streams.toml` (or its
 /// `STREAMS_CONSUMERS__<NAME>__<KEY>` variable) overrides these settings for this consumer;
