@@ -73,8 +73,7 @@ fn fails() -> bool {
     std::collections::hash_map::RandomState::new()
         .build_hasher()
         .finish()
-        % 20
-        == 0
+        .is_multiple_of(20)
 }
 
 /// The handler both services run: it reports each handling to `report`.

@@ -202,13 +202,6 @@ impl NewMessage {
     pub fn key(self, key: impl Into<String>) -> Self {
         self.header(crate::key_order::KEY_HEADER, key)
     }
-
-    /// The ordering key, if any.
-    pub fn key_str(&self) -> Option<&str> {
-        self.headers
-            .get(crate::key_order::KEY_HEADER)
-            .map(String::as_str)
-    }
 }
 
 impl From<Vec<u8>> for NewMessage {

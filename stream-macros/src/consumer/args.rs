@@ -491,16 +491,6 @@ fn krate(value: &Expr, errors: &mut Errors) -> Option<syn::Path> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn suggestions() {
-        assert_eq!(super::closest("strem"), Some("stream"));
-        assert_eq!(super::closest("max_retry"), Some("max_retries"));
-        assert_eq!(super::closest("zzz"), None);
-    }
-}
-
 /// `ordered = "key"` (or `"none"`).
 fn ordered(value: &Expr, errors: &mut Errors) -> Option<bool> {
     let lit = lit_str("ordered", value, errors)?;
@@ -517,5 +507,15 @@ fn ordered(value: &Expr, errors: &mut Errors) -> Option<bool> {
             );
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn suggestions() {
+        assert_eq!(super::closest("strem"), Some("stream"));
+        assert_eq!(super::closest("max_retry"), Some("max_retries"));
+        assert_eq!(super::closest("zzz"), None);
     }
 }

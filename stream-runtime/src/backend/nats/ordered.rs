@@ -14,7 +14,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use super::{after_ms, decode_headers, now_ms, GroupState, NatsBackend, Pending};
-use crate::backend::{ClaimToken, Claimed, GroupRef};
+use crate::backend::{Claimed, GroupRef};
 use crate::error::Result;
 use crate::key_order::KEY_HEADER;
 
@@ -101,25 +101,7 @@ impl NatsBackend {
             if picked.is_empty() && !changed {
                 return Ok(Vec::new());
             }
-            let mut claimed = Vec::with_capacity(picked.len());
-            for m in &picked {
-                state.last_token += 1;
-                let token = state.last_token;
-                let pending = state.pending.entry(m.seq).or_insert(Pending {
-                    token: 0,
-                    deadline,
-                    deliveries: 0,
-                    claimed_at: now,
-                });
-                pending.token = token;
-                pending.deadline = deadline;
-                pending.deliveries += 1;
-                pending.claimed_at = now;
-                claimed.push(Claimed {
-                    message: Self::message(group.stream, m, pending.deliveries),
-                    token: ClaimToken(token),
-                });
-            }
+            let mut claimed = state.take(group.stream, &picked, deadline, now);
             claimed.sort_unstable_by_key(|c| c.message.id.as_str().parse::<u64>().unwrap_or(0));
             if self
                 .store(group.stream, group.group, &state, revision)

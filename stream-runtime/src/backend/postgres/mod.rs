@@ -490,33 +490,7 @@ impl Backend for PostgresBackend {
         max: usize,
         visibility: Duration,
     ) -> BoxFuture<'a, Result<Vec<Claimed>>> {
-        Box::pin(async move {
-            self.closed.check()?;
-            if max == 0 {
-                return Ok(Vec::new());
-            }
-            let context = || {
-                format!(
-                    "claiming messages of {} for group {}",
-                    group.stream, group.group
-                )
-            };
-            let rows = sqlx::query(&self.sql.claim)
-                .bind(group.stream)
-                .bind(group.group)
-                .bind(group.consumer)
-                .bind(i32::try_from(max).unwrap_or(i32::MAX))
-                .bind(micros(visibility))
-                .fetch_all(&self.pool)
-                .await
-                .map_err(|e| self.error(context(), e))?;
-            let stream: Arc<str> = Arc::from(group.stream);
-            rows.iter()
-                .map(|row| {
-                    claimed_from_row(&stream, row).map_err(|e| Error::backend(NAME, context(), e))
-                })
-                .collect()
-        })
+        Box::pin(self.run_claim(&self.sql.claim, "group", group, max, visibility))
     }
 
     fn ack<'a>(&'a self, group: GroupRef<'a>, claims: &'a [Claim]) -> BoxFuture<'a, Result<()>> {

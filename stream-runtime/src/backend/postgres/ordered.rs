@@ -1,5 +1,6 @@
 //! The ordered claim ([`crate::key_order`]): the `claim_ordered` function of
-//! migrations/0005_key_order.sql, one transaction serialised by the group's row lock.
+//! migrations/0005_key_order.sql, one transaction serialised by the group's row lock; and
+//! the call both claims share.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,8 +10,12 @@ use crate::backend::{Claimed, GroupRef};
 use crate::error::{Error, Result};
 
 impl PostgresBackend {
-    pub(super) async fn claim_by_key(
+    /// Runs a claim statement (`claim` or `claim_ordered`, of the same columns) for up to
+    /// `max` messages; `what` names the group in errors ("group", "ordered group").
+    pub(super) async fn run_claim(
         &self,
+        sql: &str,
+        what: &str,
         group: GroupRef<'_>,
         max: usize,
         visibility: Duration,
@@ -21,11 +26,11 @@ impl PostgresBackend {
         }
         let context = || {
             format!(
-                "claiming messages of {} for ordered group {}",
+                "claiming messages of {} for {what} {}",
                 group.stream, group.group
             )
         };
-        let rows = sqlx::query(&self.sql.claim_ordered)
+        let rows = sqlx::query(sql)
             .bind(group.stream)
             .bind(group.group)
             .bind(group.consumer)
@@ -35,12 +40,23 @@ impl PostgresBackend {
             .await
             .map_err(|e| self.error(context(), e))?;
         let stream: Arc<str> = Arc::from(group.stream);
-        let mut claimed = rows
-            .iter()
+        rows.iter()
             .map(|row| {
                 claimed_from_row(&stream, row).map_err(|e| Error::backend(NAME, context(), e))
             })
-            .collect::<Result<Vec<_>>>()?;
+            .collect()
+    }
+
+    pub(super) async fn claim_by_key(
+        &self,
+        group: GroupRef<'_>,
+        max: usize,
+        visibility: Duration,
+    ) -> Result<Vec<Claimed>> {
+        let sql = &self.sql.claim_ordered;
+        let mut claimed = self
+            .run_claim(sql, "ordered group", group, max, visibility)
+            .await?;
         // Each pass of the function returns its rows in id order; passes may interleave.
         claimed.sort_unstable_by_key(|c| c.message.id.as_str().parse::<i64>().unwrap_or(0));
         Ok(claimed)
