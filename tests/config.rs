@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use stream_runtime::config::{Config, ConsumerSettings, DEFAULT_BACKEND, REFERENCE};
 use stream_runtime::registry::Attributes;
-use stream_runtime::{MaxRetries, RetryDelay, StartPosition};
+use stream_runtime::{MaxRetries, Order, RetryDelay, StartPosition};
 use stream_tests::{temp_dir, Logs};
 
 fn write_config(test: &str, text: &str) -> PathBuf {
@@ -64,6 +64,7 @@ fn reference_file_parses_and_matches_the_built_in_defaults() {
         app,
         namespace,
         heartbeat,
+        ordered,
         ..
     } = example.clone();
     assert!(enabled.is_some() && max_retries.is_some() && concurrency.is_some());
@@ -71,6 +72,7 @@ fn reference_file_parses_and_matches_the_built_in_defaults() {
     assert!(shutdown_timeout.is_some() && retry_delay.is_some() && start.is_some());
     assert!(dead_letter.is_some() && app.is_some() && namespace.is_some());
     assert!(heartbeat.is_some());
+    assert_eq!(ordered, Some(Order::Key));
 }
 
 #[test]
@@ -653,4 +655,37 @@ fn retry_delay_from_the_attribute_is_between_defaults_and_the_consumer_table() {
     );
     let builtin = Config::default().resolve("ship", &Attributes::NONE).options;
     assert_eq!(builtin.retry_delay, RetryDelay::VisibilityTimeout);
+}
+
+#[test]
+fn ordered_from_attribute_file_and_environment_in_precedence() {
+    let path = write_config(
+        "ordered-precedence",
+        "[defaults]\nordered = \"key\"\n[consumers.bill]\nordered = \"none\"\n",
+    );
+    let config = load(&path, &NO_ENV).expect("valid config");
+    let ordered = |config: &Config, name: &str, attrs: &Attributes| {
+        config.resolve(name, attrs).options.ordered
+    };
+    let mut none = Attributes::NONE;
+    none.ordered = Some(Order::None);
+    // [consumers.bill] > attribute > [defaults] > built-in.
+    assert_eq!(ordered(&config, "bill", &Attributes::NONE), Order::None);
+    assert_eq!(ordered(&config, "ship", &none), Order::None);
+    assert_eq!(ordered(&config, "ship", &Attributes::NONE), Order::Key);
+    let builtin = Config::default().resolve("ship", &Attributes::NONE).options;
+    assert_eq!(builtin.ordered, Order::None);
+    let mut key = Attributes::NONE;
+    key.ordered = Some(Order::Key);
+    assert_eq!(ordered(&Config::default(), "ship", &key), Order::Key);
+    // The environment replaces the file's value at the same key.
+    let env = load(&path, &[("STREAMS_CONSUMERS__BILL__ORDERED", "key")]).expect("valid");
+    assert_eq!(ordered(&env, "bill", &Attributes::NONE), Order::Key);
+    // A bad value names the key, the file and what is expected.
+    let bad = write_config("ordered-bad", "[consumers.bill]\nordered = \"partition\"\n");
+    let e = load(&bad, &NO_ENV)
+        .expect_err("unknown ordering")
+        .to_string();
+    assert!(e.contains("ordered") && e.contains("\"key\""), "{e}");
+    assert!(e.contains("Streams.toml"), "{e}");
 }

@@ -123,15 +123,19 @@ pub enum Workload {
     /// Consume a backlog with a transactional handler, beside the plain handler (SQLite and
     /// Postgres only).
     Tx,
+    /// Consume a backlog over 100 keys by a group ordered by key, beside the same backlog
+    /// unordered (in the raw column).
+    Ordered,
 }
 
 impl Workload {
-    pub const ALL: [Workload; 5] = [
+    pub const ALL: [Workload; 6] = [
         Workload::Publish,
         Workload::Batch,
         Workload::Consume,
         Workload::E2e,
         Workload::Tx,
+        Workload::Ordered,
     ];
 }
 

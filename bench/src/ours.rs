@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use stream_runtime::{NewMessage, PublishOptions, Service, StartPosition, SubscribeOptions};
+use stream_runtime::{NewMessage, Order, PublishOptions, Service, StartPosition, SubscribeOptions};
 use tokio::sync::Notify;
 
 use crate::{paced, BoxError};
@@ -59,6 +59,24 @@ pub async fn publish_batch(
     Ok(start.elapsed())
 }
 
+/// Fills `stream` with `n` messages over `keys` ordering keys, round robin (not timed).
+pub async fn prefill_keyed(
+    service: &Service,
+    stream: &str,
+    n: usize,
+    keys: usize,
+    payload: &[u8],
+) -> Result<(), BoxError> {
+    for start in (0..n).step_by(500) {
+        let batch = (start..(start + 500).min(n))
+            .map(|i| NewMessage::new(payload.to_vec()).key(format!("k{}", i % keys)));
+        service
+            .publish_batch(stream, batch, PublishOptions::new())
+            .await?;
+    }
+    Ok(())
+}
+
 /// Fills `stream` with `n` messages (not timed).
 pub async fn prefill(
     service: &Service,
@@ -81,10 +99,20 @@ pub async fn consume(
     concurrency: usize,
     cap: Duration,
 ) -> Result<(usize, Duration), BoxError> {
-    consume_with(service, stream, group, (n, concurrency), cap, false).await
+    consume_with(
+        service,
+        stream,
+        group,
+        (n, concurrency),
+        cap,
+        false,
+        Order::None,
+    )
+    .await
 }
 
-/// [`consume`] of `(n, concurrency)`, with the lease heartbeat on or off.
+/// [`consume`] of `(n, concurrency)`, with the lease heartbeat on or off, by a group ordered
+/// by `order`.
 pub async fn consume_with(
     service: &Service,
     stream: &str,
@@ -92,6 +120,7 @@ pub async fn consume_with(
     (n, concurrency): (usize, usize),
     cap: Duration,
     heartbeat: bool,
+    order: Order,
 ) -> Result<(usize, Duration), BoxError> {
     let handled = Arc::new(AtomicUsize::new(0));
     let all = Arc::new(Notify::new());
@@ -111,7 +140,8 @@ pub async fn consume_with(
                 .start(StartPosition::Earliest)
                 .concurrency(concurrency)
                 .poll_interval(POLL_INTERVAL)
-                .heartbeat(heartbeat),
+                .heartbeat(heartbeat)
+                .ordered(order),
         )
         .await?;
     let finished = tokio::time::timeout(cap, all.notified()).await;

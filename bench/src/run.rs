@@ -13,6 +13,8 @@ use crate::{counting, ours, BoxError, Kind, PAYLOAD};
 const UNAVAILABLE: &str = "backend unavailable";
 /// Batch size of the batched publish.
 const BATCH: usize = 100;
+/// Keys of the ordered-consume workload's messages.
+const ORDERED_KEYS: usize = 100;
 /// Concurrency of the consumer in the latency workload.
 const E2E_CONCURRENCY: usize = 8;
 
@@ -368,6 +370,7 @@ pub async fn run_backend(
                                 (backlog, concurrency),
                                 plan.cap,
                                 plan.heartbeat,
+                                stream_runtime::Order::None,
                             )
                             .await
                         }
@@ -450,6 +453,53 @@ pub async fn run_backend(
                     format!("tx_consume_backlog{backlog}_c{concurrency}"),
                     format!(
                         "transactional handler (raw = plain handler), {}k backlog, concurrency {concurrency}{}",
+                        backlog / 1000,
+                        if capped { " †" } else { "" }
+                    ),
+                    backlog,
+                    Some(concurrency),
+                    Some(concurrency),
+                    reps,
+                    c,
+                ));
+            }
+        }
+    }
+
+    // A group ordered by key, beside the same keyed backlog unordered in the raw column.
+    if plan.wants(Workload::Ordered) {
+        if let Some(service) = &service {
+            let backlog = plan.backlogs.first().copied().unwrap_or(1_000);
+            let stream = format!("ordered-backlog-{backlog}");
+            ours::prefill_keyed(service, &stream, backlog, ORDERED_KEYS, &payload).await?;
+            for &concurrency in &plan.concurrencies {
+                let mut c = Collected::new();
+                let mut reps = Reps::new(plan);
+                while let Some(rep) = reps.next() {
+                    for (label, order, raw) in [
+                        ("ordered", stream_runtime::Order::Key, false),
+                        ("unordered", stream_runtime::Order::None, true),
+                    ] {
+                        let measured = ours::consume_with(
+                            service,
+                            &stream,
+                            &format!("{label}{concurrency}-r{rep}"),
+                            (backlog, concurrency),
+                            plan.cap,
+                            false,
+                            order,
+                        )
+                        .await;
+                        c.push_counted(label, measured, raw);
+                    }
+                }
+                let reps = reps.done;
+                let capped = c.fewest.is_some_and(|f| f < backlog);
+                emit(row(
+                    format!("ordered_consume_backlog{backlog}_c{concurrency}"),
+                    format!(
+                        "consume ordered by key, {ORDERED_KEYS} keys (raw = unordered), {}k \
+                         backlog, concurrency {concurrency}{}",
                         backlog / 1000,
                         if capped { " †" } else { "" }
                     ),

@@ -10,6 +10,7 @@ pub use inventory;
 pub use crate::codec::Payload;
 pub use crate::engine::{handler_fn, Handler};
 pub use crate::error::{Error, HandlerError, Result};
+pub use crate::key_order::Order;
 pub use crate::message::Message;
 pub use crate::options::{MaxRetries, RetryDelay};
 pub use crate::publisher::Publisher;
@@ -162,6 +163,11 @@ impl Attributes {
     #[doc(hidden)]
     pub const fn __heartbeat(mut self, value: bool) -> Self {
         self.heartbeat = Some(value);
+        self
+    }
+    #[doc(hidden)]
+    pub const fn __ordered(mut self, value: crate::key_order::Order) -> Self {
+        self.ordered = Some(value);
         self
     }
 }

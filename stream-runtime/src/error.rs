@@ -196,6 +196,18 @@ pub enum Error {
     /// The application's own future (given to `Runtime::run_until`) failed.
     #[error("application failed: {0}")]
     Application(#[source] BoxError),
+
+    /// A subscription ordered by key ([`Order::Key`](crate::Order::Key)) on a backend that
+    /// cannot keep that order.
+    #[error(
+        "the {backend} backend cannot order a group by key; ordered consumers run on the \
+         {} backends: subscribe without `ordered` here, or use one of those",
+        crate::key_order::ORDERED_BACKENDS
+    )]
+    OrderingUnsupported {
+        /// This service's backend.
+        backend: &'static str,
+    },
 }
 
 impl Error {

@@ -206,6 +206,7 @@ pub mod config;
 pub mod engine;
 mod error;
 mod http;
+pub mod key_order;
 mod message;
 pub mod middleware;
 mod naming;
@@ -230,6 +231,7 @@ pub use codec::{Payload, Raw};
 pub use engine::delay::DELIVER_AT_HEADER;
 pub use engine::{dead_letter_headers, handler_fn, CloseReport, Handler};
 pub use error::{BoxError, Error, HandlerError, Result};
+pub use key_order::{Order, KEY_HEADER};
 pub use message::{Bytes, Headers, Message, MessageId, NewMessage};
 pub use middleware::{Middleware, Next};
 pub use naming::{
@@ -302,6 +304,7 @@ pub use transaction::{DatabaseTx, TransactionPool, TxConnection};
 /// | `app`, `namespace` | override the service's | the service's |
 /// | `name` | the consumer's unique name, which keys `Streams.toml` overrides | the function's name |
 /// | `crate` | path to this crate, when it is re-exported under another name | `"::stream_runtime"` |
+/// | `ordered` | `"key"`: the messages sharing a key ([`PublishOptions::key`]) are handled one at a time, in stream order, across every process of the group ([`key_order`]); `"none"` | `"none"` |
 ///
 /// At deploy time, `[consumers.<name>]` in `Streams.toml` (or its
 /// `STREAMS_CONSUMERS__<NAME>__<KEY>` variable) overrides these settings for this consumer;

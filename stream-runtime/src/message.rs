@@ -174,6 +174,12 @@ impl Message {
         self.headers.get(name).map(String::as_str)
     }
 
+    /// The ordering key it was published with
+    /// ([`PublishOptions::key`](crate::PublishOptions::key)), if any.
+    pub fn key(&self) -> Option<&str> {
+        self.header(crate::key_order::KEY_HEADER)
+    }
+
     /// Decodes the payload as JSON.
     pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
         serde_json::from_slice(&self.payload)
@@ -207,6 +213,12 @@ impl NewMessage {
     pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.headers.insert(name.into(), value.into());
         self
+    }
+
+    /// Sets the ordering key (the [`KEY_HEADER`](crate::KEY_HEADER) header): a group
+    /// ordered by key handles the messages sharing it one at a time, in stream order.
+    pub fn key(self, key: impl Into<String>) -> Self {
+        self.header(crate::key_order::KEY_HEADER, key)
     }
 }
 

@@ -203,6 +203,8 @@ pub struct PublishOptions {
     /// When the message becomes deliverable (`None`: at once). The message is appended at
     /// once (it has its id and is durable) but no group hands it to a handler before then.
     pub deliver: Option<DeliverAt>,
+    /// The ordering key of the published messages (see [`PublishOptions::key`]).
+    pub key: Option<String>,
 }
 
 /// When a published message becomes deliverable ([`PublishOptions::deliver_after`],
@@ -290,6 +292,15 @@ impl PublishOptions {
     /// Delays delivery until `at` (a time in the past delivers at once).
     pub fn deliver_at(mut self, at: SystemTime) -> Self {
         self.deliver = Some(DeliverAt::At(at));
+        self
+    }
+
+    /// Gives the published messages an ordering key, e.g. `"order-42"` (stored in the
+    /// [`KEY_HEADER`](crate::KEY_HEADER) header; a message of a batch that already has a
+    /// key keeps its own). A group ordered by key ([`SubscribeOptions::ordered`]) handles
+    /// the messages sharing a key one at a time and in stream order.
+    pub fn key(mut self, key: impl Into<String>) -> Self {
+        self.key = Some(key.into());
         self
     }
 }
@@ -407,6 +418,10 @@ pub struct SubscribeOptions {
     /// runs longer than the visibility timeout keeps its message (default false). See
     /// [`heartbeat`](Self::heartbeat).
     pub heartbeat: bool,
+    /// [`Order::Key`](crate::Order::Key): the messages sharing a key are handled one at a
+    /// time and in stream order, across every process of the group (default
+    /// [`Order::None`](crate::Order::None)). Every subscription of a group must agree.
+    pub ordered: crate::key_order::Order,
 }
 
 impl Default for SubscribeOptions {
@@ -426,6 +441,7 @@ impl Default for SubscribeOptions {
             transaction_isolation: None,
             transactional: None,
             heartbeat: false,
+            ordered: crate::key_order::Order::None,
         }
     }
 }
@@ -523,6 +539,13 @@ impl SubscribeOptions {
     /// [`SubscribeOptions::transaction_isolation`](Self#structfield.transaction_isolation)).
     pub fn transaction_isolation(mut self, level: Isolation) -> Self {
         self.transaction_isolation = Some(level);
+        self
+    }
+
+    /// Sets how the group orders its messages (see
+    /// [`SubscribeOptions::ordered`](Self#structfield.ordered)).
+    pub fn ordered(mut self, order: crate::key_order::Order) -> Self {
+        self.ordered = order;
         self
     }
 }

@@ -126,6 +126,8 @@ pub struct Attributes {
     pub transactional: Option<&'static str>,
     /// `heartbeat` (or `heartbeat = true|false`): extend the claims of running handlers.
     pub heartbeat: Option<bool>,
+    /// `ordered = "key"`: messages sharing a key one at a time, in stream order.
+    pub ordered: Option<crate::key_order::Order>,
 }
 
 impl Attributes {
@@ -143,6 +145,7 @@ impl Attributes {
         namespace: None,
         transactional: None,
         heartbeat: None,
+        ordered: None,
     };
 }
 

@@ -484,7 +484,7 @@ fn log_started(
     tracing::info!(
         "consumer {} started: stream {}, group {}, payload {}, concurrency {}, max_retries {}, \
          visibility_timeout {}, poll_interval {}, shutdown_timeout {}, retry_delay {}, \
-         start {} (if the group is new), dead_letter {} ({}){}",
+         start {} (if the group is new), dead_letter {}, ordered {} ({}){}",
         def.name,
         consumer.stream(),
         consumer.group(),
@@ -497,6 +497,7 @@ fn log_started(
         options.retry_delay,
         options.start,
         dead_letter,
+        options.ordered,
         def.location,
         if options.heartbeat {
             ", heartbeat on"

@@ -260,6 +260,11 @@ impl Service {
                         at.clone(),
                     );
                 }
+                if let Some(key) = &options.key {
+                    m.headers
+                        .entry(crate::key_order::KEY_HEADER.to_owned())
+                        .or_insert_with(|| key.clone());
+                }
                 Ok(m)
             })
             .collect::<Result<Vec<_>>>()?;
@@ -611,6 +616,11 @@ impl Service {
                 ),
             ));
         }
+        if options.ordered.is_key() && !self.inner.backend.key_order_supported() {
+            return Err(Error::OrderingUnsupported {
+                backend: self.inner.backend.name(),
+            });
+        }
         if let Some(database) = options.transactional {
             crate::backend::check_database(
                 &*self.inner.backend,
@@ -648,6 +658,7 @@ impl Service {
             transactional: options.transactional.is_some(),
             span_level: self.inner.config.span_level,
             heartbeat: options.heartbeat,
+            ordered: options.ordered.is_key(),
         });
         let consumer = Consumer {
             inner: Arc::new(ConsumerInner {

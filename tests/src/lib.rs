@@ -235,7 +235,7 @@ pub mod pg {
     /// The schema the Postgres tests share; every case uses its own random app name.
     /// Named after the latest migration: a build refuses a schema newer than it knows, so
     /// branches still at an older version keep their own schema on the shared test server.
-    pub const SCHEMA: &str = "stream_tests_v5";
+    pub const SCHEMA: &str = "stream_tests_v6";
 
     /// The URL with an `application_name`, so a fault test kills only its own connections.
     pub fn url_with_app_name(app_name: &str) -> String {

@@ -30,6 +30,7 @@ const KEYS: &[&str] = &[
     "transactional",
     "crate",
     "heartbeat",
+    "ordered",
 ];
 
 /// `max_retries` as given.
@@ -60,6 +61,8 @@ pub struct Args {
     pub transactional: bool,
     /// `heartbeat` / `heartbeat = true|false`: extend the claims of running handlers.
     pub heartbeat: Option<bool>,
+    /// `ordered = "key"`: `Some(true)`; `ordered = "none"`: `Some(false)`.
+    pub ordered: Option<bool>,
 }
 
 /// One value per key, with the span of the key that set it (to report duplicates).
@@ -84,6 +87,7 @@ struct Builder {
     namespace: Option<String>,
     transactional: bool,
     heartbeat: Option<bool>,
+    ordered: Option<bool>,
 }
 
 /// Parses and checks the arguments; `None` when any of them is wrong (reported in `errors`).
@@ -146,6 +150,7 @@ pub fn parse(
         namespace: builder.namespace,
         transactional: builder.transactional,
         heartbeat: builder.heartbeat,
+        ordered: builder.ordered,
     })
 }
 
@@ -167,6 +172,14 @@ impl Builder {
                 }
                 self.seen.push(("retry_delay", list.path.span()));
                 self.retry_delay = exponential(&list, errors);
+                return;
+            }
+            Meta::Path(path) if path_key(&path) == "ordered" => {
+                errors.spanned(
+                    &path,
+                    "`ordered` takes a value: write `ordered = \"key\"` (messages sharing a \
+                     key one at a time, in stream order)",
+                );
                 return;
             }
             // A flag, given alone.
@@ -242,6 +255,7 @@ impl Builder {
             "start" => self.start = start(value, errors),
             "crate" => self.krate = krate(value, errors),
             "heartbeat" => self.heartbeat = flag(key, value, errors),
+            "ordered" => self.ordered = ordered(value, errors),
             "transactional" => errors.spanned(
                 &nv,
                 "`transactional` is a flag: write `transactional` alone, without a value",
@@ -504,6 +518,25 @@ fn krate(value: &Expr, errors: &mut Errors) -> Option<syn::Path> {
             errors.spanned(
                 other,
                 "`crate` takes a path to stream_runtime, e.g. crate = \"::my_reexport::stream_runtime\"",
+            );
+            None
+        }
+    }
+}
+
+/// `ordered = "key"` (or `"none"`).
+fn ordered(value: &Expr, errors: &mut Errors) -> Option<bool> {
+    let lit = lit_str("ordered", value, errors)?;
+    match lit.value().as_str() {
+        "key" => Some(true),
+        "none" => Some(false),
+        other => {
+            errors.spanned(
+                lit,
+                format!(
+                    "unknown ordering {other:?}: write `ordered = \"key\"` (messages sharing a \
+                     key one at a time, in stream order) or `ordered = \"none\"`"
+                ),
             );
             None
         }

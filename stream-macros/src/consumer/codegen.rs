@@ -171,6 +171,13 @@ fn attributes(args: &Args, tx_type: Option<&syn::Type>) -> TokenStream {
     set("app", args.app.as_ref().map(text));
     set("namespace", args.namespace.as_ref().map(text));
     set("heartbeat", args.heartbeat.map(|on| quote!(#on)));
+    set(
+        "ordered",
+        args.ordered.map(|key| match key {
+            true => quote!(__sr::Order::Key),
+            false => quote!(__sr::Order::None),
+        }),
+    );
     if let Some(tx) = tx_type {
         let database = quote_spanned!(span_of(tx)=> __sr::tx_database::<#tx>());
         out = quote!(#out.__transactional(#database));

@@ -2,6 +2,7 @@
 //! single-process development. Nothing survives the process.
 
 mod admin;
+mod ordered;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -544,5 +545,18 @@ impl Backend for MemoryBackend {
         self.closed.close();
         self.wakeups.notify_all();
         Box::pin(async { Ok(()) })
+    }
+
+    fn key_order_supported(&self) -> bool {
+        true
+    }
+
+    fn claim_ordered<'a>(
+        &'a self,
+        group: GroupRef<'a>,
+        max: usize,
+        visibility: Duration,
+    ) -> BoxFuture<'a, Result<Vec<Claimed>>> {
+        Box::pin(async move { self.claim_by_key(group, max, visibility) })
     }
 }

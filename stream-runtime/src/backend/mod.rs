@@ -200,6 +200,61 @@ pub trait Backend: BackendAdmin + Send + Sync + 'static {
     fn sql(&self) -> Option<SqlBackend<'_>> {
         None
     }
+
+    /// Whether this backend keeps groups ordered by key ([`claim_ordered`](Self::claim_ordered)
+    /// and the `_ordered` settling calls). `false` by default: subscribing with
+    /// [`Order::Key`](crate::Order::Key) then fails with
+    /// [`Error::OrderingUnsupported`](crate::Error::OrderingUnsupported). A backend
+    /// wrapping another one returns the inner one's (and hands the `_ordered` calls on).
+    fn key_order_supported(&self) -> bool {
+        false
+    }
+
+    /// [`claim`](Self::claim) for a group ordered by key ([`crate::key_order`]): claims up to
+    /// `max` messages, in id order, each of which is the earliest pending message of its key
+    /// in the group (held, retrying or waiting), so two messages of one key are never held at
+    /// once and a retrying one holds its key back. Messages without a key are claimable as
+    /// in [`claim`](Self::claim). Messages past the cursor whose key is held are recorded as
+    /// pending entries that wait (no delivery counted) until they are the earliest of their
+    /// key. Atomic across every process of the group. Only called when
+    /// [`key_order_supported`](Self::key_order_supported).
+    fn claim_ordered<'a>(
+        &'a self,
+        group: GroupRef<'a>,
+        max: usize,
+        visibility: Duration,
+    ) -> BoxFuture<'a, Result<Vec<Claimed>>> {
+        let _ = (group, max, visibility);
+        Box::pin(async move {
+            Err(crate::Error::OrderingUnsupported {
+                backend: self.name(),
+            })
+        })
+    }
+
+    /// [`ack`](Self::ack) for a group ordered by key: releases each acked message's key, so
+    /// the next message of that key becomes claimable. The default is [`ack`](Self::ack), for
+    /// backends whose ordered claim finds the earliest pending message of a key by itself.
+    fn ack_ordered<'a>(
+        &'a self,
+        group: GroupRef<'a>,
+        claims: &'a [Claim],
+    ) -> BoxFuture<'a, Result<()>> {
+        self.ack(group, claims)
+    }
+
+    /// [`dead_letter`](Self::dead_letter) for a group ordered by key: also releases the
+    /// message's key. The default is [`dead_letter`](Self::dead_letter), as for
+    /// [`ack_ordered`](Self::ack_ordered).
+    fn dead_letter_ordered<'a>(
+        &'a self,
+        group: GroupRef<'a>,
+        claim: &'a Claim,
+        to: &'a str,
+        message: NewMessage,
+    ) -> BoxFuture<'a, Result<bool>> {
+        self.dead_letter(group, claim, to, message)
+    }
 }
 
 /// A backend whose streams live in a SQL database, so a caller's transaction on that

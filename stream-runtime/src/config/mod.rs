@@ -68,8 +68,8 @@ use duration::{
 use load::extract;
 pub use load::Loader;
 use values::{
-    de_concurrency, de_max_len, de_max_payload_bytes, de_max_retries, de_name, de_retry_delay,
-    de_start,
+    de_concurrency, de_max_len, de_max_payload_bytes, de_max_retries, de_name, de_ordered,
+    de_retry_delay, de_start,
 };
 
 /// The reference `Streams.toml`: every key, commented, with its default.
@@ -242,6 +242,10 @@ pub struct ConsumerSettings {
     pub namespace: Option<String>,
     /// Extend the claims of running handlers (lease heartbeat); default false.
     pub heartbeat: Option<bool>,
+    /// `"key"`: the messages sharing a key are handled one at a time, in stream order;
+    /// `"none"`: unordered (the default).
+    #[serde(default, deserialize_with = "de_ordered")]
+    pub ordered: Option<crate::key_order::Order>,
 }
 
 /// One consumer's settings after the precedence chain.
@@ -324,6 +328,7 @@ impl Config {
             transaction_isolation: None,
             transactional: attributes.transactional,
             heartbeat: pick!(heartbeat).unwrap_or(builtin.heartbeat),
+            ordered: pick!(ordered).unwrap_or(builtin.ordered),
         };
         let enabled = file
             .and_then(|f| f.enabled)

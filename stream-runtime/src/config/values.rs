@@ -153,3 +153,11 @@ pub(super) fn de_retry_delay<'de, D: Deserializer<'de>>(
     }
     d.deserialize_any(V).map(Some)
 }
+
+/// `ordered = "key"` or `"none"`.
+pub(super) fn de_ordered<'de, D: Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<crate::key_order::Order>, D::Error> {
+    let text = String::deserialize(d)?;
+    text.parse().map(Some).map_err(de::Error::custom)
+}

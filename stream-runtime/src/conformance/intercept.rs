@@ -146,6 +146,36 @@ pub trait Intercept: Send + Sync + 'static {
     fn close<'a>(&'a self, inner: &'a dyn Backend) -> BoxFuture<'a, Result<()>> {
         inner.close()
     }
+
+    fn claim_ordered<'a>(
+        &'a self,
+        inner: &'a dyn Backend,
+        group: GroupRef<'a>,
+        max: usize,
+        visibility: Duration,
+    ) -> BoxFuture<'a, Result<Vec<Claimed>>> {
+        inner.claim_ordered(group, max, visibility)
+    }
+
+    fn ack_ordered<'a>(
+        &'a self,
+        inner: &'a dyn Backend,
+        group: GroupRef<'a>,
+        claims: &'a [Claim],
+    ) -> BoxFuture<'a, Result<()>> {
+        inner.ack_ordered(group, claims)
+    }
+
+    fn dead_letter_ordered<'a>(
+        &'a self,
+        inner: &'a dyn Backend,
+        group: GroupRef<'a>,
+        claim: &'a Claim,
+        to: &'a str,
+        message: NewMessage,
+    ) -> BoxFuture<'a, Result<bool>> {
+        inner.dead_letter_ordered(group, claim, to, message)
+    }
 }
 
 /// `inner` with every call going through `hooks` (which the caller keeps a handle on).
@@ -257,6 +287,39 @@ impl<I: Intercept> Backend for Intercepted<I> {
 
     fn close(&self) -> BoxFuture<'_, Result<()>> {
         self.hooks.close(&*self.inner)
+    }
+
+    fn key_order_supported(&self) -> bool {
+        self.inner.key_order_supported()
+    }
+
+    fn claim_ordered<'a>(
+        &'a self,
+        group: GroupRef<'a>,
+        max: usize,
+        visibility: Duration,
+    ) -> BoxFuture<'a, Result<Vec<Claimed>>> {
+        self.hooks
+            .claim_ordered(&*self.inner, group, max, visibility)
+    }
+
+    fn ack_ordered<'a>(
+        &'a self,
+        group: GroupRef<'a>,
+        claims: &'a [Claim],
+    ) -> BoxFuture<'a, Result<()>> {
+        self.hooks.ack_ordered(&*self.inner, group, claims)
+    }
+
+    fn dead_letter_ordered<'a>(
+        &'a self,
+        group: GroupRef<'a>,
+        claim: &'a Claim,
+        to: &'a str,
+        message: NewMessage,
+    ) -> BoxFuture<'a, Result<bool>> {
+        self.hooks
+            .dead_letter_ordered(&*self.inner, group, claim, to, message)
     }
 }
 

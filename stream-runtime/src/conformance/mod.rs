@@ -25,6 +25,7 @@ pub mod fencing;
 pub mod groups;
 pub mod heartbeat;
 pub mod intercept;
+pub mod key_order;
 pub mod names;
 pub mod retries;
 pub mod shutdown;
@@ -110,6 +111,9 @@ macro_rules! __conformance_list {
                 heartbeat_long_handler_runs_once, heartbeat_handler_extends_its_own_claim;
             delayed: delayed_postpone_gives_back_the_attempt, delayed_publish_arrives_on_time,
                 delayed_message_survives_restart, delayed_deliver_at_in_the_past_is_at_once;
+            key_order: key_order_one_claim_per_key, key_order_retry_holds_its_key_only,
+                key_order_dead_letter_releases, key_order_crashed_claim_first,
+                key_order_end_to_end;
         }
     };
 }

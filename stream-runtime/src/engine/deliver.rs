@@ -245,6 +245,7 @@ mod tests {
                 transactional: false,
                 span_level: crate::SpanLevel::Info,
                 heartbeat: false,
+                ordered: false,
             };
             let d = retry_delay(&sub, attempt);
             assert!(

@@ -350,6 +350,15 @@ async fn claim(state: &Arc<SubscriptionState>, c: &mut Claimer) -> Round {
     // pool): the claim does not wait for them. They name messages this subscription holds,
     // which the claim cannot take.
     let claiming = async {
+        if state.sub.ordered {
+            // The acks release keys the claim should see free: sent first.
+            state.send_acks(&acks).await;
+            return state
+                .sub
+                .backend
+                .claim_ordered(state.group(), asked, state.sub.visibility_timeout)
+                .await;
+        }
         let (_, claimed) = tokio::join!(
             state.send_acks(&acks),
             state

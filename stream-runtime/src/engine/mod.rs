@@ -97,6 +97,9 @@ pub(crate) struct Subscription {
     pub span_level: crate::SpanLevel,
     /// Extend the claims of running handlers (see `lease`).
     pub heartbeat: bool,
+    /// The group is ordered by key: claims, acks and dead-letter moves go through the
+    /// backend's `_ordered` calls.
+    pub ordered: bool,
 }
 
 /// What a subscription's coordinator and workers share.
@@ -146,7 +149,12 @@ impl SubscriptionState {
     /// Sends acks, in batches of at most [`MAX_ACK_BATCH`].
     async fn send_acks(&self, acks: &[Claim]) {
         for chunk in acks.chunks(MAX_ACK_BATCH) {
-            if let Err(e) = self.sub.backend.ack(self.group(), chunk).await {
+            let acked = if self.sub.ordered {
+                self.sub.backend.ack_ordered(self.group(), chunk).await
+            } else {
+                self.sub.backend.ack(self.group(), chunk).await
+            };
+            if let Err(e) = acked {
                 tracing::warn!(
                     stream = %self.sub.stream, group = %self.sub.group, error = %e,
                     count = chunk.len(), "acknowledging failed; these messages will be redelivered"
@@ -201,6 +209,11 @@ impl SubscriptionState {
             let acks = self.take_acks_or_ask();
             if !acks.is_empty() {
                 self.send_acks(&acks).await;
+                if self.sub.ordered {
+                    // An ack releases its key: the next message of that key may be
+                    // claimable now.
+                    return true;
+                }
                 continue;
             }
             let due = self
@@ -210,7 +223,9 @@ impl SubscriptionState {
             tokio::select! {
                 biased;
                 _ = stop.wait_for(|s| *s) => return false,
-                _ = self.claimer_wake.notified() => {}
+                // A freed slot of an ordered group may have released a key (an ack sent
+                // inside a transaction, a dead-letter move).
+                _ = self.claimer_wake.notified() => if self.sub.ordered { return true },
                 _ = wakeup.changed() => return true,
                 _ = self.retry_scheduled.notified() => {}
                 _ = tokio::time::sleep_until(due) => return true,

@@ -32,12 +32,13 @@ pub(super) async fn dead_letter(
         payload: original.payload,
         headers,
     };
-    match state
-        .sub
-        .backend
-        .dead_letter(state.group(), claim, &state.sub.dead_letter, dead)
-        .await
-    {
+    let backend = &state.sub.backend;
+    let moved = if state.sub.ordered {
+        backend.dead_letter_ordered(state.group(), claim, &state.sub.dead_letter, dead)
+    } else {
+        backend.dead_letter(state.group(), claim, &state.sub.dead_letter, dead)
+    };
+    match moved.await {
         Ok(true) => tracing::warn!(
             stream = %state.sub.stream, group = %state.sub.group, id = %claim.id, attempts,
             dead_letter = %state.sub.dead_letter, "message moved to the dead-letter stream"

@@ -166,4 +166,23 @@ impl Backend for Recorder {
     fn close(&self) -> BoxFuture<'_, Result<()>> {
         self.memory.close()
     }
+
+    fn key_order_supported(&self) -> bool {
+        true
+    }
+
+    fn claim_ordered<'a>(
+        &'a self,
+        group: GroupRef<'a>,
+        max: usize,
+        visibility: Duration,
+    ) -> BoxFuture<'a, Result<Vec<Claimed>>> {
+        Box::pin(async move {
+            let claimed = self.memory.claim_ordered(group, max, visibility).await;
+            if claimed.as_ref().is_ok_and(|c| !c.is_empty()) {
+                self.journal.changed();
+            }
+            claimed
+        })
+    }
 }

@@ -33,6 +33,7 @@
 mod admin;
 mod js;
 pub mod names;
+mod ordered;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
@@ -106,6 +107,10 @@ pub(crate) struct GroupState {
     /// The last token handed out.
     pub last_token: u64,
     pub pending: BTreeMap<u64, Pending>,
+    /// A group ordered by key: the key of each keyed pending entry (entries settled since
+    /// are dropped by the next ordered claim). Empty, and not stored, otherwise.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub keys: BTreeMap<u64, String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -120,6 +125,37 @@ pub(crate) struct Pending {
 }
 
 impl GroupState {
+    /// Claims the `picked` messages (pending or new) until `deadline`: a new token each,
+    /// one more delivery.
+    fn take(
+        &mut self,
+        stream: &str,
+        picked: &[StoredMessage],
+        deadline: u64,
+        now: u64,
+    ) -> Vec<Claimed> {
+        let mut claimed = Vec::with_capacity(picked.len());
+        for m in picked {
+            self.last_token += 1;
+            let token = self.last_token;
+            let pending = self.pending.entry(m.seq).or_insert(Pending {
+                token: 0,
+                deadline,
+                deliveries: 0,
+                claimed_at: now,
+            });
+            pending.token = token;
+            pending.deadline = deadline;
+            pending.deliveries += 1;
+            pending.claimed_at = now;
+            claimed.push(Claimed {
+                message: NatsBackend::message(stream, m, pending.deliveries),
+                token: ClaimToken(token),
+            });
+        }
+        claimed
+    }
+
     fn held(&self, claim: &Claim) -> Option<u64> {
         let seq = claim.id.as_str().parse::<u64>().ok()?;
         self.pending
@@ -743,25 +779,7 @@ impl Backend for NatsBackend {
                 for seq in &gone {
                     state.pending.remove(seq);
                 }
-                let mut claimed = Vec::with_capacity(picked.len());
-                for m in &picked {
-                    state.last_token += 1;
-                    let token = state.last_token;
-                    let pending = state.pending.entry(m.seq).or_insert(Pending {
-                        token: 0,
-                        deadline,
-                        deliveries: 0,
-                        claimed_at: now,
-                    });
-                    pending.token = token;
-                    pending.deadline = deadline;
-                    pending.deliveries += 1;
-                    pending.claimed_at = now;
-                    claimed.push(Claimed {
-                        message: Self::message(group.stream, m, pending.deliveries),
-                        token: ClaimToken(token),
-                    });
-                }
+                let claimed = state.take(group.stream, &picked, deadline, now);
                 if self
                     .store(group.stream, group.group, &state, revision)
                     .await?
@@ -949,6 +967,19 @@ impl Backend for NatsBackend {
             }
             Ok(())
         })
+    }
+
+    fn key_order_supported(&self) -> bool {
+        true
+    }
+
+    fn claim_ordered<'a>(
+        &'a self,
+        group: GroupRef<'a>,
+        max: usize,
+        visibility: Duration,
+    ) -> BoxFuture<'a, Result<Vec<Claimed>>> {
+        Box::pin(self.claim_by_key(group, max, visibility))
     }
 }
 

@@ -20,6 +20,7 @@
 mod admin;
 mod connect;
 mod listen;
+mod ordered;
 mod schema;
 
 use std::sync::{Arc, Mutex, PoisonError};
@@ -83,6 +84,8 @@ struct Sql {
     extend: String,
     /// Makes a held claim claimable after a delay and gives its delivery back.
     postpone: String,
+    /// The claim of a group ordered by key (migrations/0005_key_order.sql).
+    claim_ordered: String,
 }
 
 impl Sql {
@@ -131,6 +134,12 @@ impl Sql {
                  WHERE st.name = $1 AND g.stream_id = st.stream_id AND g.name = $2 \
                  AND p.group_id = g.group_id AND p.msg_id = $3 AND p.token = $4 \
                  AND p.token <> 0"
+            ),
+            claim_ordered: format!(
+                "SELECT r_id, r_payload, r_headers::text AS r_headers, \
+                 (extract(epoch FROM r_created_at) * 1000000)::bigint AS r_created_us, \
+                 r_deliveries, r_token \
+                 FROM {s}.claim_ordered($1, $2, $3, $4, $5 * interval '1 microsecond')"
             ),
         }
     }
@@ -508,33 +517,7 @@ impl Backend for PostgresBackend {
         max: usize,
         visibility: Duration,
     ) -> BoxFuture<'a, Result<Vec<Claimed>>> {
-        Box::pin(async move {
-            self.closed.check()?;
-            if max == 0 {
-                return Ok(Vec::new());
-            }
-            let context = || {
-                format!(
-                    "claiming messages of {} for group {}",
-                    group.stream, group.group
-                )
-            };
-            let rows = sqlx::query(&self.sql.claim)
-                .bind(group.stream)
-                .bind(group.group)
-                .bind(group.consumer)
-                .bind(i32::try_from(max).unwrap_or(i32::MAX))
-                .bind(micros(visibility))
-                .fetch_all(&self.pool)
-                .await
-                .map_err(|e| self.error(context(), e))?;
-            let stream: Arc<str> = Arc::from(group.stream);
-            rows.iter()
-                .map(|row| {
-                    claimed_from_row(&stream, row).map_err(|e| Error::backend(NAME, context(), e))
-                })
-                .collect()
-        })
+        Box::pin(self.run_claim(&self.sql.claim, "group", group, max, visibility))
     }
 
     fn ack<'a>(&'a self, group: GroupRef<'a>, claims: &'a [Claim]) -> BoxFuture<'a, Result<()>> {
@@ -725,6 +708,19 @@ impl Backend for PostgresBackend {
 
     fn sql(&self) -> Option<super::SqlBackend<'_>> {
         Some(super::SqlBackend::Postgres(self))
+    }
+
+    fn key_order_supported(&self) -> bool {
+        true
+    }
+
+    fn claim_ordered<'a>(
+        &'a self,
+        group: GroupRef<'a>,
+        max: usize,
+        visibility: Duration,
+    ) -> BoxFuture<'a, Result<Vec<Claimed>>> {
+        Box::pin(self.claim_by_key(group, max, visibility))
     }
 
     fn close(&self) -> BoxFuture<'_, Result<()>> {

@@ -14,6 +14,7 @@ pub const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0003_release_gives_back.sql"),
     include_str!("migrations/0004_claimed_at.sql"),
     include_str!("migrations/0005_no_fk_checks.sql"),
+    include_str!("migrations/0006_key_order.sql"),
 ];
 
 /// `"name"` with embedded quotes doubled: a safe SQL identifier.

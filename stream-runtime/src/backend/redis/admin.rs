@@ -5,6 +5,7 @@
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, SystemTime};
 
+use super::ordered::LEAVE;
 use ::redis::Value;
 
 use super::{
@@ -109,6 +110,9 @@ local function remove(stream, id)
     redis.call('XACK', stream, name, id)
     redis.call('ZREM', stream .. ':retry:' .. name, id)
     redis.call('ZREM', stream .. ':deadlines:' .. name, id)
+    -- A group ordered by key: the entry leaves its key's queue.
+    leave(stream .. ':keys:' .. name, stream .. ':keyof:' .. name, stream .. ':retry:' .. name,
+      id, now_ms())
   end
   return true
 end
@@ -118,7 +122,7 @@ end
 /// that follow; returns the new id, or nil when KEYS[1] does not hold it.
 static MOVE: LazyLock<::redis::Script> = LazyLock::new(|| {
     ::redis::Script::new(&format!(
-        "{REMOVE}
+        "{LEAVE}{REMOVE}
 if redis.call('TYPE', KEYS[1]).ok ~= 'stream' or not remove(KEYS[1], ARGV[1]) then
   return false
 end
@@ -132,7 +136,7 @@ return redis.call(unpack(args))
 /// Deletes entries ARGV of KEYS[1]; returns the ids of those it held.
 static DELETE: LazyLock<::redis::Script> = LazyLock::new(|| {
     ::redis::Script::new(&format!(
-        "{REMOVE}
+        "{LEAVE}{REMOVE}
 if redis.call('TYPE', KEYS[1]).ok ~= 'stream' then return {{}} end
 local deleted = {{}}
 for _, id in ipairs(ARGV) do

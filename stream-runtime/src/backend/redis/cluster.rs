@@ -288,6 +288,7 @@ impl RedisBackend {
         claim: &Claim,
         to: &str,
         message: NewMessage,
+        ordered: bool,
     ) -> Result<bool> {
         let what = || format!("moving {} of {} to {to}", claim.id, group.stream);
         let mut lease = LEASE.prepare_invoke();
@@ -314,17 +315,22 @@ impl RedisBackend {
         let _dead_id: String = self.run_settling(&write, what).await?;
         self.wakeups.notify(to);
         self.stop_here(step::WRITTEN, &what())?;
-        let mut ack = self.scripts.ack.prepare_invoke();
-        ack.key(stream_key(group.stream))
-            .key(deadlines_key(group.stream, group.group))
-            .arg(group.group)
-            .arg(group.consumer)
-            // The batch's id range: the one id.
-            .arg(claim.id.as_str())
-            .arg(claim.id.as_str())
-            .arg(claim.id.as_str())
-            .arg(claim.token.0);
-        let acked: u64 = self.run_settling(&ack, what).await?;
+        let acked: u64 = if ordered {
+            let ack = super::ordered::ack_invocation(group, std::slice::from_ref(claim));
+            self.run_settling(&ack, what).await?
+        } else {
+            let mut ack = self.scripts.ack.prepare_invoke();
+            ack.key(stream_key(group.stream))
+                .key(deadlines_key(group.stream, group.group))
+                .arg(group.group)
+                .arg(group.consumer)
+                // The batch's id range: the one id.
+                .arg(claim.id.as_str())
+                .arg(claim.id.as_str())
+                .arg(claim.id.as_str())
+                .arg(claim.token.0);
+            self.run_settling(&ack, what).await?
+        };
         self.stop_here(step::REMOVED, &what())?;
         if acked == 0 {
             // Its next owner finds the marker, so it does not write the dead letter again.

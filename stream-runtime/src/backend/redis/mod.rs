@@ -47,6 +47,7 @@ mod conn;
 mod consumers;
 mod entries;
 mod keys;
+mod ordered;
 mod scripts;
 mod watch;
 
@@ -773,7 +774,7 @@ impl Backend for RedisBackend {
             self.closed.check()?;
             if self.is_cluster() {
                 return self
-                    .dead_letter_across_slots(group, claim, to, message)
+                    .dead_letter_across_slots(group, claim, to, message, false)
                     .await;
             }
             let mut invocation = self.scripts.dead_letter.prepare_invoke();
@@ -915,6 +916,37 @@ impl Backend for RedisBackend {
             self.wakeups.notify_all();
             Ok(())
         })
+    }
+
+    fn key_order_supported(&self) -> bool {
+        true
+    }
+
+    fn claim_ordered<'a>(
+        &'a self,
+        group: GroupRef<'a>,
+        max: usize,
+        visibility: Duration,
+    ) -> BoxFuture<'a, Result<Vec<Claimed>>> {
+        Box::pin(self.claim_by_key(group, max, visibility))
+    }
+
+    fn ack_ordered<'a>(
+        &'a self,
+        group: GroupRef<'a>,
+        claims: &'a [Claim],
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(self.ack_by_key(group, claims))
+    }
+
+    fn dead_letter_ordered<'a>(
+        &'a self,
+        group: GroupRef<'a>,
+        claim: &'a Claim,
+        to: &'a str,
+        message: NewMessage,
+    ) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(self.dead_letter_by_key(group, claim, to, message))
     }
 }
 

@@ -136,7 +136,7 @@ impl SqliteBackend {
 
     /// Whether a claim could find anything: an expired pending entry or a message past the
     /// cursor. A plain read, so idle consumers never take the write lock.
-    async fn has_work(&self, group: GroupRef<'_>, now: i64, what: &str) -> Result<bool> {
+    pub(super) async fn has_work(&self, group: GroupRef<'_>, now: i64, what: &str) -> Result<bool> {
         self.closed.check()?;
         sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM stream_pending

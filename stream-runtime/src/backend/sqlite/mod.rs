@@ -29,6 +29,7 @@
 mod admin;
 mod append;
 mod claim;
+mod ordered;
 mod schema;
 mod settle;
 mod tx;
@@ -404,6 +405,19 @@ impl Backend for SqliteBackend {
 
     fn sql(&self) -> Option<super::SqlBackend<'_>> {
         Some(super::SqlBackend::Sqlite(self))
+    }
+
+    fn key_order_supported(&self) -> bool {
+        true
+    }
+
+    fn claim_ordered<'a>(
+        &'a self,
+        group: GroupRef<'a>,
+        max: usize,
+        visibility: Duration,
+    ) -> BoxFuture<'a, Result<Vec<Claimed>>> {
+        Box::pin(self.claim_by_key(group, max, visibility))
     }
 
     fn close(&self) -> BoxFuture<'_, Result<()>> {

@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 pub const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_initial.sql"),
     include_str!("migrations/0002_claimed_at.sql"),
+    include_str!("migrations/0003_key_order.sql"),
 ];
 
 impl SqliteBackend {
