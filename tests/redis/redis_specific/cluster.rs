@@ -132,3 +132,158 @@ async fn cluster_slot_resharded_under_load_loses_nothing() {
     assert!(moved, "the slot moved to the other primary");
     svc.close().await.expect("close");
 }
+
+/// `field:N` of `INFO replication` on node `port`.
+fn replication_offset(cluster: &ThrowawayCluster, port: u16, field: &str) -> Option<u64> {
+    cluster
+        .cli(port, &["info", "replication"])
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|n| n.trim().parse().ok())
+}
+
+/// The primary serving the stream's slot is killed outright (SIGKILL, no `CLUSTER
+/// FAILOVER`) while its claims are in flight; the cluster promotes its replica by itself
+/// (node timeout 2 s). Every message is handled (the backlog was on the replica before the
+/// kill: Redis replicates asynchronously, so a write acknowledged in the last instant before
+/// a primary dies can be lost, which is Redis's own guarantee), publishing goes on on the new
+/// primary, and every claim ends settled there: claims and acks the replica had not seen come
+/// back as redeliveries, never as losses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_primary_killed_with_claims_in_flight_loses_nothing() {
+    let cluster = match tokio::task::spawn_blocking(ThrowawayCluster::start).await {
+        Ok(Ok(cluster)) => cluster,
+        Ok(Err(e)) => {
+            let _: Option<()> = stream_tests::skip_or_fail("redis cluster", &e);
+            return;
+        }
+        Err(e) => panic!("starting the cluster: {e}"),
+    };
+    let backend: SharedBackend = Arc::new(
+        RedisBackend::connect(&cluster.url())
+            .await
+            .expect("connect to the cluster"),
+    );
+    let svc = service(backend);
+    let key = stream_key(&svc.stream_name("killed").expect("name"));
+    let (primary, replicas) = cluster.serving(&key).expect("the slot's nodes");
+    let replica = *replicas.first().expect("the primary has a replica");
+    let pid = cluster.pid(primary).expect("the primary's pid");
+
+    let backlog = 400;
+    svc.publish_batch(
+        "killed",
+        (0..backlog).map(|i| format!("b{i}")),
+        PublishOptions::new(),
+    )
+    .await
+    .expect("publish the backlog");
+    let replicated = eventually(Duration::from_secs(10), || {
+        let primary_at = replication_offset(&cluster, primary, "master_repl_offset");
+        let replica_at = replication_offset(&cluster, replica, "slave_repl_offset");
+        std::future::ready(primary_at.is_some() && primary_at == replica_at)
+    })
+    .await;
+    assert!(replicated, "the replica did not catch up with the backlog");
+
+    let handled = Arc::new(Mutex::new(HashSet::<String>::new()));
+    let handler = {
+        let handled = handled.clone();
+        move |m: Message| {
+            let handled = handled.clone();
+            async move {
+                // Some work, so claims are in flight when the primary dies.
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                handled
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(String::from_utf8_lossy(&m.payload).into_owned());
+                Ok(())
+            }
+        }
+    };
+    svc.subscribe(
+        "killed",
+        "g",
+        handler,
+        fast()
+            .start(StartPosition::Earliest)
+            .concurrency(4)
+            .visibility_timeout(Duration::from_secs(1))
+            .poll_interval(Duration::from_millis(50)),
+    )
+    .await
+    .expect("subscribe");
+    let count = || handled.lock().unwrap_or_else(PoisonError::into_inner).len();
+    wait_for("the first hundred messages", || count() >= 100).await;
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success(), "kill -9 {pid} failed");
+    assert!(
+        count() < backlog,
+        "the backlog was drained before the kill; nothing was in flight"
+    );
+    let promoted = eventually(Duration::from_secs(30), || {
+        std::future::ready(
+            cluster
+                .cli(replica, &["role"])
+                .is_ok_and(|r| r.starts_with("master")),
+        )
+    })
+    .await;
+    assert!(promoted, "the replica was not promoted");
+
+    // Publishing goes on, on the new primary.
+    let after = 50;
+    for i in 0..after {
+        let payload = format!("a{i}");
+        let published = eventually(Duration::from_secs(30), || async {
+            svc.publish("killed", payload.clone(), PublishOptions::new())
+                .await
+                .is_ok()
+        })
+        .await;
+        assert!(
+            published,
+            "publishing {payload} after the failover kept failing"
+        );
+    }
+    let expected: Vec<String> = (0..backlog)
+        .map(|i| format!("b{i}"))
+        .chain((0..after).map(|i| format!("a{i}")))
+        .collect();
+    let missing = || -> Vec<String> {
+        let handled = handled.lock().unwrap_or_else(PoisonError::into_inner);
+        expected
+            .iter()
+            .filter(|p| !handled.contains(*p))
+            .cloned()
+            .collect()
+    };
+    let all = eventually(Duration::from_secs(60), || {
+        std::future::ready(missing().is_empty())
+    })
+    .await;
+    let missing = missing();
+    assert!(
+        all,
+        "{} messages never handled, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+    let admin = svc.admin();
+    let settled = eventually(Duration::from_secs(30), || async {
+        admin
+            .groups("killed")
+            .await
+            .is_ok_and(|groups| groups.iter().all(|g| g.pending == 0 && g.lag == 0))
+    })
+    .await;
+    assert!(settled, "claims left unsettled after the failover");
+    let (now_primary, _) = cluster.serving(&key).expect("the slot's nodes");
+    assert_eq!(now_primary, replica, "the replica serves the slot");
+    svc.close().await.expect("close");
+}
