@@ -6,18 +6,23 @@ use stream_tests::ThrowawayCluster;
 use super::faults::run_through;
 use super::*;
 
-/// A replica takes over the primary serving the stream's slot mid-run (`CLUSTER FAILOVER`
-/// on the replica), and the old primary is then killed (SIGKILL): every acknowledged
-/// message is handled, and every claim is settled on the new primary (nothing is left
-/// pending), as after a server restart.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cluster_failover_loses_nothing() {
+/// A cluster of the test's own, a service on it, and the nodes of one stream's slot.
+struct Fixture {
+    cluster: ThrowawayCluster,
+    svc: Service,
+    /// The stream's key.
+    key: String,
+    /// The primary serving its slot, its pid, and a replica of it.
+    primary: u16,
+    pid: u32,
+    replica: u16,
+}
+
+/// Starts a cluster for `stream` (of the service's app), or `None` (a loud skip).
+async fn own_cluster(stream: &str) -> Option<Fixture> {
     let cluster = match tokio::task::spawn_blocking(ThrowawayCluster::start).await {
         Ok(Ok(cluster)) => cluster,
-        Ok(Err(e)) => {
-            let _: Option<()> = stream_tests::skip_or_fail("redis cluster", &e);
-            return;
-        }
+        Ok(Err(e)) => return stream_tests::skip_or_fail("redis cluster", &e),
         Err(e) => panic!("starting the cluster: {e}"),
     };
     let backend: SharedBackend = Arc::new(
@@ -26,10 +31,37 @@ async fn cluster_failover_loses_nothing() {
             .expect("connect to the cluster"),
     );
     let svc = service(backend);
-    let key = stream_key(&svc.stream_name("failover").expect("name"));
+    let key = stream_key(&svc.stream_name(stream).expect("name"));
     let (primary, replicas) = cluster.serving(&key).expect("the slot's nodes");
     let replica = *replicas.first().expect("the primary has a replica");
-    let old_pid = cluster.pid(primary).expect("the primary's pid");
+    let pid = cluster.pid(primary).expect("the primary's pid");
+    Some(Fixture {
+        cluster,
+        svc,
+        key,
+        primary,
+        pid,
+        replica,
+    })
+}
+
+/// A replica takes over the primary serving the stream's slot mid-run (`CLUSTER FAILOVER`
+/// on the replica), and the old primary is then killed (SIGKILL): every acknowledged
+/// message is handled, and every claim is settled on the new primary (nothing is left
+/// pending), as after a server restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_failover_loses_nothing() {
+    let Some(Fixture {
+        cluster,
+        svc,
+        key,
+        replica,
+        pid: old_pid,
+        ..
+    }) = own_cluster("failover").await
+    else {
+        return;
+    };
 
     run_through(&svc, "failover", async || {
         let answer = cluster
@@ -152,24 +184,17 @@ fn replication_offset(cluster: &ThrowawayCluster, port: u16, field: &str) -> Opt
 /// back as redeliveries, never as losses.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_primary_killed_with_claims_in_flight_loses_nothing() {
-    let cluster = match tokio::task::spawn_blocking(ThrowawayCluster::start).await {
-        Ok(Ok(cluster)) => cluster,
-        Ok(Err(e)) => {
-            let _: Option<()> = stream_tests::skip_or_fail("redis cluster", &e);
-            return;
-        }
-        Err(e) => panic!("starting the cluster: {e}"),
+    let Some(Fixture {
+        cluster,
+        svc,
+        key,
+        primary,
+        replica,
+        pid,
+    }) = own_cluster("killed").await
+    else {
+        return;
     };
-    let backend: SharedBackend = Arc::new(
-        RedisBackend::connect(&cluster.url())
-            .await
-            .expect("connect to the cluster"),
-    );
-    let svc = service(backend);
-    let key = stream_key(&svc.stream_name("killed").expect("name"));
-    let (primary, replicas) = cluster.serving(&key).expect("the slot's nodes");
-    let replica = *replicas.first().expect("the primary has a replica");
-    let pid = cluster.pid(primary).expect("the primary's pid");
 
     let backlog = 400;
     svc.publish_batch(
@@ -255,25 +280,13 @@ async fn cluster_primary_killed_with_claims_in_flight_loses_nothing() {
         .map(|i| format!("b{i}"))
         .chain((0..after).map(|i| format!("a{i}")))
         .collect();
-    let missing = || -> Vec<String> {
-        let handled = handled.lock().unwrap_or_else(PoisonError::into_inner);
-        expected
-            .iter()
-            .filter(|p| !handled.contains(*p))
-            .cloned()
-            .collect()
-    };
-    let all = eventually(Duration::from_secs(60), || {
-        std::future::ready(missing().is_empty())
+    stream_tests::wait_all_handled(&expected, Duration::from_secs(60), |p| {
+        handled
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(p)
     })
     .await;
-    let missing = missing();
-    assert!(
-        all,
-        "{} messages never handled, e.g. {:?}",
-        missing.len(),
-        &missing[..missing.len().min(5)]
-    );
     let admin = svc.admin();
     let settled = eventually(Duration::from_secs(30), || async {
         admin
