@@ -18,6 +18,32 @@ struct Fixture {
     replica: u16,
 }
 
+/// Waits until the node on `replica` is a primary.
+async fn wait_promoted(cluster: &ThrowawayCluster, replica: u16) {
+    let promoted = eventually(Duration::from_secs(30), || {
+        std::future::ready(
+            cluster
+                .cli(replica, &["role"])
+                .is_ok_and(|r| r.starts_with("master")),
+        )
+    })
+    .await;
+    assert!(promoted, "the replica was not promoted");
+}
+
+/// Waits until every group of `stream` has nothing pending and no lag, after `fault`.
+async fn assert_settled(svc: &Service, stream: &str, fault: &str) {
+    let admin = svc.admin();
+    let settled = eventually(Duration::from_secs(30), || async {
+        admin
+            .groups(stream)
+            .await
+            .is_ok_and(|groups| groups.iter().all(|g| g.pending == 0 && g.lag == 0))
+    })
+    .await;
+    assert!(settled, "claims left unsettled after {fault}");
+}
+
 /// Starts a cluster for `stream` (of the service's app), or `None` (a loud skip).
 async fn own_cluster(stream: &str) -> Option<Fixture> {
     let cluster = match tokio::task::spawn_blocking(ThrowawayCluster::start).await {
@@ -71,15 +97,7 @@ async fn cluster_failover_loses_nothing() {
             answer.contains("OK"),
             "CLUSTER FAILOVER answered {answer:?}"
         );
-        let promoted = eventually(Duration::from_secs(30), || {
-            std::future::ready(
-                cluster
-                    .cli(replica, &["role"])
-                    .is_ok_and(|r| r.starts_with("master")),
-            )
-        })
-        .await;
-        assert!(promoted, "the replica was not promoted");
+        wait_promoted(&cluster, replica).await;
         // The old primary, now a replica, crashes: connections to it break too.
         let killed = std::process::Command::new("kill")
             .args(["-9", &old_pid.to_string()])
@@ -88,15 +106,7 @@ async fn cluster_failover_loses_nothing() {
         assert!(killed.success(), "kill -9 {old_pid} failed");
     })
     .await;
-    let admin = svc.admin();
-    let settled = eventually(Duration::from_secs(30), || async {
-        admin
-            .groups("failover")
-            .await
-            .is_ok_and(|groups| groups.iter().all(|g| g.pending == 0 && g.lag == 0))
-    })
-    .await;
-    assert!(settled, "claims left unsettled after the failover");
+    assert_settled(&svc, "failover", "the failover").await;
     let (now_primary, _) = cluster.serving(&key).expect("the slot's nodes");
     assert_eq!(
         now_primary, replica,
@@ -147,15 +157,7 @@ async fn cluster_slot_resharded_under_load_loses_nothing() {
         moved.expect("the slot moves");
     })
     .await;
-    let admin = svc.admin();
-    let settled = eventually(Duration::from_secs(30), || async {
-        admin
-            .groups("reshard")
-            .await
-            .is_ok_and(|groups| groups.iter().all(|g| g.pending == 0 && g.lag == 0))
-    })
-    .await;
-    assert!(settled, "claims left unsettled after the resharding");
+    assert_settled(&svc, "reshard", "the resharding").await;
     // Every node learns the new owner by gossip.
     let moved = eventually(Duration::from_secs(10), || {
         std::future::ready(cluster.serving(&key).is_ok_and(|(p, _)| p == to))
@@ -251,15 +253,7 @@ async fn cluster_primary_killed_with_claims_in_flight_loses_nothing() {
         count() < backlog,
         "the backlog was drained before the kill; nothing was in flight"
     );
-    let promoted = eventually(Duration::from_secs(30), || {
-        std::future::ready(
-            cluster
-                .cli(replica, &["role"])
-                .is_ok_and(|r| r.starts_with("master")),
-        )
-    })
-    .await;
-    assert!(promoted, "the replica was not promoted");
+    wait_promoted(&cluster, replica).await;
 
     // Publishing goes on, on the new primary.
     let after = 50;
@@ -287,15 +281,7 @@ async fn cluster_primary_killed_with_claims_in_flight_loses_nothing() {
             .contains(p)
     })
     .await;
-    let admin = svc.admin();
-    let settled = eventually(Duration::from_secs(30), || async {
-        admin
-            .groups("killed")
-            .await
-            .is_ok_and(|groups| groups.iter().all(|g| g.pending == 0 && g.lag == 0))
-    })
-    .await;
-    assert!(settled, "claims left unsettled after the failover");
+    assert_settled(&svc, "killed", "the failover").await;
     let (now_primary, _) = cluster.serving(&key).expect("the slot's nodes");
     assert_eq!(now_primary, replica, "the replica serves the slot");
     svc.close().await.expect("close");
