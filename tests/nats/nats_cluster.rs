@@ -90,25 +90,13 @@ async fn stream_leader_killed_mid_run_loses_nothing() {
     let acked = publisher.await.expect("publisher");
 
     // Every acknowledged publish is handled.
-    let missing = || -> Vec<String> {
-        let handled = handled.lock().unwrap_or_else(PoisonError::into_inner);
-        acked
-            .iter()
-            .filter(|p| !handled.contains_key(*p))
-            .cloned()
-            .collect()
-    };
-    let all = eventually(Duration::from_secs(60), || {
-        std::future::ready(missing().is_empty())
+    stream_tests::wait_all_handled(&acked, Duration::from_secs(60), |p| {
+        handled
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains_key(p)
     })
     .await;
-    let missing = missing();
-    assert!(
-        all,
-        "{} acknowledged messages never handled, e.g. {:?}",
-        missing.len(),
-        &missing[..missing.len().min(5)]
-    );
     let new_leader = nats_stream_leader(&client, &jetstream).await;
     assert!(
         new_leader.as_ref().is_some_and(|l| *l != leader),

@@ -1192,3 +1192,25 @@ pub async fn nats_stream_leader(client: &async_nats::Client, name: &str) -> Opti
         .as_str()
         .map(str::to_owned)
 }
+
+/// Waits up to `timeout` until `handled` holds for every payload of `expected`; panics
+/// naming some of those never handled.
+pub async fn wait_all_handled(
+    expected: &[String],
+    timeout: std::time::Duration,
+    handled: impl Fn(&str) -> bool,
+) {
+    let missing = || -> Vec<&String> { expected.iter().filter(|p| !handled(p)).collect() };
+    let all = stream_runtime::conformance::eventually(timeout, || {
+        std::future::ready(missing().is_empty())
+    })
+    .await;
+    if !all {
+        let missing = missing();
+        panic!(
+            "{} acknowledged messages never handled, e.g. {:?}",
+            missing.len(),
+            &missing[..missing.len().min(5)]
+        );
+    }
+}

@@ -997,7 +997,7 @@ impl Drop for NatsBackend {
 
 #[cfg(test)]
 mod tests {
-    use super::{decode_headers, encode_headers, parse_url, HEADERS_HEADER};
+    use super::{decode_headers, encode_headers, parse_url, server_addresses, HEADERS_HEADER};
     use crate::message::Headers;
 
     #[test]

@@ -267,6 +267,23 @@ impl RedisBackend {
         Ok(())
     }
 
+    /// Step 2 of a move: appends `message` to `to` unless `marker` says it was (the id).
+    async fn write_once(
+        &self,
+        to: &str,
+        marker: &str,
+        message: NewMessage,
+        what: impl FnOnce() -> String,
+    ) -> Result<String> {
+        let mut write = WRITE_ONCE.prepare_invoke();
+        write
+            .key(stream_key(to))
+            .key(marker)
+            .arg(millis(MARKER_LIFE))
+            .arg(fields(message));
+        self.run_settling(&write, what).await
+    }
+
     /// A dead letter on a cluster, where the dead-letter stream lives in another slot than
     /// its source, so no one script can reach both:
     ///
@@ -306,13 +323,7 @@ impl RedisBackend {
         }
         self.stop_here(step::TAKEN, &what())?;
         let marker = dead_letter_marker(to, group.stream, group.group, claim.id.as_str());
-        let mut write = WRITE_ONCE.prepare_invoke();
-        write
-            .key(stream_key(to))
-            .key(&marker)
-            .arg(millis(MARKER_LIFE))
-            .arg(fields(message));
-        let _dead_id: String = self.run_settling(&write, what).await?;
+        let _dead_id = self.write_once(to, &marker, message, what).await?;
         self.wakeups.notify(to);
         self.stop_here(step::WRITTEN, &what())?;
         let acked: u64 = if ordered {
@@ -383,14 +394,9 @@ impl RedisBackend {
             return Ok(None);
         }
         self.stop_here(step::TAKEN, &what())?;
-        let marker = move_marker(to, from, id);
-        let mut write = WRITE_ONCE.prepare_invoke();
-        write
-            .key(stream_key(to))
-            .key(&marker)
-            .arg(millis(MARKER_LIFE))
-            .arg(fields(message));
-        let new_id: String = self.run_settling(&write, what).await?;
+        let new_id = self
+            .write_once(to, &move_marker(to, from, id), message, what)
+            .await?;
         self.stop_here(step::WRITTEN, &what())?;
         let mut finish = MOVE_FINISH.prepare_invoke();
         finish.key(stream_key(from)).key(&lock).arg(&mine).arg(id);
