@@ -263,6 +263,7 @@ pub async fn run_backend(
         error: c.error(),
         fewest_handled: c.fewest,
         calls: None,
+        rss_kib: None,
         figure: Figure::Throughput {
             ours: Summary::of(&c.ours),
             raw: Summary::of(&c.raw),
@@ -383,6 +384,7 @@ pub async fn run_backend(
                     c,
                 );
                 r.calls = calls;
+                r.rss_kib = crate::report::rss_kib();
                 emit(r);
             }
         }
@@ -487,6 +489,7 @@ pub async fn run_backend(
             error: (!errors.is_empty()).then(|| errors.join("; ")),
             fewest_handled: None,
             calls: None,
+            rss_kib: None,
             figure: Figure::Latency {
                 ours: summarize(&ours_p),
                 raw: summarize(&raw_p),
