@@ -23,6 +23,9 @@ pub struct Row {
     pub fewest_handled: Option<usize>,
     /// With `--count-calls`: the engine's backend calls in the last repetition.
     pub calls: Option<Value>,
+    /// Consume runs: the process's resident set after the row's last repetition and its
+    /// peak so far, in KiB (`VmRSS`, `VmHWM` of /proc/self/status).
+    pub rss_kib: Option<(u64, u64)>,
 }
 
 pub enum Figure {
@@ -85,6 +88,10 @@ impl Row {
         }
         if let Some(calls) = &self.calls {
             v["calls"] = calls.clone();
+        }
+        if let Some((rss, peak)) = self.rss_kib {
+            v["rss_kib"] = json!(rss);
+            v["peak_rss_kib"] = json!(peak);
         }
         if let Some(e) = &self.error {
             v["error"] = json!(e);
@@ -183,6 +190,18 @@ pub fn print(rows: &[Row], cap: Duration) {
         println!("{}", row.table_line());
     }
     println!();
+    for row in rows {
+        if let Some((rss, peak)) = row.rss_kib {
+            println!(
+                "RSS after {} / {}: {:.0} MiB (peak so far {:.0} MiB; the harness process, ours \
+                 and raw together)",
+                row.backend.name(),
+                row.label,
+                rss as f64 / 1024.0,
+                peak as f64 / 1024.0
+            );
+        }
+    }
     let mut seen = Vec::new();
     for row in rows {
         if !seen.contains(&row.backend) {
@@ -196,4 +215,16 @@ pub fn print(rows: &[Row], cap: Duration) {
          difference). † the backlog was not drained within the {cap:?} cap: the figure is the \
          rate over the messages handled by then."
     );
+}
+
+/// `VmRSS` and `VmHWM` of this process in KiB, where /proc says (Linux).
+pub fn rss_kib() -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
 }

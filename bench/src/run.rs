@@ -278,6 +278,7 @@ pub async fn run_backend(
         error: c.error(),
         fewest_handled: c.fewest,
         calls: None,
+        rss_kib: None,
         figure: Figure::Throughput {
             ours: Summary::of(&c.ours),
             raw: Summary::of(&c.raw),
@@ -411,6 +412,7 @@ pub async fn run_backend(
                     c,
                 );
                 r.calls = calls;
+                r.rss_kib = crate::report::rss_kib();
                 emit(r);
             }
         }
@@ -562,6 +564,7 @@ pub async fn run_backend(
             error: (!errors.is_empty()).then(|| errors.join("; ")),
             fewest_handled: None,
             calls: None,
+            rss_kib: None,
             figure: Figure::Latency {
                 ours: summarize(&ours_p),
                 raw: summarize(&raw_p),

@@ -376,3 +376,77 @@ async fn dead_process_claims_are_reclaimed() {
     assert_eq!((&m.payload[..], m.attempt), (&b"orphan"[..], 2));
     svc.close().await.expect("close");
 }
+
+/// A batch ack settles exactly the claims still held, also when they are scattered among
+/// many other pending entries of the same consumer (the script's one look at the pending
+/// list over the batch's id range is cut at its count, so the rest are checked one by one):
+/// a claim whose token is stale stays pending, and each acked id leaves the deadline set.
+#[tokio::test]
+async fn batch_ack_among_many_pending() {
+    let Some(backend) = shared_redis().await else {
+        return;
+    };
+    let stream = format!("{}.default.ackrange", unique_name("rt"));
+    let group = unique_name("g");
+    backend
+        .ensure_group(&stream, &group, &StartPosition::Latest)
+        .await
+        .expect("group");
+    let g = GroupRef {
+        stream: &stream,
+        group: &group,
+        consumer: "c1",
+    };
+    let messages = (0..200).map(|i| NewMessage::new(format!("m{i}"))).collect();
+    backend
+        .append(&stream, messages, Trim::NONE)
+        .await
+        .expect("append");
+    let claimed = backend
+        .claim(g, 200, Duration::from_secs(30))
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 200);
+    let mut stale = claimed[50].claim();
+    stale.token.0 += 1;
+    // Out of order, as acks arrive from the workers; the range spans all 200 entries.
+    let batch = [
+        claimed[199].claim(),
+        stale,
+        claimed[0].claim(),
+        claimed[100].claim(),
+    ];
+    backend.ack(g, &batch).await.expect("ack");
+    let mut conn = raw(&redis_url()).await;
+    let key = stream_key(&stream);
+    let pending: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
+        .arg(&key)
+        .arg(&group)
+        .arg("-")
+        .arg("+")
+        .arg(1000)
+        .query_async(&mut conn)
+        .await
+        .expect("XPENDING");
+    let pending: HashSet<String> = pending.into_iter().map(|p| p.0).collect();
+    assert_eq!(
+        pending.len(),
+        197,
+        "exactly the three held claims were acked"
+    );
+    for i in [0, 100, 199] {
+        assert!(
+            !pending.contains(claimed[i].message.id.as_str()),
+            "{i} acked"
+        );
+    }
+    assert!(
+        pending.contains(claimed[50].message.id.as_str()),
+        "a stale token acks nothing"
+    );
+    let deadlines_key = format!("{key}:deadlines:{group}");
+    let deadlines: u64 = conn.zcard(&deadlines_key).await.expect("ZCARD");
+    assert_eq!(deadlines, 197, "acked ids leave the deadline set");
+    backend.close().await.expect("close");
+    let _: () = conn.del(&[key, deadlines_key]).await.expect("DEL");
+}

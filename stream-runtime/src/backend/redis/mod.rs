@@ -246,6 +246,22 @@ fn entry_id_parts(id: &str) -> Option<(u64, u64)> {
     Some((ms.parse().ok()?, seq.parse().ok()?))
 }
 
+/// The lowest and the highest entry id of `claims`, or `None` if one is not an entry id.
+fn id_range(claims: &[Claim]) -> Option<(&str, &str)> {
+    type Key<'a> = (u64, u64, &'a str);
+    let mut range: Option<(Key<'_>, Key<'_>)> = None;
+    for claim in claims {
+        let id = claim.id.as_str();
+        let (ms, seq) = entry_id_parts(id)?;
+        let key = (ms, seq, id);
+        range = Some(match range {
+            None => (key, key),
+            Some((lo, hi)) => (lo.min(key), hi.max(key)),
+        });
+    }
+    range.map(|(lo, hi)| (lo.2, hi.2))
+}
+
 /// Payload and headers as stream fields.
 fn fields(message: NewMessage) -> Vec<Vec<u8>> {
     let mut out = Vec::with_capacity(2 + 2 * message.headers.len());
@@ -719,21 +735,9 @@ impl Backend for RedisBackend {
             // The batch's id range, for the script's one look at the pending list; an id
             // that is not an entry id makes the range "-" "+" (the script then checks the
             // ids it does not find one by one).
-            let mut range: Option<((u64, u64, &str), (u64, u64, &str))> = None;
-            for claim in claims {
-                let id = claim.id.as_str();
-                let Some((ms, seq)) = entry_id_parts(id) else {
-                    range = None;
-                    break;
-                };
-                let key = (ms, seq, id);
-                range = Some(match range {
-                    None => (key, key),
-                    Some((lo, hi)) => (lo.min(key), hi.max(key)),
-                });
-            }
+            let range = id_range(claims);
             match range {
-                Some(((_, _, lo), (_, _, hi))) => invocation.arg(lo).arg(hi),
+                Some((lo, hi)) => invocation.arg(lo).arg(hi),
                 None => invocation.arg("-").arg("+"),
             };
             for claim in claims {
