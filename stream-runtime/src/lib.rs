@@ -159,6 +159,7 @@
 pub mod __private;
 pub mod admin;
 pub mod backend;
+pub mod batch;
 mod codec;
 pub mod config;
 pub mod engine;
@@ -184,6 +185,7 @@ pub mod testing;
 
 pub use admin::Admin;
 pub use backend::{Backend, BackendAdmin, ClaimToken};
+pub use batch::{Batch, BatchItem, BatchOutput, BatchResult};
 pub use codec::{Payload, Raw};
 pub use engine::{dead_letter_headers, handler_fn, CloseReport, Handler};
 pub use error::{BoxError, Error, HandlerError, Result};
@@ -294,4 +296,5 @@ pub mod prelude {
         Publisher, Raw, Result, Runtime, Service, StartPosition, State, SubscribeOptions,
         Subscriber,
     };
+    pub use crate::{Batch, BatchResult};
 }

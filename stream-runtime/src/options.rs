@@ -327,6 +327,14 @@ pub struct SubscribeOptions {
     /// Set for transactional handlers, which ack inside their own transaction: the
     /// database their transaction is on (`"postgres"`, `"sqlite"`).
     pub(crate) transactional: Option<&'static str>,
+    /// The most messages one batch handler call gets (default 100, from 1 to
+    /// [`MAX_BATCH_SIZE`](crate::batch::MAX_BATCH_SIZE)). Only batch handlers
+    /// ([`Service::subscribe_batch`](crate::Service::subscribe_batch)) read it.
+    pub batch_size: usize,
+    /// How long a batch that came back short waits for more messages before its handler
+    /// runs (default zero: a batch holds what was there). Shorter than the visibility
+    /// timeout, which runs from the claim. Only batch handlers read it.
+    pub batch_wait: Duration,
 }
 
 impl Default for SubscribeOptions {
@@ -345,6 +353,8 @@ impl Default for SubscribeOptions {
             name: None,
             transaction_isolation: None,
             transactional: None,
+            batch_size: crate::batch::DEFAULT_BATCH_SIZE,
+            batch_wait: Duration::ZERO,
         }
     }
 }
@@ -431,6 +441,20 @@ impl SubscribeOptions {
     /// [`SubscribeOptions::transaction_isolation`](Self#structfield.transaction_isolation)).
     pub fn transaction_isolation(mut self, level: Isolation) -> Self {
         self.transaction_isolation = Some(level);
+        self
+    }
+
+    /// Sets the most messages one batch handler call gets (see
+    /// [`SubscribeOptions::batch_size`](Self#structfield.batch_size)).
+    pub fn batch_size(mut self, size: usize) -> Self {
+        self.batch_size = size;
+        self
+    }
+
+    /// Sets how long a short batch waits to fill (see
+    /// [`SubscribeOptions::batch_wait`](Self#structfield.batch_wait)).
+    pub fn batch_wait(mut self, wait: Duration) -> Self {
+        self.batch_wait = wait;
         self
     }
 }

@@ -29,6 +29,8 @@ const KEYS: &[&str] = &[
     "name",
     "transactional",
     "crate",
+    "batch_size",
+    "batch_wait",
 ];
 
 /// `max_retries` as given.
@@ -57,6 +59,10 @@ pub struct Args {
     pub namespace: Option<String>,
     /// `transactional`: the handler takes a transaction that commits with its ack.
     pub transactional: bool,
+    /// `batch_size = N`: the handler takes a batch of up to N messages.
+    pub batch_size: Option<usize>,
+    /// `batch_wait = "50ms"`: how long a short batch waits to fill.
+    pub batch_wait: Option<Duration>,
 }
 
 /// One value per key, with the span of the key that set it (to report duplicates).
@@ -80,6 +86,8 @@ struct Builder {
     app: Option<String>,
     namespace: Option<String>,
     transactional: bool,
+    batch_size: Option<usize>,
+    batch_wait: Option<Duration>,
 }
 
 /// Parses and checks the arguments; `None` when any of them is wrong (reported in `errors`).
@@ -141,6 +149,8 @@ pub fn parse(
         app: builder.app,
         namespace: builder.namespace,
         transactional: builder.transactional,
+        batch_size: builder.batch_size,
+        batch_wait: builder.batch_wait,
     })
 }
 
@@ -227,6 +237,8 @@ impl Builder {
             "retry_delay" => self.retry_delay = retry_delay(value, errors),
             "start" => self.start = start(value, errors),
             "crate" => self.krate = krate(value, errors),
+            "batch_size" => self.batch_size = super::batch::batch_size(value, errors),
+            "batch_wait" => self.batch_wait = duration(key, value, errors),
             "transactional" => errors.spanned(
                 &nv,
                 "`transactional` is a flag: write `transactional` alone, without a value",
@@ -269,7 +281,11 @@ fn edit_distance(a: &str, b: &str) -> usize {
     row[b.len()]
 }
 
-fn lit_str<'a>(key: &str, value: &'a Expr, errors: &mut Errors) -> Option<&'a syn::LitStr> {
+pub(super) fn lit_str<'a>(
+    key: &str,
+    value: &'a Expr,
+    errors: &mut Errors,
+) -> Option<&'a syn::LitStr> {
     match value {
         Expr::Lit(ExprLit {
             lit: Lit::Str(s), ..

@@ -128,7 +128,7 @@ pub fn generate(function: &ItemFn, args: &Args, sig: &Signature) -> TokenStream 
 }
 
 /// `Attributes::NONE` with each given setting applied by a `const fn` setter.
-fn attributes(args: &Args, tx_type: Option<&syn::Type>) -> TokenStream {
+pub(super) fn attributes(args: &Args, tx_type: Option<&syn::Type>) -> TokenStream {
     let mut out = quote!(__sr::Attributes::NONE);
     let duration = |d: Duration| {
         let (secs, nanos) = (d.as_secs(), d.subsec_nanos());
@@ -170,6 +170,8 @@ fn attributes(args: &Args, tx_type: Option<&syn::Type>) -> TokenStream {
     set("dead_letter", args.dead_letter.as_ref().map(text));
     set("app", args.app.as_ref().map(text));
     set("namespace", args.namespace.as_ref().map(text));
+    set("batch_size", args.batch_size.map(|n| quote!(#n)));
+    set("batch_wait", args.batch_wait.map(duration));
     if let Some(tx) = tx_type {
         let database = quote_spanned!(span_of(tx)=> __sr::tx_database::<#tx>());
         out = quote!(#out.__transactional(#database));
@@ -178,7 +180,7 @@ fn attributes(args: &Args, tx_type: Option<&syn::Type>) -> TokenStream {
 }
 
 /// The payload type as written, spaced as rustfmt would (`Vec<u8>`, `my::Order`).
-fn type_name(ty: &syn::Type) -> String {
+pub(super) fn type_name(ty: &syn::Type) -> String {
     let raw = ty.to_token_stream().to_string();
     let mut out = String::with_capacity(raw.len());
     let mut chars = raw.chars().peekable();

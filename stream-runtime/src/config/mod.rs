@@ -68,8 +68,8 @@ use duration::{
 use load::extract;
 pub use load::Loader;
 use values::{
-    de_concurrency, de_max_len, de_max_payload_bytes, de_max_retries, de_name, de_retry_delay,
-    de_start,
+    de_batch_size, de_concurrency, de_max_len, de_max_payload_bytes, de_max_retries, de_name,
+    de_retry_delay, de_start,
 };
 
 /// The reference `Streams.toml`: every key, commented, with its default.
@@ -234,6 +234,12 @@ pub struct ConsumerSettings {
     /// Namespace override (only in `[consumers.<name>]`).
     #[serde(default, deserialize_with = "de_name")]
     pub namespace: Option<String>,
+    /// The most messages one batch handler call gets (1 to 10000; batch consumers only).
+    #[serde(default, deserialize_with = "de_batch_size")]
+    pub batch_size: Option<usize>,
+    /// How long a short batch waits to fill (batch consumers only).
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub batch_wait: Option<Duration>,
 }
 
 /// One consumer's settings after the precedence chain.
@@ -314,6 +320,8 @@ impl Config {
             name: Some(name.to_owned()),
             transaction_isolation: None,
             transactional: attributes.transactional,
+            batch_size: pick!(batch_size).unwrap_or(builtin.batch_size),
+            batch_wait: pick!(batch_wait).unwrap_or(builtin.batch_wait),
         };
         let enabled = file
             .and_then(|f| f.enabled)

@@ -13,12 +13,13 @@
 //! in parallel against one shared server without seeing each other's streams.
 //!
 //! The cases live in one file per area ([`delivery`], [`groups`], [`retries`], [`fencing`],
-//! [`trim`], [`names`], [`shutdown`], [`backend`]); each `pub async fn` there is a case, and
+//! [`trim`], [`names`], [`shutdown`], [`backend`], [`admin`], [`batch`]); each `pub async fn` there is a case, and
 //! the list in [`conformance_tests!`](crate::conformance_tests) must name it (a unit test
 //! fails otherwise). [`intercept`] wraps a backend to watch or disturb its calls.
 
 pub mod admin;
 pub mod backend;
+pub mod batch;
 pub mod delivery;
 pub mod fencing;
 pub mod groups;
@@ -104,6 +105,9 @@ macro_rules! __conformance_list {
                 admin_oldest_pending_age_is_the_claims, admin_pending_entries,
                 admin_reads_ranges, admin_redrive_moves_back, admin_redrive_is_fenced,
                 admin_purge, admin_trim_after_delete;
+            batch: batch_handler_acks_in_batches, batch_handler_poison_payload_dead_letters_alone,
+                batch_handler_err_retries_the_batch, batch_handler_partial_failure,
+                batch_handler_waits_to_fill, batch_handler_options_are_checked;
         }
     };
 }

@@ -184,7 +184,7 @@ pub(super) async fn run_one(
     None
 }
 
-fn retry_delay(sub: &Subscription, attempt: u32) -> Duration {
+pub(super) fn retry_delay(sub: &Subscription, attempt: u32) -> Duration {
     match sub.retry_delay {
         RetryDelay::VisibilityTimeout => sub.visibility_timeout,
         RetryDelay::Fixed(delay) => delay,
@@ -234,6 +234,7 @@ mod tests {
                 retry_delay: policy,
                 name: String::new(),
                 transactional: false,
+                batch: None,
             };
             let d = retry_delay(&sub, attempt);
             assert!(

@@ -29,6 +29,7 @@ use crate::time::after;
 /// always at least as many workers in `waking` (told of a job, or just started, and about to
 /// look at the queue) as jobs queued: whoever queues a job wakes an idle worker or starts one
 /// when there are not, so a job never waits for a busy worker.
+#[derive(Default)]
 pub(super) struct Pool {
     queue: VecDeque<Claimed>,
     /// Handled messages to ack, sent by the claimer in batches.
@@ -456,7 +457,7 @@ fn hand_over(state: &Arc<SubscriptionState>, claimed: Vec<Claimed>) {
 
 /// Exponential backoff for backend failures: 50 ms doubling up to the poll interval
 /// (at least 1 s).
-fn backoff(failures: u32, poll_interval: Duration) -> Duration {
+pub(super) fn backoff(failures: u32, poll_interval: Duration) -> Duration {
     let cap = poll_interval.max(Duration::from_secs(1));
     Duration::from_millis(50)
         .saturating_mul(1 << failures.min(10))

@@ -8,6 +8,7 @@
 //! in batches by whichever worker claims next, or at once when the claimer waits; retries and
 //! dead-letter moves are issued by the worker.
 
+pub(crate) mod batch;
 pub(crate) mod catch_unwind;
 mod deliver;
 mod dispatch;
@@ -91,6 +92,8 @@ pub(crate) struct Subscription {
     pub name: String,
     /// The handler acks inside its own transaction: a success sends no ack.
     pub transactional: bool,
+    /// Set for a batch handler: `handler` is then not called.
+    pub batch: Option<batch::BatchSpec>,
 }
 
 /// What a subscription's coordinator and workers share.
@@ -297,7 +300,10 @@ pub(crate) fn random_u64() -> u64 {
 /// Starts the dispatcher of a subscription whose group already exists.
 pub(crate) fn start(sub: Subscription) -> Running {
     let (stop, stop_rx) = watch::channel(false);
-    let dispatcher = tokio::spawn(dispatch::dispatch(sub, stop_rx));
+    let dispatcher = match sub.batch.clone() {
+        None => tokio::spawn(dispatch::dispatch(sub, stop_rx)),
+        Some(spec) => tokio::spawn(batch::dispatch(sub, spec, stop_rx)),
+    };
     Running {
         stop,
         dispatcher: tokio::sync::Mutex::new(Some(dispatcher)),
