@@ -13,6 +13,9 @@ use crate::{counting, ours, BoxError, Kind, PAYLOAD};
 const UNAVAILABLE: &str = "backend unavailable";
 /// Batch size of the batched publish.
 const BATCH: usize = 100;
+/// Messages per call of the batch handler in the consume workload.
+const BATCH_SIZE: usize = 100;
+
 /// Concurrency of the consumer in the latency workload.
 const E2E_CONCURRENCY: usize = 8;
 
@@ -384,6 +387,51 @@ pub async fn run_backend(
                 );
                 r.calls = calls;
                 emit(r);
+
+                // The same backlog through a batch handler, the raw ceiling beside it.
+                let mut c = Collected::new();
+                let mut reps = Reps::new(plan);
+                while let Some(rep) = reps.next() {
+                    let group = format!("b{concurrency}-r{rep}");
+                    let measured = match &service {
+                        Some(s) => {
+                            ours::consume_batch(
+                                s,
+                                &stream,
+                                &group,
+                                backlog,
+                                concurrency,
+                                BATCH_SIZE,
+                                plan.cap,
+                            )
+                            .await
+                        }
+                        None => Err(UNAVAILABLE.into()),
+                    };
+                    c.push_counted("ours", measured, false);
+                    if plan.raw {
+                        c.push_counted(
+                            "raw",
+                            raw.consume(backlog, concurrency, &payload, plan.cap).await,
+                            true,
+                        );
+                    }
+                }
+                let reps = reps.done;
+                let capped = c.fewest.is_some_and(|f| f < backlog);
+                emit(row(
+                    format!("consume_batch{BATCH_SIZE}_backlog{backlog}_c{concurrency}"),
+                    format!(
+                        "consume {}k backlog, batch handler ({BATCH_SIZE} a call), {concurrency} at once{}",
+                        backlog / 1000,
+                        if capped { " †" } else { "" }
+                    ),
+                    backlog,
+                    Some(concurrency),
+                    Some(BATCH_SIZE),
+                    reps,
+                    c,
+                ));
             }
         }
     }

@@ -261,6 +261,8 @@ pub use transaction::{DatabaseTx, TransactionPool, TxConnection};
 /// | `app`, `namespace` | override the service's | the service's |
 /// | `name` | the consumer's unique name, which keys `Streams.toml` overrides | the function's name |
 /// | `crate` | path to this crate, when it is re-exported under another name | `"::stream_runtime"` |
+/// | `batch_size` | with a `Vec<T>` first argument: a batch handler getting up to this many messages per call (1 to 10000) | 100 for a `Batch<T>` argument |
+/// | `batch_wait` | how long a short batch waits for more messages (batch handlers) | `"0s"` |
 ///
 /// At deploy time, `[consumers.<name>]` in `Streams.toml` (or its
 /// `STREAMS_CONSUMERS__<NAME>__<KEY>` variable) overrides these settings for this consumer;
@@ -281,6 +283,29 @@ pub use transaction::{DatabaseTx, TransactionPool, TxConnection};
 /// - It returns `Result<(), E>` for any `E` that implements `Display`. An error is retried
 ///   after the retry delay until `max_retries` is used up; return
 ///   [`HandlerError::permanent`] to dead-letter at once.
+///
+/// # Batch handlers
+///
+/// A first argument `Vec<T>` with `batch_size`, or [`Batch<T>`] (each payload with its
+/// [`Message`]), makes a batch handler: one call for up to `batch_size` messages, acked
+/// together on `Ok`, all failed (each by its own attempts) on `Err`, or failed one by one
+/// with a [`BatchResult`]. A payload that does not decode is dead-lettered alone. A batch
+/// handler takes no `&Message` and cannot be `transactional`. See [`batch`].
+///
+/// ```
+/// use stream_runtime::prelude::*;
+///
+/// #[derive(serde::Deserialize)]
+/// struct Order {
+///     id: u64,
+/// }
+///
+/// #[consumer(stream = "orders", group = "warehouse", batch_size = 100, batch_wait = "50ms")]
+/// async fn load(orders: Vec<Order>) -> Result<(), HandlerError> {
+///     println!("{} orders, the first {:?}", orders.len(), orders.first().map(|o| o.id));
+///     Ok(())
+/// }
+/// ```
 ///
 /// The function stays an ordinary function that you can call (and unit-test) directly.
 /// Misuse — a missing key, an unknown or duplicate key, a bad duration, a payload type that

@@ -496,6 +496,14 @@ fn log_started(
         dead_letter,
         def.location,
     );
+    if def.batch.is_some() {
+        tracing::info!(
+            "consumer {} takes batches: batch_size {}, batch_wait {}",
+            def.name,
+            options.batch_size,
+            format_duration(options.batch_wait),
+        );
+    }
 }
 
 /// SIGINT and SIGTERM (Ctrl-C elsewhere), listened to from creation on.

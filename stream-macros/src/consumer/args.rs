@@ -281,11 +281,7 @@ fn edit_distance(a: &str, b: &str) -> usize {
     row[b.len()]
 }
 
-pub(super) fn lit_str<'a>(
-    key: &str,
-    value: &'a Expr,
-    errors: &mut Errors,
-) -> Option<&'a syn::LitStr> {
+fn lit_str<'a>(key: &str, value: &'a Expr, errors: &mut Errors) -> Option<&'a syn::LitStr> {
     match value {
         Expr::Lit(ExprLit {
             lit: Lit::Str(s), ..
@@ -337,12 +333,29 @@ fn max_retries(value: &Expr, errors: &mut Errors) -> Option<MaxRetries> {
 }
 
 fn concurrency(value: &Expr, errors: &mut Errors) -> Option<usize> {
-    let help = format!("`concurrency` takes {}", stream_rules::CONCURRENCY_EXPECTED);
+    whole_number(
+        "concurrency",
+        stream_rules::CONCURRENCY_EXPECTED,
+        stream_rules::concurrency_problem,
+        value,
+        errors,
+    )
+}
+
+/// A whole number literal for `key`, checked by `problem` (the runtime's rule).
+pub(super) fn whole_number(
+    key: &str,
+    expected: &str,
+    problem: fn(u64) -> Option<String>,
+    value: &Expr,
+    errors: &mut Errors,
+) -> Option<usize> {
+    let help = format!("`{key}` takes {expected}");
     match value {
         Expr::Lit(ExprLit {
             lit: Lit::Int(int), ..
         }) => match int.base10_parse::<usize>() {
-            Ok(n) => match stream_rules::concurrency_problem(n as u64) {
+            Ok(n) => match problem(n as u64) {
                 Some(problem) => {
                     errors.spanned(int, problem);
                     None

@@ -4,11 +4,11 @@
 //! registration.
 
 use proc_macro2::TokenStream;
-use quote::{format_ident, quote, quote_spanned, ToTokens};
-use syn::{Expr, ExprLit, ItemFn, Lit, Type};
+use quote::{quote, quote_spanned};
+use syn::{Expr, ItemFn, Type};
 
 use super::args::Args;
-use super::codegen::{attributes, type_name};
+use super::codegen::{attributes, state_argument, type_name};
 use super::signature::{span_of, Extra, Signature};
 use super::Errors;
 
@@ -29,28 +29,13 @@ pub struct BatchArg {
 
 /// `batch_size = N`: from 1 to the runtime's largest batch.
 pub fn batch_size(value: &Expr, errors: &mut Errors) -> Option<usize> {
-    let help = format!("`batch_size` takes {}", stream_rules::BATCH_SIZE_EXPECTED);
-    match value {
-        Expr::Lit(ExprLit {
-            lit: Lit::Int(int), ..
-        }) => match int.base10_parse::<u64>() {
-            Ok(n) => match stream_rules::batch_size_problem(n) {
-                Some(problem) => {
-                    errors.spanned(int, problem);
-                    None
-                }
-                None => usize::try_from(n).ok(),
-            },
-            Err(e) => {
-                errors.spanned(int, format!("{help}: {e}"));
-                None
-            }
-        },
-        other => {
-            errors.spanned(other, help);
-            None
-        }
-    }
+    super::args::whole_number(
+        "batch_size",
+        stream_rules::BATCH_SIZE_EXPECTED,
+        stream_rules::batch_size_problem,
+        value,
+        errors,
+    )
 }
 
 /// The single type argument of a path type whose last segment is `name` (`Vec<T>`,
@@ -156,14 +141,10 @@ pub fn generate(function: &ItemFn, args: &Args, sig: &Signature, batch: &BatchAr
     let mut call_args = Vec::new();
     for (index, extra) in sig.rest.iter().enumerate() {
         if let Extra::State(ty) = extra {
-            let var = format_ident!("__state_{}", index);
-            fetch_states.push(quote_spanned! {span_of(ty)=>
-                let #var = <#ty as __sr::FromStates>::from_states(__states, #name)?;
-            });
-            clone_states.push(quote! {
-                let #var = ::core::clone::Clone::clone(&#var);
-            });
-            call_args.push(var.into_token_stream());
+            let (fetch, clone, arg) = state_argument(index, ty, name);
+            fetch_states.push(fetch);
+            clone_states.push(clone);
+            call_args.push(arg);
         }
     }
     let argument = match batch.kind {

@@ -41,14 +41,10 @@ pub fn generate(function: &ItemFn, args: &Args, sig: &Signature) -> TokenStream 
                 call_args.push(quote_spanned!(span_of(ty)=> &__message));
             }
             Extra::State(ty) => {
-                let var = format_ident!("__state_{}", index);
-                fetch_states.push(quote_spanned! {span_of(ty)=>
-                    let #var = <#ty as __sr::FromStates>::from_states(__states, #name)?;
-                });
-                clone_states.push(quote! {
-                    let #var = ::core::clone::Clone::clone(&#var);
-                });
-                call_args.push(var.into_token_stream());
+                let (fetch, clone, arg) = state_argument(index, ty, name);
+                fetch_states.push(fetch);
+                clone_states.push(clone);
+                call_args.push(arg);
             }
         }
     }
@@ -125,6 +121,23 @@ pub fn generate(function: &ItemFn, args: &Args, sig: &Signature) -> TokenStream 
             }
         };
     }
+}
+
+/// A `State<T>` (or `Publisher`) argument at `index`: fetching it once when the handler is
+/// built, cloning it for each call, and passing it.
+pub(super) fn state_argument(
+    index: usize,
+    ty: &syn::Type,
+    name: &str,
+) -> (TokenStream, TokenStream, TokenStream) {
+    let var = format_ident!("__state_{}", index);
+    let fetch = quote_spanned! {span_of(ty)=>
+        let #var = <#ty as __sr::FromStates>::from_states(__states, #name)?;
+    };
+    let clone = quote! {
+        let #var = ::core::clone::Clone::clone(&#var);
+    };
+    (fetch, clone, var.into_token_stream())
 }
 
 /// `Attributes::NONE` with each given setting applied by a `const fn` setter.

@@ -28,6 +28,17 @@ async fn publish_items(h: &Harness, stream: &str, range: std::ops::Range<usize>)
     ids
 }
 
+/// A new group of `short` at its earliest message: what is published before the
+/// subscription is there to claim in full batches.
+async fn earliest_group(h: &Harness, short: &str) -> String {
+    let g = group();
+    h.backend
+        .ensure_group(&h.full_name(short), &g, &StartPosition::Earliest)
+        .await
+        .expect("ensure_group");
+    g
+}
+
 /// What batch handlers of a case saw: each call's items as `(n, attempt, id)`.
 #[derive(Clone, Default)]
 struct Calls(Arc<Mutex<Vec<Vec<(usize, u32, MessageId)>>>>);
@@ -48,6 +59,18 @@ impl Calls {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push(call);
+    }
+
+    /// A batch handler that records each call and succeeds.
+    fn ok_handler(
+        &self,
+    ) -> impl Fn(Batch<Item>) -> std::future::Ready<Result<(), HandlerError>> + Send + Sync + 'static
+    {
+        let calls = self.clone();
+        move |batch| {
+            calls.record(&batch);
+            std::future::ready(Ok(()))
+        }
     }
 
     fn all(&self) -> Vec<Vec<(usize, u32, MessageId)>> {
@@ -90,15 +113,11 @@ pub async fn batch_handler_acks_in_batches(h: &Harness) {
         .expect("ensure_group");
     let ids = publish_items(h, "batches", 0..1000).await;
     let calls = Calls::default();
-    let seen = calls.clone();
     h.service
         .subscribe_batch(
             "batches",
             &g,
-            move |batch: Batch<Item>| {
-                seen.record(&batch);
-                async { Ok::<(), HandlerError>(()) }
-            },
+            calls.ok_handler(),
             h.options().batch_size(100),
         )
         .await
@@ -131,25 +150,17 @@ pub async fn batch_handler_acks_in_batches(h: &Harness) {
 /// D8: a payload that does not decode is dead-lettered alone, on its first attempt, with
 /// the decode error as the reason; the handler gets the others, which are acknowledged.
 pub async fn batch_handler_poison_payload_dead_letters_alone(h: &Harness) {
-    let g = group();
-    h.backend
-        .ensure_group(&h.full_name("poison"), &g, &StartPosition::Earliest)
-        .await
-        .expect("ensure_group");
+    let g = earliest_group(h, "poison").await;
     publish_items(h, "poison", 0..20).await;
     let poison = publish(h, "poison", "not json").await;
     publish_items(h, "poison", 20..40).await;
     let dead = dead_letters(h, "poison.dead").await;
     let calls = Calls::default();
-    let seen = calls.clone();
     h.service
         .subscribe_batch(
             "poison",
             &g,
-            move |batch: Batch<Item>| {
-                seen.record(&batch);
-                async { Ok::<(), HandlerError>(()) }
-            },
+            calls.ok_handler(),
             h.options().batch_size(100),
         )
         .await
@@ -177,11 +188,7 @@ pub async fn batch_handler_poison_payload_dead_letters_alone(h: &Harness) {
 /// An `Err` from a batch handler fails every message of the batch: each comes back (its
 /// attempt 2) after the retry delay, and none is dead-lettered while it has attempts left.
 pub async fn batch_handler_err_retries_the_batch(h: &Harness) {
-    let g = group();
-    h.backend
-        .ensure_group(&h.full_name("errbatch"), &g, &StartPosition::Earliest)
-        .await
-        .expect("ensure_group");
+    let g = earliest_group(h, "errbatch").await;
     let ids = publish_items(h, "errbatch", 0..30).await;
     let dead = dead_letters(h, "errbatch.dead").await;
     let calls = Calls::default();
@@ -222,11 +229,7 @@ pub async fn batch_handler_err_retries_the_batch(h: &Harness) {
     assert!(dead.is_empty(), "nothing is dead-lettered");
 
     // Out of attempts: every message of a failing batch is dead-lettered with its error.
-    let g = group();
-    h.backend
-        .ensure_group(&h.full_name("errbatch2"), &g, &StartPosition::Earliest)
-        .await
-        .expect("ensure_group");
+    let g = earliest_group(h, "errbatch2").await;
     publish_items(h, "errbatch2", 0..10).await;
     let dead = dead_letters(h, "errbatch2.dead").await;
     h.service
@@ -251,11 +254,7 @@ pub async fn batch_handler_err_retries_the_batch(h: &Harness) {
 /// A [`BatchResult`] fails only the messages it names: by id or by index, retryable or
 /// permanent; the others are acknowledged and never come back.
 pub async fn batch_handler_partial_failure(h: &Harness) {
-    let g = group();
-    h.backend
-        .ensure_group(&h.full_name("partial"), &g, &StartPosition::Earliest)
-        .await
-        .expect("ensure_group");
+    let g = earliest_group(h, "partial").await;
     publish_items(h, "partial", 0..20).await;
     let dead = dead_letters(h, "partial.dead").await;
     let calls = Calls::default();
@@ -313,15 +312,11 @@ pub async fn batch_handler_partial_failure(h: &Harness) {
 pub async fn batch_handler_waits_to_fill(h: &Harness) {
     let g = group();
     let calls = Calls::default();
-    let seen = calls.clone();
     h.service
         .subscribe_batch(
             "fill",
             &g,
-            move |batch: Batch<Item>| {
-                seen.record(&batch);
-                async { Ok::<(), HandlerError>(()) }
-            },
+            calls.ok_handler(),
             h.options()
                 .batch_size(5)
                 .batch_wait(Duration::from_secs(5))

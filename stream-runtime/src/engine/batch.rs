@@ -18,8 +18,8 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::catch_unwind::{self, CatchUnwind};
-use super::deliver::retry_delay;
-use super::settle::{dead_letter, Original};
+use super::deliver::retry_later;
+use super::settle::{dead_letter, dead_letter_expired, Original};
 use super::telemetry::{self, Outcome, SubscriptionMetrics};
 use super::{consumer_name, CloseReport, Subscription, SubscriptionState};
 use crate::backend::{Claim, Claimed};
@@ -193,15 +193,7 @@ async fn drain(state: &Arc<SubscriptionState>, mut runners: JoinSet<()>) -> Clos
     }
     let aborted =
         std::mem::take(&mut *state.aborted.lock().unwrap_or_else(PoisonError::into_inner));
-    if !aborted.is_empty() {
-        tracing::warn!(
-            stream = %state.sub.stream, group = %state.sub.group, count = aborted.len(),
-            "batch handlers still running at the shutdown deadline were aborted; releasing their messages"
-        );
-        if let Err(e) = state.sub.backend.release(state.group(), &aborted).await {
-            tracing::warn!(error = %e, "releasing aborted messages failed; they come back after the visibility timeout");
-        }
-    }
+    state.release_aborted(&aborted).await;
     CloseReport {
         aborted: aborted.len(),
     }
@@ -259,16 +251,7 @@ async fn run_batch(
         };
         // S9: a claim that expired on its last attempt is dead-lettered on reclaim.
         if max_attempts.is_some_and(|max| message.attempt > max) {
-            let reason = format!(
-                "the handler did not finish within the visibility timeout ({:?}) on its last attempt",
-                state.sub.visibility_timeout
-            );
-            let original = Original {
-                payload: message.payload,
-                headers: message.headers,
-            };
-            state.metrics.outcome(Outcome::DeadLetter);
-            dead_letter(&state, &claim, original, message.attempt - 1, &reason).await;
+            dead_letter_expired(&state, &claim, message).await;
             continue;
         }
         message.token = token;
@@ -394,15 +377,7 @@ async fn settle_failure(
         dead_letter(state, claim, entry.original, attempt, error.message()).await;
         return;
     }
-    let delay = retry_delay(&state.sub, attempt);
-    match state.sub.backend.retry(state.group(), claim, delay).await {
-        Ok(true) => state.schedule_retry_wake(delay),
-        Ok(false) => {}
-        Err(e) => tracing::warn!(
-            stream = %state.sub.stream, group = %state.sub.group, id = %claim.id, error = %e,
-            "scheduling a retry failed; the message comes back after the visibility timeout"
-        ),
-    }
+    retry_later(state, claim, attempt).await;
 }
 
 /// Checks a batch subscription's options.

@@ -507,15 +507,7 @@ async fn drain(state: &Arc<SubscriptionState>, deadline: Instant) -> CloseReport
         std::mem::take(&mut *state.aborted.lock().unwrap_or_else(PoisonError::into_inner));
     // Messages claimed but not started when the workers were aborted.
     aborted.extend(state.pool().queue.drain(..).map(|claimed| claimed.claim()));
-    if !aborted.is_empty() {
-        tracing::warn!(
-            stream = %state.sub.stream, group = %state.sub.group, count = aborted.len(),
-            "handlers still running at the shutdown deadline were aborted; releasing their messages"
-        );
-        if let Err(e) = state.sub.backend.release(state.group(), &aborted).await {
-            tracing::warn!(error = %e, "releasing aborted messages failed; they come back after the visibility timeout");
-        }
-    }
+    state.release_aborted(&aborted).await;
     CloseReport {
         aborted: aborted.len(),
     }

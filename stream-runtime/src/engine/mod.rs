@@ -150,6 +150,20 @@ impl SubscriptionState {
         }
     }
 
+    /// Releases the claims of handlers aborted at the shutdown deadline, for redelivery.
+    async fn release_aborted(&self, aborted: &[Claim]) {
+        if aborted.is_empty() {
+            return;
+        }
+        tracing::warn!(
+            stream = %self.sub.stream, group = %self.sub.group, count = aborted.len(),
+            "handlers still running at the shutdown deadline were aborted; releasing their messages"
+        );
+        if let Err(e) = self.sub.backend.release(self.group(), aborted).await {
+            tracing::warn!(error = %e, "releasing aborted messages failed; they come back after the visibility timeout");
+        }
+    }
+
     fn pool(&self) -> std::sync::MutexGuard<'_, dispatch::Pool> {
         self.pool.lock().unwrap_or_else(PoisonError::into_inner)
     }
