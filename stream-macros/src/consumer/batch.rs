@@ -64,21 +64,16 @@ fn argument_of<'a>(ty: &'a Type, name: &str) -> Option<&'a Type> {
 /// Whether the consumer takes a batch, and what; `None` for a per-message consumer or
 /// when the batch is misused (reported in `errors`).
 pub fn check(args: &Args, sig: &Signature, errors: &mut Errors) -> Option<BatchArg> {
-    let batch = if let Some(element) = argument_of(&sig.payload, "Batch") {
-        Some(BatchArg {
-            element: element.clone(),
-            kind: Kind::Batch,
-        })
-    } else if let Some(element) =
-        argument_of(&sig.payload, "Vec").filter(|_| args.batch_size.is_some())
-    {
-        Some(BatchArg {
-            element: element.clone(),
-            kind: Kind::Vec,
-        })
-    } else {
-        None
+    let as_batch = argument_of(&sig.payload, "Batch").map(|element| (element, Kind::Batch));
+    let as_vec = || {
+        argument_of(&sig.payload, "Vec")
+            .filter(|_| args.batch_size.is_some())
+            .map(|element| (element, Kind::Vec))
     };
+    let batch = as_batch.or_else(as_vec).map(|(element, kind)| BatchArg {
+        element: element.clone(),
+        kind,
+    });
     let Some(batch) = batch else {
         if args.batch_size.is_some() || args.batch_wait.is_some() {
             let key = if args.batch_size.is_some() {

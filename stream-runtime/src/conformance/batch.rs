@@ -41,7 +41,10 @@ async fn earliest_group(h: &Harness, short: &str) -> String {
 
 /// What batch handlers of a case saw: each call's items as `(n, attempt, id)`.
 #[derive(Clone, Default)]
-struct Calls(Arc<Mutex<Vec<Vec<(usize, u32, MessageId)>>>>);
+struct Calls(Arc<Mutex<Vec<Vec<Seen>>>>);
+
+/// One message of a call: `(n, attempt, id)`.
+type Seen = (usize, u32, MessageId);
 
 impl Calls {
     fn record(&self, batch: &Batch<Item>) {
@@ -73,7 +76,7 @@ impl Calls {
         }
     }
 
-    fn all(&self) -> Vec<Vec<(usize, u32, MessageId)>> {
+    fn all(&self) -> Vec<Vec<Seen>> {
         self.0
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
