@@ -689,3 +689,65 @@ fn ordered_from_attribute_file_and_environment_in_precedence() {
     assert!(e.contains("ordered") && e.contains("\"key\""), "{e}");
     assert!(e.contains("Streams.toml"), "{e}");
 }
+
+#[test]
+fn batch_settings_follow_the_precedence() {
+    let path = write_config(
+        "batch_precedence",
+        r#"
+        [defaults]
+        batch_size = 5
+        batch_wait = "10ms"
+        [consumers.bulk]
+        batch_size = 7
+        "#,
+    );
+    let config = load(&path, &NO_ENV).expect("loads");
+    let mut attrs = Attributes::NONE;
+    attrs.batch_size = Some(100);
+    attrs.batch_wait = Some(Duration::from_millis(50));
+    let bulk = config.resolve("bulk", &attrs).options;
+    assert_eq!(bulk.batch_size, 7, "[consumers.bulk] beats the attribute");
+    assert_eq!(
+        bulk.batch_wait,
+        Duration::from_millis(50),
+        "attribute beats [defaults]"
+    );
+    let other = config.resolve("other", &Attributes::NONE).options;
+    assert_eq!(
+        (other.batch_size, other.batch_wait),
+        (5, Duration::from_millis(10))
+    );
+    let builtin = Config::default()
+        .resolve("other", &Attributes::NONE)
+        .options;
+    assert_eq!(
+        (builtin.batch_size, builtin.batch_wait),
+        (100, Duration::ZERO)
+    );
+
+    let config = load(&path, &[("STREAMS_CONSUMERS__BULK__BATCH_WAIT", "20ms")]).expect("loads");
+    assert_eq!(
+        config.resolve("bulk", &attrs).options.batch_wait,
+        Duration::from_millis(20),
+        "the environment beats the file"
+    );
+
+    for (bad, expected) in [
+        ("0", "from 1 to 10000"),
+        ("10001", "not 10001"),
+        ("\"many\"", "from 1 to 10000"),
+    ] {
+        let path = write_config(
+            "batch_bad",
+            &format!("[consumers.bulk]\nbatch_size = {bad}\n"),
+        );
+        let error = load(&path, &NO_ENV)
+            .expect_err("a bad batch_size")
+            .to_string();
+        assert!(
+            error.contains("batch_size") && error.contains(expected),
+            "{error}"
+        );
+    }
+}

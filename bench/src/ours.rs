@@ -154,6 +154,50 @@ pub async fn consume_with(
     Ok((count, elapsed))
 }
 
+/// [`consume`] with a no-op batch handler taking up to `batch_size` messages per call
+/// (`concurrency` batches at once), its acks one call per batch.
+pub async fn consume_batch(
+    service: &Service,
+    stream: &str,
+    group: &str,
+    n: usize,
+    concurrency: usize,
+    batch_size: usize,
+    cap: Duration,
+) -> Result<(usize, Duration), BoxError> {
+    let handled = Arc::new(AtomicUsize::new(0));
+    let all = Arc::new(Notify::new());
+    let (h, a) = (handled.clone(), all.clone());
+    let start = Instant::now();
+    let consumer = service
+        .subscribe_batch(
+            stream,
+            group,
+            move |batch: stream_runtime::Batch<stream_runtime::Raw>| {
+                let len = batch.len();
+                let before = h.fetch_add(len, Ordering::Relaxed);
+                if before < n && before + len >= n {
+                    a.notify_one();
+                }
+                async { Ok::<(), stream_runtime::HandlerError>(()) }
+            },
+            SubscribeOptions::new()
+                .start(StartPosition::Earliest)
+                .concurrency(concurrency)
+                .batch_size(batch_size)
+                .poll_interval(POLL_INTERVAL),
+        )
+        .await?;
+    let finished = tokio::time::timeout(cap, all.notified()).await;
+    let elapsed = start.elapsed();
+    let count = handled.load(Ordering::Relaxed).min(n);
+    consumer.close().await;
+    if finished.is_err() && count == 0 {
+        return Err(format!("no message handled within {cap:?}").into());
+    }
+    Ok((count, elapsed))
+}
+
 /// [`consume`] with a transactional handler that writes nothing: what begin, the fenced ack
 /// inside the transaction and commit cost per message, against the plain handler's batched
 /// acks.

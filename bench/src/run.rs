@@ -15,6 +15,9 @@ const UNAVAILABLE: &str = "backend unavailable";
 const BATCH: usize = 100;
 /// Keys of the ordered-consume workload's messages.
 const ORDERED_KEYS: usize = 100;
+/// Messages per call of the batch handler in the consume workload.
+const BATCH_SIZE: usize = 100;
+
 /// Concurrency of the consumer in the latency workload.
 const E2E_CONCURRENCY: usize = 8;
 
@@ -414,6 +417,51 @@ pub async fn run_backend(
                 r.calls = calls;
                 r.rss_kib = crate::report::rss_kib();
                 emit(r);
+
+                // The same backlog through a batch handler, the raw ceiling beside it.
+                let mut c = Collected::new();
+                let mut reps = Reps::new(plan);
+                while let Some(rep) = reps.next() {
+                    let group = format!("b{concurrency}-r{rep}");
+                    let measured = match &service {
+                        Some(s) => {
+                            ours::consume_batch(
+                                s,
+                                &stream,
+                                &group,
+                                backlog,
+                                concurrency,
+                                BATCH_SIZE,
+                                plan.cap,
+                            )
+                            .await
+                        }
+                        None => Err(UNAVAILABLE.into()),
+                    };
+                    c.push_counted("ours", measured, false);
+                    if plan.raw {
+                        c.push_counted(
+                            "raw",
+                            raw.consume(backlog, concurrency, &payload, plan.cap).await,
+                            true,
+                        );
+                    }
+                }
+                let reps = reps.done;
+                let capped = c.fewest.is_some_and(|f| f < backlog);
+                emit(row(
+                    format!("consume_batch{BATCH_SIZE}_backlog{backlog}_c{concurrency}"),
+                    format!(
+                        "consume {}k backlog, batch handler ({BATCH_SIZE} a call), {concurrency} at once{}",
+                        backlog / 1000,
+                        if capped { " †" } else { "" }
+                    ),
+                    backlog,
+                    Some(concurrency),
+                    Some(BATCH_SIZE),
+                    reps,
+                    c,
+                ));
             }
         }
     }

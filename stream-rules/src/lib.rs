@@ -56,6 +56,19 @@ pub fn concurrency_problem(workers: u64) -> Option<String> {
     (workers == 0).then(|| format!("`concurrency` takes {CONCURRENCY_EXPECTED}, not 0"))
 }
 
+/// The largest `batch_size` a batch handler may ask for.
+pub const MAX_BATCH_SIZE: usize = 10_000;
+
+/// What `batch_size` takes, for error messages.
+pub const BATCH_SIZE_EXPECTED: &str =
+    "the most messages one batch handler call gets, a whole number from 1 to 10000";
+
+/// Why a batch size is invalid (it must be from 1 to [`MAX_BATCH_SIZE`]).
+pub fn batch_size_problem(size: u64) -> Option<String> {
+    (size == 0 || size > MAX_BATCH_SIZE as u64)
+        .then(|| format!("`batch_size` takes {BATCH_SIZE_EXPECTED}, not {size}"))
+}
+
 /// What `max_retries` takes, for error messages.
 pub const MAX_RETRIES_EXPECTED: &str =
     "a whole number of retries, 0 or more (0 = one attempt), or \"unlimited\"";

@@ -271,6 +271,7 @@ impl Error {
 /// }
 /// assert!(check(-1).unwrap_err().is_permanent());
 /// ```
+#[derive(Clone)]
 pub struct HandlerError {
     message: String,
     permanent: bool,
@@ -301,6 +302,16 @@ impl HandlerError {
     /// The error text, recorded as the dead-letter reason.
     pub fn message(&self) -> &str {
         &self.message
+    }
+
+    /// A handler's error as the engine keeps it: a `HandlerError` as it is (its permanent
+    /// flag included), anything else as a retryable error with its text.
+    pub(crate) fn from_display<E: fmt::Display + 'static>(error: E) -> Self {
+        let text = error.to_string();
+        match (Box::new(error) as Box<dyn std::any::Any>).downcast::<HandlerError>() {
+            Ok(handler_error) => *handler_error,
+            Err(_) => HandlerError::retry(text),
+        }
     }
 }
 

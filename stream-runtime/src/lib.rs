@@ -201,6 +201,7 @@
 pub mod __private;
 pub mod admin;
 pub mod backend;
+pub mod batch;
 mod codec;
 pub mod config;
 pub mod engine;
@@ -227,6 +228,7 @@ pub mod testing;
 
 pub use admin::Admin;
 pub use backend::{Backend, BackendAdmin, ClaimToken};
+pub use batch::{Batch, BatchItem, BatchOutput, BatchResult};
 pub use codec::{Payload, Raw};
 pub use engine::delay::DELIVER_AT_HEADER;
 pub use engine::{dead_letter_headers, handler_fn, CloseReport, Handler};
@@ -305,6 +307,8 @@ pub use transaction::{DatabaseTx, TransactionPool, TxConnection};
 /// | `name` | the consumer's unique name, which keys `Streams.toml` overrides | the function's name |
 /// | `crate` | path to this crate, when it is re-exported under another name | `"::stream_runtime"` |
 /// | `ordered` | `"key"`: the messages sharing a key ([`PublishOptions::key`]) are handled one at a time, in stream order, across every process of the group ([`key_order`]); `"none"` | `"none"` |
+/// | `batch_size` | with a `Vec<T>` first argument: a batch handler getting up to this many messages per call (1 to 10000) | 100 for a `Batch<T>` argument |
+/// | `batch_wait` | how long a short batch waits for more messages (batch handlers) | `"0s"` |
 ///
 /// At deploy time, `[consumers.<name>]` in `Streams.toml` (or its
 /// `STREAMS_CONSUMERS__<NAME>__<KEY>` variable) overrides these settings for this consumer;
@@ -326,6 +330,29 @@ pub use transaction::{DatabaseTx, TransactionPool, TxConnection};
 ///   after the retry delay until `max_retries` is used up; return
 ///   [`HandlerError::permanent`] to dead-letter at once.
 ///
+/// # Batch handlers
+///
+/// A first argument `Vec<T>` with `batch_size`, or [`Batch<T>`] (each payload with its
+/// [`Message`]), makes a batch handler: one call for up to `batch_size` messages, acked
+/// together on `Ok`, all failed (each by its own attempts) on `Err`, or failed one by one
+/// with a [`BatchResult`]. A payload that does not decode is dead-lettered alone. A batch
+/// handler takes no `&Message` and cannot be `transactional`. See [`batch`].
+///
+/// ```
+/// use stream_runtime::prelude::*;
+///
+/// #[derive(serde::Deserialize)]
+/// struct Order {
+///     id: u64,
+/// }
+///
+/// #[consumer(stream = "orders", group = "warehouse", batch_size = 100, batch_wait = "50ms")]
+/// async fn load(orders: Vec<Order>) -> Result<(), HandlerError> {
+///     println!("{} orders, the first {:?}", orders.len(), orders.first().map(|o| o.id));
+///     Ok(())
+/// }
+/// ```
+///
 /// The function stays an ordinary function that you can call (and unit-test) directly.
 /// Misuse — a missing key, an unknown or duplicate key, a bad duration, a payload type that
 /// is not `Deserialize`, ... — is a compile error pointing at the mistake.
@@ -340,4 +367,5 @@ pub mod prelude {
         Publisher, Raw, Result, Runtime, Service, StartPosition, State, SubscribeOptions,
         Subscriber,
     };
+    pub use crate::{Batch, BatchResult};
 }

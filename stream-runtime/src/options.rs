@@ -422,6 +422,14 @@ pub struct SubscribeOptions {
     /// time and in stream order, across every process of the group (default
     /// [`Order::None`](crate::Order::None)). Every subscription of a group must agree.
     pub ordered: crate::key_order::Order,
+    /// The most messages one batch handler call gets (default 100, from 1 to
+    /// [`MAX_BATCH_SIZE`](crate::batch::MAX_BATCH_SIZE)). Only batch handlers
+    /// ([`Service::subscribe_batch`](crate::Service::subscribe_batch)) read it.
+    pub batch_size: usize,
+    /// How long a batch that came back short waits for more messages before its handler
+    /// runs (default zero: a batch holds what was there). Shorter than the visibility
+    /// timeout, which runs from the claim. Only batch handlers read it.
+    pub batch_wait: Duration,
 }
 
 impl Default for SubscribeOptions {
@@ -442,6 +450,8 @@ impl Default for SubscribeOptions {
             transactional: None,
             heartbeat: false,
             ordered: crate::key_order::Order::None,
+            batch_size: crate::batch::DEFAULT_BATCH_SIZE,
+            batch_wait: Duration::ZERO,
         }
     }
 }
@@ -546,6 +556,20 @@ impl SubscribeOptions {
     /// [`SubscribeOptions::ordered`](Self#structfield.ordered)).
     pub fn ordered(mut self, order: crate::key_order::Order) -> Self {
         self.ordered = order;
+        self
+    }
+
+    /// Sets the most messages one batch handler call gets (see
+    /// [`SubscribeOptions::batch_size`](Self#structfield.batch_size)).
+    pub fn batch_size(mut self, size: usize) -> Self {
+        self.batch_size = size;
+        self
+    }
+
+    /// Sets how long a short batch waits to fill (see
+    /// [`SubscribeOptions::batch_wait`](Self#structfield.batch_wait)).
+    pub fn batch_wait(mut self, wait: Duration) -> Self {
+        self.batch_wait = wait;
         self
     }
 }

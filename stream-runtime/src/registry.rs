@@ -15,6 +15,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::batch::BatchHandler;
 use crate::engine::Handler;
 use crate::error::{Error, Result};
 use crate::options::{MaxRetries, RetryDelay};
@@ -36,7 +37,11 @@ pub struct ConsumerDef {
     /// The payload type's name, for logs.
     pub payload_type: &'static str,
     /// Builds the handler, taking shared state from `states` (an error names a missing one).
+    /// For a batch consumer (see `batch`), an error.
     pub build: fn(&States) -> Result<Handler>,
+    /// Builds the batch handler of a consumer taking a batch (`Vec<T>` with `batch_size`, or
+    /// `Batch<T>`); `None` for a per-message consumer.
+    pub batch: Option<fn(&States) -> Result<BatchHandler>>,
 }
 
 impl ConsumerDef {
@@ -60,6 +65,70 @@ impl ConsumerDef {
             location,
             payload_type,
             build,
+            batch: None,
+        }
+    }
+
+    /// Used by generated code only: a consumer taking a batch.
+    #[doc(hidden)]
+    pub const fn __new_batch(
+        name: &'static str,
+        stream: &'static str,
+        group: &'static str,
+        attributes: Attributes,
+        location: Location,
+        payload_type: &'static str,
+        build: fn(&States) -> Result<BatchHandler>,
+    ) -> Self {
+        let mut def = Self::__new(
+            name,
+            stream,
+            group,
+            attributes,
+            location,
+            payload_type,
+            no_message_handler,
+        );
+        def.batch = Some(build);
+        def
+    }
+}
+
+/// The per-message `build` of a batch consumer.
+fn no_message_handler(_: &States) -> Result<Handler> {
+    Err(Error::Registry(
+        "this consumer takes a batch: build it with its `batch` function".to_owned(),
+    ))
+}
+
+/// A consumer's handler, built.
+pub(crate) enum Built {
+    /// One message per call.
+    Message(Handler),
+    /// A batch per call.
+    Batch(BatchHandler),
+}
+
+impl Built {
+    /// Subscribes it on `service` with `options`.
+    pub(crate) async fn subscribe(
+        self,
+        service: &crate::Service,
+        def: &ConsumerDef,
+        options: crate::SubscribeOptions,
+    ) -> Result<crate::Consumer> {
+        use crate::service::Subscriber;
+        match self {
+            Built::Message(handler) => {
+                service
+                    .subscribe_handler(def.stream, def.group, handler, options)
+                    .await
+            }
+            Built::Batch(handler) => {
+                service
+                    .subscribe_batch_handler(def.stream, def.group, handler, options)
+                    .await
+            }
         }
     }
 }
@@ -72,10 +141,14 @@ impl ConsumerDef {
         &self,
         states: &States,
         publisher: crate::publisher::Publisher,
-    ) -> Result<Handler> {
+    ) -> Result<Built> {
         let mut states = states.clone();
         states.insert(publisher);
-        (self.build)(&states).map_err(|e| {
+        let built = match self.batch {
+            None => (self.build)(&states).map(Built::Message),
+            Some(build) => build(&states).map(Built::Batch),
+        };
+        built.map_err(|e| {
             Error::Runtime(format!(
                 "consumer {} ({}) could not be built: {e}",
                 self.name, self.location
@@ -128,6 +201,10 @@ pub struct Attributes {
     pub heartbeat: Option<bool>,
     /// `ordered = "key"`: messages sharing a key one at a time, in stream order.
     pub ordered: Option<crate::key_order::Order>,
+    /// `batch_size = N`: the most messages one call of a batch handler gets.
+    pub batch_size: Option<usize>,
+    /// `batch_wait = "50ms"`: how long a short batch waits to fill.
+    pub batch_wait: Option<Duration>,
 }
 
 impl Attributes {
@@ -146,6 +223,8 @@ impl Attributes {
         transactional: None,
         heartbeat: None,
         ordered: None,
+        batch_size: None,
+        batch_wait: None,
     };
 }
 

@@ -49,7 +49,7 @@ use crate::naming;
 use crate::options::SubscribeOptions;
 use crate::publisher::Publisher;
 use crate::registry::{self, ConsumerDef, States};
-use crate::service::{Consumer, Service, Subscriber};
+use crate::service::{Consumer, Service};
 
 /// Runs every registered consumer with the config from `Streams.toml` and the environment
 /// until SIGINT or SIGTERM, then drains. Shorthand for `Runtime::new().run()`.
@@ -266,7 +266,7 @@ impl Runtime {
         plan: Vec<(
             &'static ConsumerDef,
             SubscribeOptions,
-            crate::engine::Handler,
+            crate::registry::Built,
         )>,
         connected: &OnceLock<Service>,
         (middleware, transaction_pool): (&Chain, TransactionPool),
@@ -309,10 +309,7 @@ impl Runtime {
         }
         let mut consumers = Vec::with_capacity(plan.len());
         for (def, options, handler) in plan {
-            match service
-                .subscribe_handler(def.stream, def.group, handler, options.clone())
-                .await
-            {
+            match handler.subscribe(&service, def, options.clone()).await {
                 Ok(consumer) => {
                     log_started(&service, def, &options, &consumer);
                     if let Some(http) = http {
@@ -505,6 +502,14 @@ fn log_started(
             ""
         },
     );
+    if def.batch.is_some() {
+        tracing::info!(
+            "consumer {} takes batches: batch_size {}, batch_wait {}",
+            def.name,
+            options.batch_size,
+            format_duration(options.batch_wait),
+        );
+    }
 }
 
 /// SIGINT and SIGTERM (Ctrl-C elsewhere), listened to from creation on.

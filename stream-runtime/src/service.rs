@@ -474,7 +474,7 @@ impl Service {
             handler,
         );
         options.transactional = Some(crate::transaction::database::<T>());
-        self.subscribe_handler_inner(stream, group, handler, options)
+        self.subscribe_handler_inner(stream, group, handler, options, None)
             .await
     }
 
@@ -538,7 +538,7 @@ impl Service {
             options.namespace.as_deref(),
         );
         let handler = engine::handler_fn(move |message| handler(message, publisher.clone()));
-        self.subscribe_handler_inner(stream, group, handler, options)
+        self.subscribe_handler_inner(stream, group, handler, options, None)
             .await
     }
 
@@ -556,7 +556,49 @@ impl Service {
         F: Fn(Message) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
     {
-        self.subscribe_handler_inner(stream, group, engine::handler_fn(handler), options)
+        self.subscribe_handler_inner(stream, group, engine::handler_fn(handler), options, None)
+            .await
+    }
+
+    /// Runs a batch `handler` for the messages of `stream` in consumer group `group`: each
+    /// call gets up to [`batch_size`](SubscribeOptions::batch_size) messages, their payloads
+    /// decoded as `T` (JSON for a `serde::Deserialize` type, [`Raw`](crate::Raw) for the
+    /// bytes). `Ok` acknowledges them together, `Err` fails them all (each is retried or
+    /// dead-lettered by the usual rules), a [`BatchResult`](crate::BatchResult) fails only
+    /// those it names. A payload that does not decode is dead-lettered alone, and the
+    /// handler gets the others. `concurrency` is the number of batches handled at once.
+    /// Middleware (which wraps one message's handling) does not run around batch handlers.
+    /// See [`batch`](crate::batch) for an example.
+    pub async fn subscribe_batch<T, F, Fut>(
+        &self,
+        stream: &str,
+        group: &str,
+        handler: F,
+        options: SubscribeOptions,
+    ) -> Result<Consumer>
+    where
+        T: crate::Payload + Send + 'static,
+        F: Fn(crate::Batch<T>) -> Fut + Send + Sync + 'static,
+        Fut: Future + Send + 'static,
+        Fut::Output: crate::BatchOutput,
+    {
+        let handler = crate::batch::batch_handler_fn(std::any::type_name::<T>(), handler);
+        self.subscribe_batch_handler(stream, group, handler, options)
+            .await
+    }
+
+    /// Runs a type-erased batch handler (see [`subscribe_batch`](Self::subscribe_batch)),
+    /// which gets the messages as claimed and decodes them itself.
+    pub async fn subscribe_batch_handler(
+        &self,
+        stream: &str,
+        group: &str,
+        handler: crate::batch::BatchHandler,
+        options: SubscribeOptions,
+    ) -> Result<Consumer> {
+        engine::batch::check_options(&options)?;
+        let unused = engine::batch::no_message_handler();
+        self.subscribe_handler_inner(stream, group, unused, options, Some(handler))
             .await
     }
 
@@ -566,6 +608,7 @@ impl Service {
         group: &str,
         handler: Handler,
         options: SubscribeOptions,
+        batch: Option<crate::batch::BatchHandler>,
     ) -> Result<Consumer> {
         let config = &self.inner.config;
         let app = naming::pick(options.app.as_deref(), &config.app);
@@ -659,6 +702,11 @@ impl Service {
             span_level: self.inner.config.span_level,
             heartbeat: options.heartbeat,
             ordered: options.ordered.is_key(),
+            batch: batch.map(|handler| engine::batch::BatchSpec {
+                handler,
+                size: options.batch_size,
+                wait: options.batch_wait,
+            }),
         });
         let consumer = Consumer {
             inner: Arc::new(ConsumerInner {
@@ -721,7 +769,7 @@ impl Subscriber for Service {
         handler: Handler,
         options: SubscribeOptions,
     ) -> BoxFuture<'a, Result<Consumer>> {
-        Box::pin(self.subscribe_handler_inner(stream, group, handler, options))
+        Box::pin(self.subscribe_handler_inner(stream, group, handler, options, None))
     }
 }
 

@@ -31,6 +31,8 @@ const KEYS: &[&str] = &[
     "crate",
     "heartbeat",
     "ordered",
+    "batch_size",
+    "batch_wait",
 ];
 
 /// `max_retries` as given.
@@ -63,6 +65,10 @@ pub struct Args {
     pub heartbeat: Option<bool>,
     /// `ordered = "key"`: `Some(true)`; `ordered = "none"`: `Some(false)`.
     pub ordered: Option<bool>,
+    /// `batch_size = N`: the handler takes a batch of up to N messages.
+    pub batch_size: Option<usize>,
+    /// `batch_wait = "50ms"`: how long a short batch waits to fill.
+    pub batch_wait: Option<Duration>,
 }
 
 /// One value per key, with the span of the key that set it (to report duplicates).
@@ -88,6 +94,8 @@ struct Builder {
     transactional: bool,
     heartbeat: Option<bool>,
     ordered: Option<bool>,
+    batch_size: Option<usize>,
+    batch_wait: Option<Duration>,
 }
 
 /// Parses and checks the arguments; `None` when any of them is wrong (reported in `errors`).
@@ -151,6 +159,8 @@ pub fn parse(
         transactional: builder.transactional,
         heartbeat: builder.heartbeat,
         ordered: builder.ordered,
+        batch_size: builder.batch_size,
+        batch_wait: builder.batch_wait,
     })
 }
 
@@ -256,6 +266,8 @@ impl Builder {
             "crate" => self.krate = krate(value, errors),
             "heartbeat" => self.heartbeat = flag(key, value, errors),
             "ordered" => self.ordered = ordered(value, errors),
+            "batch_size" => self.batch_size = super::batch::batch_size(value, errors),
+            "batch_wait" => self.batch_wait = duration(key, value, errors),
             "transactional" => errors.spanned(
                 &nv,
                 "`transactional` is a flag: write `transactional` alone, without a value",
@@ -368,12 +380,29 @@ fn max_retries(value: &Expr, errors: &mut Errors) -> Option<MaxRetries> {
 }
 
 fn concurrency(value: &Expr, errors: &mut Errors) -> Option<usize> {
-    let help = format!("`concurrency` takes {}", stream_rules::CONCURRENCY_EXPECTED);
+    whole_number(
+        "concurrency",
+        stream_rules::CONCURRENCY_EXPECTED,
+        stream_rules::concurrency_problem,
+        value,
+        errors,
+    )
+}
+
+/// A whole number literal for `key`, checked by `problem` (the runtime's rule).
+pub(super) fn whole_number(
+    key: &str,
+    expected: &str,
+    problem: fn(u64) -> Option<String>,
+    value: &Expr,
+    errors: &mut Errors,
+) -> Option<usize> {
+    let help = format!("`{key}` takes {expected}");
     match value {
         Expr::Lit(ExprLit {
             lit: Lit::Int(int), ..
         }) => match int.base10_parse::<usize>() {
-            Ok(n) => match stream_rules::concurrency_problem(n as u64) {
+            Ok(n) => match problem(n as u64) {
                 Some(problem) => {
                     errors.spanned(int, problem);
                     None

@@ -41,14 +41,10 @@ pub fn generate(function: &ItemFn, args: &Args, sig: &Signature) -> TokenStream 
                 call_args.push(quote_spanned!(span_of(ty)=> &__message));
             }
             Extra::State(ty) => {
-                let var = format_ident!("__state_{}", index);
-                fetch_states.push(quote_spanned! {span_of(ty)=>
-                    let #var = <#ty as __sr::FromStates>::from_states(__states, #name)?;
-                });
-                clone_states.push(quote! {
-                    let #var = ::core::clone::Clone::clone(&#var);
-                });
-                call_args.push(var.into_token_stream());
+                let (fetch, clone, arg) = state_argument(index, ty, name);
+                fetch_states.push(fetch);
+                clone_states.push(clone);
+                call_args.push(arg);
             }
         }
     }
@@ -127,8 +123,25 @@ pub fn generate(function: &ItemFn, args: &Args, sig: &Signature) -> TokenStream 
     }
 }
 
+/// A `State<T>` (or `Publisher`) argument at `index`: fetching it once when the handler is
+/// built, cloning it for each call, and passing it.
+pub(super) fn state_argument(
+    index: usize,
+    ty: &syn::Type,
+    name: &str,
+) -> (TokenStream, TokenStream, TokenStream) {
+    let var = format_ident!("__state_{}", index);
+    let fetch = quote_spanned! {span_of(ty)=>
+        let #var = <#ty as __sr::FromStates>::from_states(__states, #name)?;
+    };
+    let clone = quote! {
+        let #var = ::core::clone::Clone::clone(&#var);
+    };
+    (fetch, clone, var.into_token_stream())
+}
+
 /// `Attributes::NONE` with each given setting applied by a `const fn` setter.
-fn attributes(args: &Args, tx_type: Option<&syn::Type>) -> TokenStream {
+pub(super) fn attributes(args: &Args, tx_type: Option<&syn::Type>) -> TokenStream {
     let mut out = quote!(__sr::Attributes::NONE);
     let duration = |d: Duration| {
         let (secs, nanos) = (d.as_secs(), d.subsec_nanos());
@@ -178,6 +191,8 @@ fn attributes(args: &Args, tx_type: Option<&syn::Type>) -> TokenStream {
             false => quote!(__sr::Order::None),
         }),
     );
+    set("batch_size", args.batch_size.map(|n| quote!(#n)));
+    set("batch_wait", args.batch_wait.map(duration));
     if let Some(tx) = tx_type {
         let database = quote_spanned!(span_of(tx)=> __sr::tx_database::<#tx>());
         out = quote!(#out.__transactional(#database));
@@ -186,7 +201,7 @@ fn attributes(args: &Args, tx_type: Option<&syn::Type>) -> TokenStream {
 }
 
 /// The payload type as written, spaced as rustfmt would (`Vec<u8>`, `my::Order`).
-fn type_name(ty: &syn::Type) -> String {
+pub(super) fn type_name(ty: &syn::Type) -> String {
     let raw = ty.to_token_stream().to_string();
     let mut out = String::with_capacity(raw.len());
     let mut chars = raw.chars().peekable();

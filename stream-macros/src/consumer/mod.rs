@@ -5,6 +5,7 @@
 //! tokio-macros does), so the rest of the crate and IDEs keep working.
 
 mod args;
+mod batch;
 mod codegen;
 mod signature;
 
@@ -30,9 +31,16 @@ pub fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
     let args = args::parse(args, &function.sig.ident, &mut errors);
     let transactional = args.as_ref().is_some_and(|a| a.transactional);
     let signature = signature::check(&function, transactional, &mut errors);
+    let batch = match (&args, &signature) {
+        (Some(args), Some(signature)) => batch::check(args, signature, &mut errors),
+        _ => None,
+    };
 
     match (errors.finish(), args, signature) {
-        (None, Some(args), Some(signature)) => codegen::generate(&function, &args, &signature),
+        (None, Some(args), Some(signature)) => match batch {
+            Some(batch) => batch::generate(&function, &args, &signature, &batch),
+            None => codegen::generate(&function, &args, &signature),
+        },
         (error, _, _) => {
             let mut out = function.to_token_stream();
             if let Some(error) = error {

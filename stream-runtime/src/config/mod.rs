@@ -68,8 +68,8 @@ use duration::{
 use load::extract;
 pub use load::Loader;
 use values::{
-    de_concurrency, de_max_len, de_max_payload_bytes, de_max_retries, de_name, de_ordered,
-    de_retry_delay, de_start,
+    de_batch_size, de_concurrency, de_max_len, de_max_payload_bytes, de_max_retries, de_name,
+    de_ordered, de_retry_delay, de_start,
 };
 
 /// The reference `Streams.toml`: every key, commented, with its default.
@@ -246,6 +246,12 @@ pub struct ConsumerSettings {
     /// `"none"`: unordered (the default).
     #[serde(default, deserialize_with = "de_ordered")]
     pub ordered: Option<crate::key_order::Order>,
+    /// The most messages one batch handler call gets (1 to 10000; batch consumers only).
+    #[serde(default, deserialize_with = "de_batch_size")]
+    pub batch_size: Option<usize>,
+    /// How long a short batch waits to fill (batch consumers only).
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub batch_wait: Option<Duration>,
 }
 
 /// One consumer's settings after the precedence chain.
@@ -329,6 +335,8 @@ impl Config {
             transactional: attributes.transactional,
             heartbeat: pick!(heartbeat).unwrap_or(builtin.heartbeat),
             ordered: pick!(ordered).unwrap_or(builtin.ordered),
+            batch_size: pick!(batch_size).unwrap_or(builtin.batch_size),
+            batch_wait: pick!(batch_wait).unwrap_or(builtin.batch_wait),
         };
         let enabled = file
             .and_then(|f| f.enabled)

@@ -47,6 +47,17 @@ pub(super) fn de_concurrency<'de, D: Deserializer<'de>>(
     whole_usize(d, WholeNumber { min: 1, expected }).map(Some)
 }
 
+pub(super) fn de_batch_size<'de, D: Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<usize>, D::Error> {
+    let expected = stream_rules::BATCH_SIZE_EXPECTED;
+    let size = whole_usize(d, WholeNumber { min: 1, expected })?;
+    match stream_rules::batch_size_problem(size as u64) {
+        Some(problem) => Err(de::Error::custom(problem)),
+        None => Ok(Some(size)),
+    }
+}
+
 pub(super) fn de_max_len<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<u64, D::Error> {
     d.deserialize_any(WholeNumber {
         min: 0,

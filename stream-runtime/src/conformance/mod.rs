@@ -13,12 +13,14 @@
 //! in parallel against one shared server without seeing each other's streams.
 //!
 //! The cases live in one file per area ([`delivery`], [`groups`], [`retries`], [`fencing`],
-//! [`trim`], [`names`], [`shutdown`], [`backend`], [`heartbeat`], [`delayed`]); each `pub async fn` there is a case, and
+//! [`trim`], [`names`], [`shutdown`], [`backend`], [`admin`], [`heartbeat`], [`delayed`],
+//! [`key_order`], [`batch`]); each `pub async fn` there is a case, and
 //! the list in [`conformance_tests!`](crate::conformance_tests) must name it (a unit test
 //! fails otherwise). [`intercept`] wraps a backend to watch or disturb its calls.
 
 pub mod admin;
 pub mod backend;
+pub mod batch;
 pub mod delayed;
 pub mod delivery;
 pub mod fencing;
@@ -114,6 +116,9 @@ macro_rules! __conformance_list {
             key_order: key_order_one_claim_per_key, key_order_retry_holds_its_key_only,
                 key_order_dead_letter_releases, key_order_crashed_claim_first,
                 key_order_end_to_end;
+            batch: batch_handler_acks_in_batches, batch_handler_poison_payload_dead_letters_alone,
+                batch_handler_err_retries_the_batch, batch_handler_partial_failure,
+                batch_handler_waits_to_fill, batch_handler_options_are_checked;
         }
     };
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tracing::Instrument;
 
 use super::catch_unwind::{self, CatchUnwind};
-use super::settle::{dead_letter, Original};
+use super::settle::{dead_letter, dead_letter_expired, Original};
 use super::telemetry::{self, Outcome};
 use super::{random_u64, Subscription, SubscriptionState};
 use crate::backend::{Claim, Claimed};
@@ -77,17 +77,8 @@ pub(super) async fn run_one(
 
     // S9: a claim that expired on its last attempt is dead-lettered on reclaim.
     if max_attempts.is_some_and(|max| attempt > max) {
-        let reason = format!(
-            "the handler did not finish within the visibility timeout ({:?}) on its last attempt",
-            state.sub.visibility_timeout
-        );
-        let original = Original {
-            payload: message.payload,
-            headers: message.headers,
-        };
         let claim = guard.settle();
-        state.metrics.outcome(Outcome::DeadLetter);
-        dead_letter(state, claim, original, attempt - 1, &reason).await;
+        dead_letter_expired(state, claim, message).await;
         return None;
     }
 
@@ -179,18 +170,23 @@ pub(super) async fn run_one(
         let claim = guard.settle();
         dead_letter(state, claim, original, attempt, error.message()).await;
     } else {
-        let delay = retry_delay(&state.sub, attempt);
         let claim = guard.settle();
-        match state.sub.backend.retry(state.group(), claim, delay).await {
-            Ok(true) => state.schedule_retry_wake(delay),
-            Ok(false) => {}
-            Err(e) => tracing::warn!(
-                stream = %state.sub.stream, group = %state.sub.group, id = %claim.id, error = %e,
-                "scheduling a retry failed; the message comes back after the visibility timeout"
-            ),
-        }
+        retry_later(state, claim, attempt).await;
     }
     None
+}
+
+/// Makes a failed message claimable again after the retry delay of its `attempt`.
+pub(super) async fn retry_later(state: &SubscriptionState, claim: &Claim, attempt: u32) {
+    let delay = retry_delay(&state.sub, attempt);
+    match state.sub.backend.retry(state.group(), claim, delay).await {
+        Ok(true) => state.schedule_retry_wake(delay),
+        Ok(false) => {}
+        Err(e) => tracing::warn!(
+            stream = %state.sub.stream, group = %state.sub.group, id = %claim.id, error = %e,
+            "scheduling a retry failed; the message comes back after the visibility timeout"
+        ),
+    }
 }
 
 fn retry_delay(sub: &Subscription, attempt: u32) -> Duration {
@@ -246,6 +242,7 @@ mod tests {
                 span_level: crate::SpanLevel::Info,
                 heartbeat: false,
                 ordered: false,
+                batch: None,
             };
             let d = retry_delay(&sub, attempt);
             assert!(

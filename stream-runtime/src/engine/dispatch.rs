@@ -29,6 +29,7 @@ use crate::time::after;
 /// always at least as many workers in `waking` (told of a job, or just started, and about to
 /// look at the queue) as jobs queued: whoever queues a job wakes an idle worker or starts one
 /// when there are not, so a job never waits for a busy worker.
+#[derive(Default)]
 pub(super) struct Pool {
     queue: VecDeque<Claimed>,
     /// Handled messages to ack, sent by the claimer in batches.
@@ -479,7 +480,7 @@ fn hand_over(state: &Arc<SubscriptionState>, claimed: Vec<Claimed>) {
 
 /// Exponential backoff for backend failures: 50 ms doubling up to the poll interval
 /// (at least 1 s).
-fn backoff(failures: u32, poll_interval: Duration) -> Duration {
+pub(super) fn backoff(failures: u32, poll_interval: Duration) -> Duration {
     let cap = poll_interval.max(Duration::from_secs(1));
     Duration::from_millis(50)
         .saturating_mul(1 << failures.min(10))
@@ -529,15 +530,7 @@ async fn drain(state: &Arc<SubscriptionState>, deadline: Instant) -> CloseReport
         std::mem::take(&mut *state.aborted.lock().unwrap_or_else(PoisonError::into_inner));
     // Messages claimed but not started when the workers were aborted.
     aborted.extend(state.pool().queue.drain(..).map(|claimed| claimed.claim()));
-    if !aborted.is_empty() {
-        tracing::warn!(
-            stream = %state.sub.stream, group = %state.sub.group, count = aborted.len(),
-            "handlers still running at the shutdown deadline were aborted; releasing their messages"
-        );
-        if let Err(e) = state.sub.backend.release(state.group(), &aborted).await {
-            tracing::warn!(error = %e, "releasing aborted messages failed; they come back after the visibility timeout");
-        }
-    }
+    state.release_aborted(&aborted).await;
     CloseReport {
         aborted: aborted.len(),
     }

@@ -8,6 +8,7 @@
 //! in batches by whichever worker claims next, or at once when the claimer waits; retries and
 //! dead-letter moves are issued by the worker.
 
+pub(crate) mod batch;
 pub(crate) mod catch_unwind;
 pub(crate) mod delay;
 mod deliver;
@@ -100,6 +101,8 @@ pub(crate) struct Subscription {
     /// The group is ordered by key: claims, acks and dead-letter moves go through the
     /// backend's `_ordered` calls.
     pub ordered: bool,
+    /// Set for a batch handler: `handler` is then not called.
+    pub batch: Option<batch::BatchSpec>,
 }
 
 /// What a subscription's coordinator and workers share.
@@ -160,6 +163,20 @@ impl SubscriptionState {
                     count = chunk.len(), "acknowledging failed; these messages will be redelivered"
                 );
             }
+        }
+    }
+
+    /// Releases the claims of handlers aborted at the shutdown deadline, for redelivery.
+    async fn release_aborted(&self, aborted: &[Claim]) {
+        if aborted.is_empty() {
+            return;
+        }
+        tracing::warn!(
+            stream = %self.sub.stream, group = %self.sub.group, count = aborted.len(),
+            "handlers still running at the shutdown deadline were aborted; releasing their messages"
+        );
+        if let Err(e) = self.sub.backend.release(self.group(), aborted).await {
+            tracing::warn!(error = %e, "releasing aborted messages failed; they come back after the visibility timeout");
         }
     }
 
@@ -325,7 +342,10 @@ pub(crate) fn random_u64() -> u64 {
 /// Starts the dispatcher of a subscription whose group already exists.
 pub(crate) fn start(sub: Subscription) -> Running {
     let (stop, stop_rx) = watch::channel(false);
-    let dispatcher = tokio::spawn(dispatch::dispatch(sub, stop_rx));
+    let dispatcher = match sub.batch.clone() {
+        None => tokio::spawn(dispatch::dispatch(sub, stop_rx)),
+        Some(spec) => tokio::spawn(batch::dispatch(sub, spec, stop_rx)),
+    };
     Running {
         stop,
         dispatcher: tokio::sync::Mutex::new(Some(dispatcher)),

@@ -53,6 +53,24 @@ pub(super) async fn dead_letter(
     }
 }
 
+/// S9: dead-letters a message reclaimed after its claim expired on its last attempt.
+pub(super) async fn dead_letter_expired(
+    state: &SubscriptionState,
+    claim: &Claim,
+    message: crate::message::Message,
+) {
+    let reason = format!(
+        "the handler did not finish within the visibility timeout ({:?}) on its last attempt",
+        state.sub.visibility_timeout
+    );
+    let original = Original {
+        payload: message.payload,
+        headers: message.headers,
+    };
+    state.metrics.outcome(super::telemetry::Outcome::DeadLetter);
+    dead_letter(state, claim, original, message.attempt - 1, &reason).await;
+}
+
 /// The longest prefix of `s` of at most `max` bytes that ends on a char boundary.
 pub(crate) fn truncate(s: &str, max: usize) -> &str {
     if s.len() <= max {

@@ -10,8 +10,8 @@ use super::{AppConsumer, TestApp};
 use crate::backend::memory::MemoryBackend;
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::registry::{self, States};
-use crate::service::{Service, Subscriber};
+use crate::registry::{self, Built, States};
+use crate::service::Service;
 
 /// Builds a [`TestApp`]: which consumers, which configuration, which state.
 #[derive(Debug)]
@@ -151,10 +151,22 @@ impl TestAppBuilder {
                 resolved.options.app.as_deref(),
                 resolved.options.namespace.as_deref(),
             );
-            let handler = def.handler(&self.states, publisher)?;
-            let handler = journal::record(journal.clone(), def.name, def.group, handler);
-            let consumer = service
-                .subscribe_handler(def.stream, def.group, handler, resolved.options.clone())
+            let handler = match def.handler(&self.states, publisher)? {
+                Built::Message(handler) => Built::Message(journal::record(
+                    journal.clone(),
+                    def.name,
+                    def.group,
+                    handler,
+                )),
+                Built::Batch(handler) => Built::Batch(journal::record_batch(
+                    journal.clone(),
+                    def.name,
+                    def.group,
+                    handler,
+                )),
+            };
+            let consumer = handler
+                .subscribe(&service, def, resolved.options.clone())
                 .await
                 .map_err(|e| def.start_error(e.to_string(), e))?;
             consumers.push(AppConsumer {

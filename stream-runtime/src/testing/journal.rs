@@ -276,3 +276,62 @@ fn outcome_of(result: &Result<(), HandlerError>) -> Outcome {
         }),
     }
 }
+
+/// Wraps a batch handler so that each message of each call is recorded as a delivery, with
+/// its own outcome. A panic fails every message of the call, as the engine then does.
+pub(crate) fn record_batch(
+    journal: Arc<Journal>,
+    consumer: &'static str,
+    group: &'static str,
+    handler: crate::batch::BatchHandler,
+) -> crate::batch::BatchHandler {
+    use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+
+    Arc::new(move |messages: Vec<Message>| {
+        let ids: Vec<crate::message::MessageId> = messages.iter().map(|m| m.id.clone()).collect();
+        let indexes: Vec<usize> = messages
+            .iter()
+            .map(|m| journal.begin(consumer, group, m))
+            .collect();
+        let started = catch_unwind(AssertUnwindSafe(|| handler(messages)));
+        let journal = journal.clone();
+        Box::pin(async move {
+            let panicked = |error: String| {
+                for index in &indexes {
+                    journal.finish(
+                        *index,
+                        Outcome::Failed(Failure {
+                            error: error.clone(),
+                            permanent: false,
+                            panicked: true,
+                        }),
+                    );
+                }
+            };
+            let future = match started {
+                Ok(future) => future,
+                Err(panic) => {
+                    panicked(panic_message(panic.as_ref()));
+                    resume_unwind(panic)
+                }
+            };
+            match CatchUnwind(future).await {
+                Ok(result) => {
+                    let outcomes = result.outcomes(&ids);
+                    for (index, outcome) in indexes.iter().zip(outcomes) {
+                        let result = match outcome {
+                            None => Ok(()),
+                            Some(error) => Err(error),
+                        };
+                        journal.finish(*index, outcome_of(&result));
+                    }
+                    result
+                }
+                Err(message) => {
+                    panicked(message.clone());
+                    resume_unwind(Box::new(message))
+                }
+            }
+        })
+    })
+}
