@@ -104,6 +104,20 @@ pub fn check(args: &Args, sig: &Signature, errors: &mut Errors) -> Option<BatchA
              `transactional`, or remove `transactional` and make the batch's writes idempotent",
         );
     }
+    if args.ordered == Some(true) {
+        errors.spanned(
+            &sig.payload,
+            "a batch handler cannot be `ordered = \"key\"`: a batch holds several messages of \
+             one key at once; take one message per call to order by key",
+        );
+    }
+    if args.heartbeat == Some(true) {
+        errors.spanned(
+            &sig.payload,
+            "a batch handler cannot use `heartbeat`: give it a `visibility_timeout` longer than \
+             a batch takes, or take one message per call",
+        );
+    }
     for extra in &sig.rest {
         match extra {
             Extra::Message(ty) => errors.spanned(

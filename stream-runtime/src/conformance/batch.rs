@@ -366,4 +366,21 @@ pub async fn batch_handler_options_are_checked(h: &Harness) {
         .await
         .expect_err("batch_wait over the visibility timeout");
     assert!(long_wait.to_string().contains("batch_wait"), "{long_wait}");
+    let ordered = h
+        .service
+        .subscribe_batch(
+            "opts",
+            &group(),
+            handler,
+            h.options().ordered(crate::Order::Key),
+        )
+        .await
+        .expect_err("a batch handler ordered by key");
+    assert!(ordered.to_string().contains("ordered"), "{ordered}");
+    let heartbeat = h
+        .service
+        .subscribe_batch("opts", &group(), handler, h.options().heartbeat(true))
+        .await
+        .expect_err("a batch handler with the heartbeat");
+    assert!(heartbeat.to_string().contains("heartbeat"), "{heartbeat}");
 }

@@ -48,8 +48,18 @@ pub(super) async fn dispatch(
 ) -> CloseReport {
     let concurrency = sub.concurrency.max(1);
     let mut wakeup = sub.backend.wakeup(&sub.stream);
+    let consumer = consumer_name();
+    // Batch subscriptions refuse `heartbeat` (`check_options`): nothing is extended.
+    let leases = Arc::new(super::lease::Leases::new(
+        sub.backend.clone(),
+        &sub.stream,
+        &sub.group,
+        &consumer,
+        sub.visibility_timeout,
+        false,
+    ));
     let state = Arc::new(SubscriptionState {
-        consumer: consumer_name(),
+        consumer,
         metrics: SubscriptionMetrics::new(&sub.stream, &sub.group),
         claimer_wake: Notify::new(),
         aborted: Arc::new(Mutex::new(Vec::new())),
@@ -59,6 +69,7 @@ pub(super) async fn dispatch(
         work: Notify::new(),
         ended: Notify::new(),
         concurrency,
+        leases,
         sub,
     });
     let size = spec.size.max(1);
@@ -397,6 +408,20 @@ pub(crate) fn check_options(options: &crate::SubscribeOptions) -> crate::Result<
         return Err(crate::Error::Config(
             "a batch handler cannot be transactional: use a per-message transactional handler, \
              or write the batch in one transaction of your own and make it idempotent"
+                .to_owned(),
+        ));
+    }
+    if options.ordered.is_key() {
+        return Err(crate::Error::Config(
+            "a batch handler cannot be ordered by key (`ordered = \"key\"`): a batch holds \
+             several messages of one key at once; use a per-message handler for ordering"
+                .to_owned(),
+        ));
+    }
+    if options.heartbeat {
+        return Err(crate::Error::Config(
+            "a batch handler cannot use the lease heartbeat (`heartbeat`): give it a \
+             `visibility_timeout` longer than a batch takes, or use a per-message handler"
                 .to_owned(),
         ));
     }
