@@ -197,7 +197,8 @@ return 1
 /// deleted, 0 if it was gone, -1 if the lock expired (another redrive may hold it now).
 static MOVE_FINISH: std::sync::LazyLock<::redis::Script> = std::sync::LazyLock::new(|| {
     ::redis::Script::new(&format!(
-        "{}{}",
+        "{}{}{}",
+        super::ordered::LEAVE,
         super::admin::REMOVE,
         r"
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return -1 end
