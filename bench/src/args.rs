@@ -75,9 +75,28 @@ pub struct Args {
     #[arg(long)]
     pub heartbeat: bool,
 
+    /// The latency workload's poll interval (`500ms`, `1s`, `10s`): with push wake-ups the
+    /// latency should not depend on it.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub poll_interval: Duration,
+
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     pub bench: bool,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let (number, unit) = text
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((text, ""), |at| text.split_at(at));
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?}: expected a number and a unit, like 500ms or 1s"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        _ => Err(format!("{text:?}: the unit is ms or s, like 500ms or 1s")),
+    }
 }
 
 fn parse_span_level(level: &str) -> Result<stream_runtime::SpanLevel, String> {
@@ -148,6 +167,7 @@ impl Args {
         plan.raw = !self.no_raw;
         plan.span_level = self.span_level;
         plan.heartbeat = self.heartbeat;
+        plan.poll_interval = self.poll_interval;
         if let Some(c) = &self.concurrency {
             plan.concurrencies = c.clone();
         }
@@ -196,6 +216,8 @@ mod tests {
             "--no-warmup",
             "--no-raw",
             "--quick",
+            "--poll-interval",
+            "1s",
             "--bench",
         ])
         .unwrap_or_else(|e| panic!("{e}"));
@@ -206,6 +228,8 @@ mod tests {
         assert_eq!(plan.concurrencies, [1, 8]);
         assert_eq!(plan.backlogs, [1000]);
         assert!(plan.count_calls && !plan.warmup && !plan.raw && plan.quick);
+        assert_eq!(plan.poll_interval, Duration::from_secs(1));
+        assert!(Args::try_parse_from(["stream-bench", "--poll-interval", "1h"]).is_err());
         let defaults = Args::try_parse_from(["stream-bench"]).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(defaults.backend.len(), 4);
         assert_eq!(defaults.plan().workloads, Workload::ALL);

@@ -13,7 +13,9 @@ use crate::{paced, BoxError};
 /// The header carrying a message's scheduled send time (ns since the run's epoch).
 pub const SCHEDULED_HEADER: &str = "x-bench-scheduled-ns";
 
-/// Long, so that push wake-ups are what the latency workload measures.
+/// The poll interval of the consume workloads: long, so that a drained backlog does not
+/// poll. The latency workload takes its own (`--poll-interval`, 10 s by default, so that
+/// push wake-ups are what it measures).
 pub const POLL_INTERVAL: Duration = Duration::from_secs(10);
 
 /// How long one consume or latency run may take before it counts as failed.
@@ -274,6 +276,7 @@ pub async fn e2e(
     rate: u32,
     count: usize,
     concurrency: usize,
+    poll_interval: Duration,
     payload: &[u8],
 ) -> Result<Vec<f64>, BoxError> {
     let latencies = Arc::new(Mutex::new(Vec::with_capacity(count)));
@@ -301,7 +304,7 @@ pub async fn e2e(
             },
             SubscribeOptions::new()
                 .concurrency(concurrency)
-                .poll_interval(POLL_INTERVAL),
+                .poll_interval(poll_interval),
         )
         .await?;
     let failures = Arc::new(AtomicUsize::new(0));

@@ -48,6 +48,8 @@ pub struct Plan {
     pub span_level: stream_runtime::SpanLevel,
     /// Consume with the lease heartbeat on (`--heartbeat`).
     pub heartbeat: bool,
+    /// The latency workload's poll interval (`--poll-interval`).
+    pub poll_interval: Duration,
 }
 
 impl Plan {
@@ -73,6 +75,7 @@ impl Plan {
             warmup: true,
             raw: true,
             heartbeat: false,
+            poll_interval: ours::POLL_INTERVAL,
         }
     }
 
@@ -252,6 +255,7 @@ pub async fn run_backend(
                     plan.e2e_rate,
                     100,
                     E2E_CONCURRENCY,
+                    plan.poll_interval,
                     &payload,
                 )
                 .await?;
@@ -573,7 +577,16 @@ pub async fn run_backend(
             let stream = format!("e2e-{rep}");
             let measured = match &service {
                 Some(s) => {
-                    ours::e2e(s, &stream, plan.e2e_rate, count, E2E_CONCURRENCY, &payload).await
+                    ours::e2e(
+                        s,
+                        &stream,
+                        plan.e2e_rate,
+                        count,
+                        E2E_CONCURRENCY,
+                        plan.poll_interval,
+                        &payload,
+                    )
+                    .await
                 }
                 None => Err(UNAVAILABLE.into()),
             };
@@ -602,8 +615,15 @@ pub async fn run_backend(
         };
         emit(Row {
             backend: kind,
-            workload: format!("e2e_latency_{}rps", plan.e2e_rate),
-            label: format!("e2e p50/p99/p99.9 @{} msg/s", plan.e2e_rate),
+            workload: format!(
+                "e2e_latency_{}rps_poll_{}ms",
+                plan.e2e_rate,
+                plan.poll_interval.as_millis()
+            ),
+            label: format!(
+                "e2e p50/p99/p99.9 @{} msg/s, poll {:?}",
+                plan.e2e_rate, plan.poll_interval
+            ),
             count,
             concurrency: Some(E2E_CONCURRENCY),
             batch: None,

@@ -445,8 +445,118 @@ async fn batch_ack_among_many_pending() {
         "a stale token acks nothing"
     );
     let deadlines_key = format!("{key}:deadlines:{group}");
-    let deadlines: u64 = conn.zcard(&deadlines_key).await.expect("ZCARD");
-    assert_eq!(deadlines, 197, "acked ids leave the deadline set");
+    // The claim of 200 new messages has one deadline for all of them; no acked id has one
+    // of its own.
+    let members: Vec<String> = conn.zrange(&deadlines_key, 0, -1).await.expect("ZRANGE");
+    assert_eq!(members.len(), 1, "one deadline for the claim: {members:?}");
+    assert!(members[0].starts_with('@'), "{members:?}");
+    for i in [0, 100, 199] {
+        assert!(!members.iter().any(|m| m == claimed[i].message.id.as_str()));
+    }
     backend.close().await.expect("close");
     let _: () = conn.del(&[key, deadlines_key]).await.expect("DEL");
+}
+
+/// A claim that reclaims some messages and reads new ones keeps no more than it was asked
+/// for: the new ones read beyond are given back as never read (off the pending list, the
+/// group's cursor set back), so the next claim gets them as first deliveries, in order, and
+/// the group's lag still counts them.
+#[tokio::test]
+async fn claim_gives_back_what_it_read_beyond_max() {
+    use stream_runtime::backend::Claimed;
+    let Some(backend) = shared_redis().await else {
+        return;
+    };
+    let stream = format!("{}.default.giveback", unique_name("rt"));
+    let group = unique_name("g");
+    backend
+        .ensure_group(&stream, &group, &StartPosition::Latest)
+        .await
+        .expect("group");
+    let g = |consumer| GroupRef {
+        stream: &stream,
+        group: &group,
+        consumer,
+    };
+    let first: Vec<NewMessage> = (0..3).map(|i| NewMessage::new(format!("a{i}"))).collect();
+    backend
+        .append(&stream, first, Trim::NONE)
+        .await
+        .expect("append");
+    // Claimed with no visibility: expired at once.
+    let expired = backend
+        .claim(g("c1"), 3, Duration::ZERO)
+        .await
+        .expect("claim");
+    assert_eq!(expired.len(), 3);
+    let later: Vec<NewMessage> = (0..5).map(|i| NewMessage::new(format!("b{i}"))).collect();
+    backend
+        .append(&stream, later, Trim::NONE)
+        .await
+        .expect("append");
+    let payloads = |claimed: &[Claimed]| -> Vec<(String, u32)> {
+        claimed
+            .iter()
+            .map(|c| {
+                (
+                    String::from_utf8_lossy(&c.message.payload).into_owned(),
+                    c.message.attempt,
+                )
+            })
+            .collect()
+    };
+    let taken = backend
+        .claim(g("c2"), 4, Duration::from_secs(30))
+        .await
+        .expect("claim");
+    assert_eq!(
+        payloads(&taken),
+        [
+            ("a0".into(), 2),
+            ("a1".into(), 2),
+            ("a2".into(), 2),
+            ("b0".into(), 1)
+        ],
+        "the three expired claims, then one new message"
+    );
+    let lag = backend
+        .list_groups(&stream)
+        .await
+        .expect("groups")
+        .into_iter()
+        .find(|info| info.group == group)
+        .expect("the group")
+        .lag;
+    assert_eq!(lag, 4, "the four given back are still to be read");
+    let rest = backend
+        .claim(g("c2"), 10, Duration::from_secs(30))
+        .await
+        .expect("claim");
+    assert_eq!(
+        payloads(&rest),
+        [
+            ("b1".into(), 1),
+            ("b2".into(), 1),
+            ("b3".into(), 1),
+            ("b4".into(), 1)
+        ],
+        "the rest as first deliveries"
+    );
+    backend
+        .ack(
+            g("c2"),
+            &taken.iter().map(|c| c.claim()).collect::<Vec<_>>(),
+        )
+        .await
+        .expect("ack");
+    backend
+        .ack(g("c2"), &rest.iter().map(|c| c.claim()).collect::<Vec<_>>())
+        .await
+        .expect("ack");
+    let pending = backend
+        .list_pending(&stream, &group, 100)
+        .await
+        .expect("pending");
+    assert!(pending.is_empty(), "{pending:?}");
+    backend.close().await.expect("close");
 }

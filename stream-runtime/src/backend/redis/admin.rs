@@ -89,10 +89,37 @@ static PENDING: LazyLock<::redis::Script> = LazyLock::new(|| {
         r"
 local p = redis.pcall('XPENDING', KEYS[1], ARGV[1], '-', '+', tonumber(ARGV[2]))
 if type(p) ~= 'table' or p.err then return {} end
+local function parts(id)
+  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+  return tonumber(ms) or 0, tonumber(seq) or 0
+end
+local function after(a, b)
+  local am, as = parts(a)
+  local bm, bs = parts(b)
+  return am > bm or (am == bm and as > bs)
+end
+-- A claim of new messages has one deadline for all of them: the deadline set's member
+-- '@<cursor before> <cursor after> <count> <consumer>' (read once, when first needed).
+local batches
+local function batch_deadline(id, consumer)
+  if not batches then
+    batches = {}
+    local all = redis.call('ZRANGE', KEYS[3], 0, -1, 'WITHSCORES')
+    for i = 1, #all, 2 do
+      local lo, hi, _, owner = string.match(all[i], '^@(%S+) (%S+) (%d+) (.*)$')
+      if lo then batches[#batches + 1] = {lo, hi, owner, all[i + 1]} end
+    end
+  end
+  for _, b in ipairs(batches) do
+    if b[3] == consumer and after(id, b[1]) and not after(id, b[2]) then return b[4] end
+  end
+  return false
+end
 local out = {}
 for i, e in ipairs(p) do
-  out[i] = {e[1], e[2], e[4], redis.call('ZSCORE', KEYS[3], e[1]),
-            redis.call('ZSCORE', KEYS[2], e[1])}
+  local deadline = redis.call('ZSCORE', KEYS[3], e[1])
+  if not deadline then deadline = batch_deadline(e[1], e[2]) end
+  out[i] = {e[1], e[2], e[4], deadline, redis.call('ZSCORE', KEYS[2], e[1])}
 end
 return out
 ",

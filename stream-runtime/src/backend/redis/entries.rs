@@ -37,7 +37,7 @@ pub(super) fn created_at(id: &str) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(ms)
 }
 
-/// One claimed entry from the claim script: `{id, deliveries, {field, value, ...}}`.
+/// One reclaimed entry from the claim's first step: `{id, deliveries, {field, value, ...}}`.
 pub(super) fn parse_claimed(stream: &Arc<str>, value: Value) -> Result<Claimed> {
     let bad = |value: &Value| unexpected("the claim script", value);
     let Value::Array(parts) = value else {
@@ -48,17 +48,61 @@ pub(super) fn parse_claimed(stream: &Arc<str>, value: Value) -> Result<Claimed> 
         Err(parts) => return Err(bad(&Value::Array(parts))),
     };
     let [id, deliveries, entry_fields] = parts;
-    let id = match id {
-        Value::BulkString(b) => String::from_utf8(b)
-            .map_err(|e| Error::backend(NAME, "reading the reply of the claim script", e))?,
-        other => return Err(bad(&other)),
-    };
     let deliveries = match deliveries {
         Value::Int(n) => u32::try_from(n).map_err(|_| bad(&deliveries))?,
         other => return Err(bad(&other)),
     };
+    claimed(stream, id, deliveries, entry_fields, "the claim script")
+}
+
+/// The first `keep` entries of an `XREADGROUP` reply of one stream (`[[stream, [[id,
+/// [field, value, ...]], ...]]]`, nil when nothing was read), each a first delivery.
+pub(super) fn read_entries(stream: &Arc<str>, reply: Value, keep: usize) -> Result<Vec<Claimed>> {
+    const WHAT: &str = "XREADGROUP";
+    let streams = match reply {
+        Value::Nil => return Ok(Vec::new()),
+        Value::Array(streams) => streams,
+        other => return Err(unexpected(WHAT, &other)),
+    };
+    let Some(Value::Array(read)) = streams.into_iter().next() else {
+        return Ok(Vec::new());
+    };
+    let Some(Value::Array(entries)) = read.into_iter().nth(1) else {
+        return Ok(Vec::new());
+    };
+    entries
+        .into_iter()
+        .take(keep)
+        .map(|entry| match entry {
+            Value::Array(parts) => {
+                let mut parts = parts.into_iter();
+                match (parts.next(), parts.next()) {
+                    (Some(id), Some(fields)) => claimed(stream, id, 1, fields, WHAT),
+                    _ => Err(unexpected(WHAT, &Value::Nil)),
+                }
+            }
+            other => Err(unexpected(WHAT, &other)),
+        })
+        .collect()
+}
+
+/// A claimed entry from its id, its delivery count and its `[field, value, ...]`.
+fn claimed(
+    stream: &Arc<str>,
+    id: Value,
+    deliveries: u32,
+    entry_fields: Value,
+    what: &str,
+) -> Result<Claimed> {
+    let reading = || format!("reading the reply of {what}");
+    let id = match id {
+        Value::BulkString(b) => {
+            String::from_utf8(b).map_err(|e| Error::backend(NAME, reading(), e))?
+        }
+        other => return Err(unexpected(what, &other)),
+    };
     let Value::Array(entry_fields) = entry_fields else {
-        return Err(bad(&entry_fields));
+        return Err(unexpected(what, &entry_fields));
     };
     let mut payload = Vec::new();
     let mut headers = Headers::new();
@@ -67,7 +111,7 @@ pub(super) fn parse_claimed(stream: &Arc<str>, value: Value) -> Result<Claimed> 
         let (Value::BulkString(field), Value::BulkString(value)) = (field, value) else {
             return Err(Error::backend(
                 NAME,
-                "reading the reply of the claim script",
+                reading(),
                 format!("entry {id} has a field that is not a string"),
             ));
         };

@@ -14,6 +14,12 @@ pub(super) fn deadlines_key(stream: &str, group: &str) -> String {
     format!("streams:{{{}}}:deadlines:{group}", escape(stream))
 }
 
+/// Where a claim's first step leaves the group's cursor for its last (inside one
+/// transaction, so it never outlives the claim).
+pub(super) fn claiming_key(stream: &str, group: &str) -> String {
+    format!("streams:{{{}}}:claiming:{group}", escape(stream))
+}
+
 /// Percent-encodes `%`, `{` and `}`, so a name can never end the hash tag early.
 pub(super) fn escape(name: &str) -> std::borrow::Cow<'_, str> {
     if !name.contains(['%', '{', '}']) {

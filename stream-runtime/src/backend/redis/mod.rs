@@ -11,7 +11,8 @@
 //! |---|---|---|
 //! | `streams:{N}` | stream | the messages; consumer groups and their pending lists |
 //! | `streams:{N}:retry:<group>` | sorted set | ids parked for a retry, scored by retry time (ms) |
-//! | `streams:{N}:deadlines:<group>` | sorted set | claimed ids, scored by their claim's deadline (ms) |
+//! | `streams:{N}:deadlines:<group>` | sorted set | claimed ids, scored by their claim's deadline (ms); a claim of new messages is one member `@<cursor before> <cursor after> <count> <consumer>` for all of them |
+//! | `streams:{N}:claiming:<group>` | string | the group's cursor before a claim's read, for the claim's last step (only inside the claim's transaction) |
 //!
 //! The hash tag keeps a stream and its side keys in one cluster slot. On a Redis Cluster, a
 //! dead letter or a redrive moves a message between two slots in three steps (see
@@ -57,7 +58,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use ::redis::aio::ConnectionManager;
-use ::redis::{ErrorKind, RedisError, ServerErrorKind, Value};
+use ::redis::{ErrorKind, RedisError, RedisResult, ServerErrorKind, Value};
 
 use super::{
     hint_refused, no_answer, redact_url, Backend, BoxFuture, Claim, Claimed, ConnectOptions,
@@ -71,9 +72,9 @@ use crate::options::{StartPosition, Trim};
 pub use cluster::{DEFAULT_MOVE_LEASE, MARKER_LIFE};
 use conn::{Conn, Target};
 use consumers::Consumers;
-use entries::{created_at, parse_claimed, parse_start_id};
+use entries::{created_at, parse_claimed, parse_start_id, read_entries};
 pub use keys::stream_key;
-use keys::{deadlines_key, escape, retry_key};
+use keys::{claiming_key, deadlines_key, escape, retry_key};
 use scripts::Scripts;
 
 const NAME: &str = "redis";
@@ -86,6 +87,9 @@ const HEADER_PREFIX: &str = "h:";
 /// The oldest server this backend supports (`XCLAIM` drops entries deleted by trimming
 /// from the pending list).
 const MIN_VERSION: (u32, u32) = (7, 0);
+
+/// How often a transaction refused by a cluster node that moved its slot is sent again.
+const MOVED_RETRIES: u32 = 5;
 
 /// The default of [`RedisBackend::idle_consumer_timeout`].
 pub const DEFAULT_IDLE_CONSUMER_TIMEOUT: Duration = Duration::from_secs(60);
@@ -488,6 +492,130 @@ impl RedisBackend {
         }
     }
 
+    /// On a Redis Cluster, a transaction sent to a node that no longer serves its slot is
+    /// refused whole (`MOVED` while queueing, then `EXECABORT`), and the client does not learn
+    /// the new slot map from that. A plain command on the same key does (the client follows
+    /// the redirection and refreshes its map). Returns whether `e` was such a refusal and the
+    /// map was refreshed, so the transaction, which did not run, can be sent again.
+    async fn follow_moved(&self, e: &RedisError, key: &str) -> bool {
+        if !self.is_cluster() {
+            return false;
+        }
+        let moved = e.clone().into_server_errors().is_some_and(|errors| {
+            errors.iter().any(|(_, e)| {
+                matches!(
+                    e.kind(),
+                    Some(ServerErrorKind::Moved | ServerErrorKind::Ask | ServerErrorKind::TryAgain)
+                )
+            })
+        });
+        if !moved {
+            return false;
+        }
+        let refreshed: RedisResult<i64> = ::redis::cmd("EXISTS")
+            .arg(key)
+            .query_async(&mut self.conn.clone())
+            .await;
+        if let Err(e) = refreshed {
+            tracing::debug!(error = %e, "refreshing the cluster's slot map failed");
+        }
+        true
+    }
+
+    /// One claim: a transaction of [`scripts::CLAIM_BEGIN`] (reclaims), a plain
+    /// `XREADGROUP` of new messages (their entries never pass through Lua) and
+    /// [`scripts::CLAIM_END`] (their deadlines; what the read took beyond `max` is given
+    /// back). The reclaimed entries come first, in id order, then the new ones. `None`: the
+    /// group is missing.
+    async fn claim_once(
+        &self,
+        group: GroupRef<'_>,
+        max: usize,
+        visibility: Duration,
+    ) -> Result<Option<Vec<Claimed>>> {
+        let failed = |e| {
+            self.error(
+                format!("claiming messages of {}/{}", group.stream, group.group),
+                e,
+            )
+        };
+        let stream = stream_key(group.stream);
+        let deadlines = deadlines_key(group.stream, group.group);
+        let scratch = claiming_key(group.stream, group.group);
+        let mut pipe = ::redis::pipe();
+        pipe.atomic().ignore_errors();
+        pipe.cmd("EVAL")
+            .arg(scripts::CLAIM_BEGIN)
+            .arg(4)
+            .arg(&stream)
+            .arg(retry_key(group.stream, group.group))
+            .arg(&deadlines)
+            .arg(&scratch)
+            .arg(group.group)
+            .arg(group.consumer)
+            .arg(max)
+            .arg(millis(visibility));
+        pipe.cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(group.group)
+            .arg(group.consumer)
+            .arg("COUNT")
+            .arg(max)
+            .arg("STREAMS")
+            .arg(&stream)
+            .arg(">");
+        pipe.cmd("EVAL")
+            .arg(scripts::CLAIM_END)
+            .arg(3)
+            .arg(&stream)
+            .arg(&deadlines)
+            .arg(&scratch)
+            .arg(group.group)
+            .arg(group.consumer)
+            .arg(max);
+        let mut moved = 0;
+        let replies: Vec<Value> = loop {
+            match pipe.query_async(&mut self.conn.clone()).await {
+                Ok(replies) => break replies,
+                Err(e) if moved < MOVED_RETRIES && self.follow_moved(&e, &stream).await => {
+                    moved += 1;
+                }
+                Err(e) => return Err(failed(e)),
+            }
+        };
+        let [reclaimed, read, kept]: [Value; 3] = match replies.try_into() {
+            Ok(replies) => replies,
+            Err(replies) => return Err(unexpected("the claim", &Value::Array(replies))),
+        };
+        // The first error, the read's first: a missing group is what it reports. Whatever
+        // failed, the last step gave back what the read took.
+        for reply in [&read, &reclaimed, &kept] {
+            if let Value::ServerError(e) = reply {
+                if e.code() == "NOGROUP" {
+                    return Ok(None);
+                }
+                return Err(failed(e.clone().into()));
+            }
+        }
+        let kept = match kept {
+            Value::Int(-1) => usize::MAX,
+            Value::Int(n) => usize::try_from(n).unwrap_or(0),
+            other => return Err(unexpected("the claim's last step", &other)),
+        };
+        let stream: Arc<str> = Arc::from(group.stream);
+        let mut claimed = match reclaimed {
+            Value::Array(entries) => entries
+                .into_iter()
+                .map(|entry| parse_claimed(&stream, entry))
+                .collect::<Result<Vec<_>>>()?,
+            other => return Err(unexpected("the claim's first step", &other)),
+        };
+        if kept > 0 {
+            claimed.extend(read_entries(&stream, read, kept)?);
+        }
+        Ok(Some(claimed))
+    }
+
     /// Parks claims until `now + delay` (retry and release).
     /// Parks held claims until `delay` from now; `refund` gives their deliveries back (a
     /// release).
@@ -589,8 +717,18 @@ impl Backend for RedisBackend {
                     }
                     add.arg("*").arg(fields(message));
                 }
-                pipe.query_async::<Vec<String>>(&mut self.conn.clone())
-                    .await
+                let mut moved = 0;
+                loop {
+                    match pipe
+                        .query_async::<Vec<String>>(&mut self.conn.clone())
+                        .await
+                    {
+                        Err(e) if moved < MOVED_RETRIES && self.follow_moved(&e, &key).await => {
+                            moved += 1;
+                        }
+                        sent => break sent,
+                    }
+                }
             } else {
                 // An age trim cuts by the newest id's time (the server's clock): the script.
                 let mut invocation = self.scripts.append.prepare_invoke();
@@ -669,53 +807,29 @@ impl Backend for RedisBackend {
                 self.remove_idle_consumers(stale).await;
             }
             let mut recreated = false;
-            let reply: Value = loop {
-                let result = self
-                    .scripts
-                    .claim
-                    .key(stream_key(group.stream))
-                    .key(retry_key(group.stream, group.group))
-                    .key(deadlines_key(group.stream, group.group))
-                    .arg(group.group)
-                    .arg(group.consumer)
-                    .arg(max)
-                    .arg(millis(visibility))
-                    .invoke_async(&mut self.conn.clone())
-                    .await;
-                match result {
-                    Ok(reply) => break reply,
-                    // The group (or the whole stream) is gone: the server lost its data (a
-                    // restart without persistence, an old snapshot) or someone deleted it.
-                    // Create it again from the start of what the stream holds now, so the
-                    // consumer goes on instead of silently claiming nothing forever.
-                    Err(e) if !recreated && e.code() == Some("NOGROUP") => {
-                        recreated = true;
-                        tracing::warn!(
-                            stream = %group.stream, group = %group.group,
-                            "the consumer group is missing on the Redis server (data lost or \
-                             deleted); creating it again from the start of the stream"
-                        );
-                        self.ensure_group(group.stream, group.group, &StartPosition::Earliest)
-                            .await?;
-                    }
-                    Err(e) => {
-                        return Err(self.error(
-                            format!("claiming messages of {}/{}", group.stream, group.group),
-                            e,
-                        ))
-                    }
+            loop {
+                if let Some(claimed) = self.claim_once(group, max, visibility).await? {
+                    return Ok(claimed);
                 }
-            };
-            match reply {
-                Value::Array(entries) => {
-                    let stream: Arc<str> = Arc::from(group.stream);
-                    entries
-                        .into_iter()
-                        .map(|entry| parse_claimed(&stream, entry))
-                        .collect()
+                if recreated {
+                    return Err(Error::backend(
+                        NAME,
+                        format!("claiming messages of {}/{}", group.stream, group.group),
+                        "the consumer group is missing again right after it was created",
+                    ));
                 }
-                Value::Nil => Ok(Vec::new()),
-                other => Err(unexpected("the claim script", &other)),
+                // The group (or the whole stream) is gone: the server lost its data (a
+                // restart without persistence, an old snapshot) or someone deleted it.
+                // Create it again from the start of what the stream holds now, so the
+                // consumer goes on instead of silently claiming nothing forever.
+                recreated = true;
+                tracing::warn!(
+                    stream = %group.stream, group = %group.group,
+                    "the consumer group is missing on the Redis server (data lost or \
+                     deleted); creating it again from the start of the stream"
+                );
+                self.ensure_group(group.stream, group.group, &StartPosition::Earliest)
+                    .await?;
             }
         })
     }

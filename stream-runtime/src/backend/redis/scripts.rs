@@ -51,26 +51,31 @@ end
 return ids
 ";
 
-/// Claims up to `max` messages for a consumer.
+/// The first step of a claim: retries that are due and claims whose deadline passed.
+///
+/// A claim is one transaction (`MULTI`/`EXEC`, so nothing runs between its steps):
+/// [`CLAIM_BEGIN`], then a plain `XREADGROUP ... COUNT max ... >` for new messages (their
+/// entries go straight to the client, never through Lua), then [`CLAIM_END`], which records
+/// the new claims' deadlines. Every claim records its deadline (now + the visibility it was
+/// claimed with) in the deadline set, so a claim expires at its own deadline whatever
+/// visibility the worker reclaiming it uses (S6, S13); settling removes it.
 ///
 /// KEYS: stream, the group's retry schedule (sorted set), the group's claim deadlines
-/// (sorted set). ARGV: group, consumer, max, visibility in ms.
-///
-/// Every claim records its deadline (now + the visibility it was claimed with) in the
-/// deadline set, so a claim expires at its own deadline whatever visibility the worker
-/// reclaiming it uses (S6, S13); settling removes it.
+/// (sorted set), the claim's scratch key. ARGV: group, consumer, max, visibility in ms.
 ///
 /// 1. retries that are due (scheduled by `PARK`): `XCLAIM` each to the consumer;
-/// 2. claims whose deadline passed, from the deadline set: `XCLAIM` each. An entry that is
-///    gone (trimmed away, or settled) is dropped from the pending list by `XCLAIM` itself
-///    and from the set here;
-/// 3. new messages with `XREADGROUP ... >` (no BLOCK).
+/// 2. claims whose deadline passed, from the deadline set: `XCLAIM` each (a claim of new
+///    messages stands there for all of them, see [`CLAIM_END`]). An entry that is gone
+///    (trimmed away, or settled) is dropped from the pending list by `XCLAIM` itself and
+///    from the set here;
+/// The group's cursor (last delivered id and entries read), the deadline and how many were
+/// reclaimed go to the scratch key for [`CLAIM_END`].
 ///
-/// Returns `{id, delivery count, {field, value, ...}}` for each claimed entry: reclaimed
-/// ones in id order, then new ones in id order. A missing group (the data was lost) is the
-/// `NOGROUP` error, which the backend answers by creating the group again.
-const CLAIM: &str = r"
-local stream, retries, deadlines = KEYS[1], KEYS[2], KEYS[3]
+/// Returns `{id, delivery count, {field, value, ...}}` for each reclaimed entry, in id order.
+/// A missing group (the data was lost) is the `NOGROUP` error of the `XREADGROUP` that
+/// follows, which the backend answers by creating the group again.
+pub(super) const CLAIM_BEGIN: &str = r"
+local stream, retries, deadlines, scratch = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local group, consumer, max = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local visibility = tonumber(ARGV[4])
 local t = redis.call('TIME')
@@ -80,6 +85,28 @@ local deadline = now + visibility
 local function failed(r)
   return type(r) == 'table' and r.err ~= nil
 end
+
+-- The group's cursor, before anything is read: a missing group is left to XREADGROUP.
+local cursor, entries_read
+local groups = redis.pcall('XINFO', 'GROUPS', stream)
+if failed(groups) then return {} end
+for _, g in ipairs(groups) do
+  local f = {}
+  for i = 1, #g, 2 do f[g[i]] = g[i + 1] end
+  if f['name'] == group then
+    cursor, entries_read = f['last-delivered-id'], f['entries-read']
+    break
+  end
+end
+if not cursor then return {} end
+-- What CLAIM_END needs. Until the reclaims below are done, it says all `max` were
+-- reclaimed: if this script stops on an error, the claim keeps none of what it reads.
+local function save(n)
+  redis.call('SET', scratch, cursor .. ' ' .. tostring(entries_read or '-') .. ' ' ..
+    deadline .. ' ' .. n)
+end
+save(max)
+
 local function deliveries(id)
   local p = redis.call('XPENDING', stream, group, id, id, 1)
   if p[1] then return tonumber(p[1][4]) end
@@ -109,22 +136,42 @@ for _, id in ipairs(due) do
   if err then return err end
 end
 
+-- A claim of new messages records one deadline for all of them (see CLAIM_END): member
+-- '@<cursor before> <cursor after> <count> <consumer>'. Its entries still pending for that
+-- consumer without a deadline of their own (a reclaim or an extension gives one) expire
+-- with it. The member goes once all of them are taken.
+local function expand(member)
+  local lo, hi, n, owner = string.match(member, '^@(%S+) (%S+) (%d+) (.*)$')
+  if lo then
+    local rows = redis.call('XPENDING', stream, group, '(' .. lo, hi, tonumber(n), owner)
+    for _, row in ipairs(rows) do
+      if not redis.call('ZSCORE', deadlines, row[1]) then
+        if #reclaimed >= max then return nil end
+        local err = take(row[1])
+        if err then return err end
+      end
+    end
+  end
+  redis.call('ZREM', deadlines, member)
+  return nil
+end
+
 -- 2. Expired claims. Entries found gone are dropped, so look again (a few times) for
--- others; those taken here (a zero visibility keeps them in range) are skipped.
-local seen, taken, rounds = {}, 0, 0
+-- others; those looked at here (a zero visibility keeps them in range) are skipped.
+local seen, looked, rounds = {}, 0, 0
 while #reclaimed < max and rounds < 8 do
   rounds = rounds + 1
   local expired = redis.call('ZRANGEBYSCORE', deadlines, '-inf', now, 'LIMIT', 0,
-    max - #reclaimed + taken)
+    max - #reclaimed + looked)
   local fresh = false
-  for _, id in ipairs(expired) do
-    if not seen[id] and #reclaimed < max then
-      seen[id] = true
+  for _, member in ipairs(expired) do
+    if not seen[member] and #reclaimed < max then
+      seen[member] = true
+      looked = looked + 1
       fresh = true
-      local before = #reclaimed
-      local err = take(id)
+      local err
+      if string.byte(member, 1) == 64 then err = expand(member) else err = take(member) end
       if err then return err end
-      if #reclaimed > before then taken = taken + 1 end
     end
   end
   if not fresh then break end
@@ -141,27 +188,70 @@ table.sort(reclaimed, function(a, b)
   return as < bs
 end)
 
--- 3. New messages.
-if #reclaimed < max then
-  local r = redis.pcall('XREADGROUP', 'GROUP', group, consumer, 'COUNT', max - #reclaimed,
-    'STREAMS', stream, '>')
-  if failed(r) then return r end
-  if r and r[1] then
-    -- Their deadlines in one ZADD per 1000 (unpack's stack stays small).
-    local scores = {}
-    for _, e in ipairs(r[1][2]) do
-      scores[#scores + 1] = deadline
-      scores[#scores + 1] = e[1]
-      reclaimed[#reclaimed + 1] = {e[1], 1, e[2]}
-      if #scores == 2000 then
-        redis.call('ZADD', deadlines, unpack(scores))
-        scores = {}
-      end
-    end
-    if #scores > 0 then redis.call('ZADD', deadlines, unpack(scores)) end
+save(#reclaimed)
+return reclaimed
+";
+
+/// The last step of a claim (see [`CLAIM_BEGIN`]), after the `XREADGROUP` of new messages.
+///
+/// The entries read are those between the cursor [`CLAIM_BEGIN`] saw and the cursor now
+/// (nothing else ran in between, and all of them are now the consumer's). When nothing was
+/// reclaimed, the claim keeps them all under one deadline: the member
+/// `@<cursor before> <cursor after> <max> <consumer>` of the deadline set, which
+/// [`CLAIM_BEGIN`] expands when it expires (one `ZADD` of one member per claim, and none of
+/// the entries passes through Lua). Otherwise the first `max - reclaimed` get a deadline
+/// each, and any beyond (the read took up to `max` while some were reclaimed) are given back
+/// as never read: acked off the pending list and the group's cursor set back to the last
+/// one kept, with its entries-read count, so the next read delivers them again as new.
+///
+/// KEYS: stream, the group's claim deadlines, the claim's scratch key. ARGV: group,
+/// consumer, max. Returns how many of the read entries the claim keeps, -1 for all.
+pub(super) const CLAIM_END: &str = r"
+local stream, deadlines, scratch = KEYS[1], KEYS[2], KEYS[3]
+local group, consumer, max = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local saved = redis.call('GET', scratch)
+if not saved then return 0 end
+redis.call('DEL', scratch)
+local cursor, entries_read, deadline, reclaimed =
+  string.match(saved, '^(%S+) (%S+) (%S+) (%S+)$')
+local now
+for _, g in ipairs(redis.call('XINFO', 'GROUPS', stream)) do
+  local f = {}
+  for i = 1, #g, 2 do f[g[i]] = g[i + 1] end
+  if f['name'] == group then
+    now = f['last-delivered-id']
+    break
   end
 end
-return reclaimed
+if not now or now == cursor then return 0 end
+if tonumber(reclaimed) == 0 then
+  -- Nothing reclaimed: the claim keeps all it read, under one deadline.
+  redis.call('ZADD', deadlines, deadline, '@' .. cursor .. ' ' .. now .. ' ' .. max .. ' ' ..
+    consumer)
+  return -1
+end
+local read = redis.call('XPENDING', stream, group, '(' .. cursor, now, max, consumer)
+local keep = math.max(math.min(#read, max - tonumber(reclaimed)), 0)
+local scores = {}
+for i = 1, keep do
+  scores[#scores + 1] = deadline
+  scores[#scores + 1] = read[i][1]
+end
+if #scores > 0 then redis.call('ZADD', deadlines, unpack(scores)) end
+if keep < #read then
+  local back = {}
+  for i = keep + 1, #read do back[#back + 1] = read[i][1] end
+  redis.call('XACK', stream, group, unpack(back))
+  local last = cursor
+  if keep > 0 then last = read[keep][1] end
+  if entries_read ~= '-' then
+    redis.call('XGROUP', 'SETID', stream, group, last, 'ENTRIESREAD',
+      tonumber(entries_read) + keep)
+  else
+    redis.call('XGROUP', 'SETID', stream, group, last)
+  end
+end
+return keep
 ";
 
 /// Acknowledges held claims.
@@ -304,7 +394,6 @@ return 1
 /// The loaded scripts (each is sent by SHA, and loaded again after a server restart).
 pub(super) struct Scripts {
     pub append: redis::Script,
-    pub claim: redis::Script,
     pub ack: redis::Script,
     pub park: redis::Script,
     pub dead_letter: redis::Script,
@@ -317,7 +406,6 @@ impl Scripts {
         let with_held = |body: &str| redis::Script::new(&format!("{HELD}{body}"));
         Scripts {
             append: redis::Script::new(APPEND),
-            claim: redis::Script::new(CLAIM),
             ack: with_held(ACK),
             park: with_held(PARK),
             dead_letter: with_held(DEAD_LETTER),
