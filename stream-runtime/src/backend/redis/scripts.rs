@@ -67,7 +67,8 @@ return ids
 /// 2. claims whose deadline passed, from the deadline set: `XCLAIM` each (a claim of new
 ///    messages stands there for all of them, see [`CLAIM_END`]). An entry that is gone
 ///    (trimmed away, or settled) is dropped from the pending list by `XCLAIM` itself and
-///    from the set here;
+///    from the set here.
+///
 /// The group's cursor (last delivered id and entries read), the deadline and how many were
 /// reclaimed go to the scratch key for [`CLAIM_END`].
 ///
