@@ -4,7 +4,11 @@
 mod admin;
 mod ordered;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
+
+// Streams and groups are looked up by name on every claim and ack: a fast hasher (seeded
+// per process) instead of SipHash.
+use foldhash::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
@@ -88,7 +92,7 @@ impl Stream {
             first_seq: 1,
             entries: VecDeque::new(),
             holes: 0,
-            groups: HashMap::new(),
+            groups: HashMap::default(),
         }
     }
 
