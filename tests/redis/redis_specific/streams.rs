@@ -459,8 +459,10 @@ async fn batch_ack_among_many_pending() {
 
 /// A claim that reclaims some messages and reads new ones keeps no more than it was asked
 /// for: the new ones read beyond are given back as never read (off the pending list, the
-/// group's cursor set back), so the next claim gets them as first deliveries, in order, and
-/// the group's lag still counts them.
+/// group's cursor set back), so the next claims get them as first deliveries, in order, and
+/// the group's lag still counts them. The claims here are larger than the backend's small
+/// claim (one script) where they must run the transaction; the later small ones take the
+/// rest, and the first claim's single deadline member expires as a whole.
 #[tokio::test]
 async fn claim_gives_back_what_it_read_beyond_max() {
     use stream_runtime::backend::Claimed;
@@ -478,22 +480,11 @@ async fn claim_gives_back_what_it_read_beyond_max() {
         group: &group,
         consumer,
     };
-    let first: Vec<NewMessage> = (0..3).map(|i| NewMessage::new(format!("a{i}"))).collect();
-    backend
-        .append(&stream, first, Trim::NONE)
-        .await
-        .expect("append");
-    // Claimed with no visibility: expired at once.
-    let expired = backend
-        .claim(g("c1"), 3, Duration::ZERO)
-        .await
-        .expect("claim");
-    assert_eq!(expired.len(), 3);
-    let later: Vec<NewMessage> = (0..5).map(|i| NewMessage::new(format!("b{i}"))).collect();
-    backend
-        .append(&stream, later, Trim::NONE)
-        .await
-        .expect("append");
+    let batch = |prefix: &str, n: usize| -> Vec<NewMessage> {
+        (0..n)
+            .map(|i| NewMessage::new(format!("{prefix}{i:02}")))
+            .collect()
+    };
     let payloads = |claimed: &[Claimed]| -> Vec<(String, u32)> {
         claimed
             .iter()
@@ -505,19 +496,35 @@ async fn claim_gives_back_what_it_read_beyond_max() {
             })
             .collect()
     };
-    let taken = backend
-        .claim(g("c2"), 4, Duration::from_secs(30))
+    let expect = |prefix: &str, range: std::ops::Range<usize>, attempt: u32| {
+        range
+            .map(|i| (format!("{prefix}{i:02}"), attempt))
+            .collect::<Vec<_>>()
+    };
+    backend
+        .append(&stream, batch("a", 17), Trim::NONE)
+        .await
+        .expect("append");
+    // Claimed with no visibility: expired at once.
+    let expired = backend
+        .claim(g("c1"), 17, Duration::ZERO)
         .await
         .expect("claim");
+    assert_eq!(expired.len(), 17);
+    backend
+        .append(&stream, batch("b", 20), Trim::NONE)
+        .await
+        .expect("append");
+    let taken = backend
+        .claim(g("c2"), 20, Duration::from_secs(30))
+        .await
+        .expect("claim");
+    let mut want = expect("a", 0..17, 2);
+    want.extend(expect("b", 0..3, 1));
     assert_eq!(
         payloads(&taken),
-        [
-            ("a0".into(), 2),
-            ("a1".into(), 2),
-            ("a2".into(), 2),
-            ("b0".into(), 1)
-        ],
-        "the three expired claims, then one new message"
+        want,
+        "the 17 expired claims, then 3 new messages"
     );
     let lag = backend
         .list_groups(&stream)
@@ -527,32 +534,26 @@ async fn claim_gives_back_what_it_read_beyond_max() {
         .find(|info| info.group == group)
         .expect("the group")
         .lag;
-    assert_eq!(lag, 4, "the four given back are still to be read");
-    let rest = backend
+    assert_eq!(lag, 17, "the 17 given back are still to be read");
+    let mut rest = backend
         .claim(g("c2"), 10, Duration::from_secs(30))
         .await
         .expect("claim");
+    rest.extend(
+        backend
+            .claim(g("c2"), 10, Duration::from_secs(30))
+            .await
+            .expect("claim"),
+    );
     assert_eq!(
         payloads(&rest),
-        [
-            ("b1".into(), 1),
-            ("b2".into(), 1),
-            ("b3".into(), 1),
-            ("b4".into(), 1)
-        ],
+        expect("b", 3..20, 1),
         "the rest as first deliveries"
     );
-    backend
-        .ack(
-            g("c2"),
-            &taken.iter().map(|c| c.claim()).collect::<Vec<_>>(),
-        )
-        .await
-        .expect("ack");
-    backend
-        .ack(g("c2"), &rest.iter().map(|c| c.claim()).collect::<Vec<_>>())
-        .await
-        .expect("ack");
+    for claimed in [&taken, &rest] {
+        let claims: Vec<_> = claimed.iter().map(|c| c.claim()).collect();
+        backend.ack(g("c2"), &claims).await.expect("ack");
+    }
     let pending = backend
         .list_pending(&stream, &group, 100)
         .await

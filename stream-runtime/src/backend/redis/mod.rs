@@ -522,7 +522,43 @@ impl RedisBackend {
         true
     }
 
-    /// One claim: a transaction of [`scripts::CLAIM_BEGIN`] (reclaims), a plain
+    /// A claim of at most [`scripts::SMALL_CLAIM`] messages: one script (see `CLAIM`).
+    /// `None`: the group is missing.
+    async fn claim_small(
+        &self,
+        group: GroupRef<'_>,
+        max: usize,
+        visibility: Duration,
+    ) -> Result<Option<Vec<Claimed>>> {
+        let result: RedisResult<Value> = self
+            .scripts
+            .claim
+            .key(stream_key(group.stream))
+            .key(retry_key(group.stream, group.group))
+            .key(deadlines_key(group.stream, group.group))
+            .arg(group.group)
+            .arg(group.consumer)
+            .arg(max)
+            .arg(millis(visibility))
+            .invoke_async(&mut self.conn.clone())
+            .await;
+        let stream: Arc<str> = Arc::from(group.stream);
+        match result {
+            Ok(Value::Array(entries)) => entries
+                .into_iter()
+                .map(|entry| parse_claimed(&stream, entry))
+                .collect::<Result<Vec<_>>>()
+                .map(Some),
+            Ok(other) => Err(unexpected("the claim script", &other)),
+            Err(e) if e.code() == Some("NOGROUP") => Ok(None),
+            Err(e) => Err(self.error(
+                format!("claiming messages of {}/{}", group.stream, group.group),
+                e,
+            )),
+        }
+    }
+
+    /// One claim: a transaction of `CLAIM_BEGIN` (reclaims), a plain
     /// `XREADGROUP` of new messages (their entries never pass through Lua) and
     /// [`scripts::CLAIM_END`] (their deadlines; what the read took beyond `max` is given
     /// back). The reclaimed entries come first, in id order, then the new ones. `None`: the
@@ -545,7 +581,7 @@ impl RedisBackend {
         let mut pipe = ::redis::pipe();
         pipe.atomic().ignore_errors();
         pipe.cmd("EVAL")
-            .arg(scripts::CLAIM_BEGIN)
+            .arg(&self.scripts.claim_begin)
             .arg(4)
             .arg(&stream)
             .arg(retry_key(group.stream, group.group))
@@ -565,7 +601,7 @@ impl RedisBackend {
             .arg(&stream)
             .arg(">");
         pipe.cmd("EVAL")
-            .arg(scripts::CLAIM_END)
+            .arg(&self.scripts.claim_end)
             .arg(3)
             .arg(&stream)
             .arg(&deadlines)
@@ -808,7 +844,12 @@ impl Backend for RedisBackend {
             }
             let mut recreated = false;
             loop {
-                if let Some(claimed) = self.claim_once(group, max, visibility).await? {
+                let claimed = if max <= scripts::SMALL_CLAIM {
+                    self.claim_small(group, max, visibility).await?
+                } else {
+                    self.claim_once(group, max, visibility).await?
+                };
+                if let Some(claimed) = claimed {
                     return Ok(claimed);
                 }
                 if recreated {

@@ -54,7 +54,7 @@ return ids
 /// The first step of a claim: retries that are due and claims whose deadline passed.
 ///
 /// A claim is one transaction (`MULTI`/`EXEC`, so nothing runs between its steps):
-/// [`CLAIM_BEGIN`], then a plain `XREADGROUP ... COUNT max ... >` for new messages (their
+/// `CLAIM_BEGIN`, then a plain `XREADGROUP ... COUNT max ... >` for new messages (their
 /// entries go straight to the client, never through Lua), then [`CLAIM_END`], which records
 /// the new claims' deadlines. Every claim records its deadline (now + the visibility it was
 /// claimed with) in the deadline set, so a claim expires at its own deadline whatever
@@ -75,7 +75,8 @@ return ids
 /// Returns `{id, delivery count, {field, value, ...}}` for each reclaimed entry, in id order.
 /// A missing group (the data was lost) is the `NOGROUP` error of the `XREADGROUP` that
 /// follows, which the backend answers by creating the group again.
-pub(super) const CLAIM_BEGIN: &str = r"
+/// (`CLAIM_BEGIN` is this head, [`RECLAIM`] and [`CLAIM_BEGIN_TAIL`].)
+const CLAIM_BEGIN_HEAD: &str = r"
 local stream, retries, deadlines, scratch = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local group, consumer, max = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local visibility = tonumber(ARGV[4])
@@ -108,6 +109,12 @@ local function save(n)
 end
 save(max)
 
+";
+
+/// Steps 1 and 2 of a claim, shared by `CLAIM_BEGIN` and `CLAIM`: due retries, then
+/// expired claims, into `reclaimed`, in id order. Needs `stream`, `retries`, `deadlines`,
+/// `group`, `consumer`, `max`, `now`, `deadline` and `failed` defined before it.
+const RECLAIM: &str = r"
 local function deliveries(id)
   local p = redis.call('XPENDING', stream, group, id, id, 1)
   if p[1] then return tonumber(p[1][4]) end
@@ -189,17 +196,65 @@ table.sort(reclaimed, function(a, b)
   return as < bs
 end)
 
+";
+
+/// `CLAIM_BEGIN`'s ending: what [`CLAIM_END`] needs, and the reclaimed entries.
+const CLAIM_BEGIN_TAIL: &str = r"
 save(#reclaimed)
 return reclaimed
 ";
 
-/// The last step of a claim (see [`CLAIM_BEGIN`]), after the `XREADGROUP` of new messages.
+/// A small claim in one script (the engine claims at most a few messages at a time at a low
+/// concurrency, where a transaction's extra commands cost more than passing a few entries
+/// through Lua): [`RECLAIM`], then `XREADGROUP ... COUNT max-reclaimed ... >` for new
+/// messages, each with its own deadline. Same keys and arguments as `CLAIM_BEGIN` without
+/// the scratch key; returns `{id, delivery count, {field, value, ...}}` for each claimed
+/// entry: reclaimed ones in id order, then new ones. A missing group is the `NOGROUP` error.
+/// (`CLAIM` is this head, [`RECLAIM`] and [`CLAIM_TAIL`].)
+const CLAIM_HEAD: &str = r"
+local stream, retries, deadlines = KEYS[1], KEYS[2], KEYS[3]
+local group, consumer, max = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local visibility = tonumber(ARGV[4])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local deadline = now + visibility
+
+local function failed(r)
+  return type(r) == 'table' and r.err ~= nil
+end
+";
+
+/// `CLAIM`'s ending: new messages, each with its own deadline.
+const CLAIM_TAIL: &str = r"
+if #reclaimed < max then
+  local r = redis.pcall('XREADGROUP', 'GROUP', group, consumer, 'COUNT', max - #reclaimed,
+    'STREAMS', stream, '>')
+  if failed(r) then return r end
+  if r and r[1] then
+    local scores = {}
+    for _, e in ipairs(r[1][2]) do
+      scores[#scores + 1] = deadline
+      scores[#scores + 1] = e[1]
+      reclaimed[#reclaimed + 1] = {e[1], 1, e[2]}
+    end
+    if #scores > 0 then redis.call('ZADD', deadlines, unpack(scores)) end
+  end
+end
+return reclaimed
+";
+
+/// Claims of at most this many messages run `CLAIM`; larger ones the transaction of
+/// `CLAIM_BEGIN`, `XREADGROUP` and [`CLAIM_END`]. Measured with `stream-bench --backend
+/// redis --only consume`: at concurrency 8 the script is ahead, at 64 the transaction.
+pub(super) const SMALL_CLAIM: usize = 16;
+
+/// The last step of a claim (see `CLAIM_BEGIN`), after the `XREADGROUP` of new messages.
 ///
-/// The entries read are those between the cursor [`CLAIM_BEGIN`] saw and the cursor now
+/// The entries read are those between the cursor `CLAIM_BEGIN` saw and the cursor now
 /// (nothing else ran in between, and all of them are now the consumer's). When nothing was
 /// reclaimed, the claim keeps them all under one deadline: the member
 /// `@<cursor before> <cursor after> <max> <consumer>` of the deadline set, which
-/// [`CLAIM_BEGIN`] expands when it expires (one `ZADD` of one member per claim, and none of
+/// `CLAIM_BEGIN` expands when it expires (one `ZADD` of one member per claim, and none of
 /// the entries passes through Lua). Otherwise the first `max - reclaimed` get a deadline
 /// each, and any beyond (the read took up to `max` while some were reclaimed) are given back
 /// as never read: acked off the pending list and the group's cursor set back to the last
@@ -392,8 +447,14 @@ redis.pcall('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
 return 1
 ";
 
-/// The loaded scripts (each is sent by SHA, and loaded again after a server restart).
+/// The loaded scripts (each is sent by SHA, and loaded again after a server restart), and
+/// the claim's two steps, which run inside its transaction and so are sent as text (`EVAL`:
+/// an `EVALSHA` refused there for a script the server lost would still let the transaction's
+/// read go ahead), without comments or indentation, so the server hashes less of them.
 pub(super) struct Scripts {
+    pub claim: redis::Script,
+    pub claim_begin: String,
+    pub claim_end: String,
     pub append: redis::Script,
     pub ack: redis::Script,
     pub park: redis::Script,
@@ -406,12 +467,47 @@ impl Scripts {
     pub fn new() -> Self {
         let with_held = |body: &str| redis::Script::new(&format!("{HELD}{body}"));
         Scripts {
+            claim: redis::Script::new(&format!("{CLAIM_HEAD}{RECLAIM}{CLAIM_TAIL}")),
+            claim_begin: compact(&format!("{CLAIM_BEGIN_HEAD}{RECLAIM}{CLAIM_BEGIN_TAIL}")),
+            claim_end: compact(CLAIM_END),
             append: redis::Script::new(APPEND),
             ack: with_held(ACK),
             park: with_held(PARK),
             dead_letter: with_held(DEAD_LETTER),
             remove_idle_consumer: redis::Script::new(REMOVE_IDLE_CONSUMER),
             extend: with_held(EXTEND),
+        }
+    }
+}
+
+/// `script` without its comment lines, indentation and blank lines (none of the scripts has
+/// a multi-line string).
+fn compact(script: &str) -> String {
+    script
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with("--"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compact_scripts_keep_their_code() {
+        assert_eq!(
+            compact("\n-- a comment\nlocal a = 1 -- kept\n\n  if a then\n    return a\n  end\n"),
+            "local a = 1 -- kept\nif a then\nreturn a\nend"
+        );
+        for script in [
+            format!("{CLAIM_BEGIN_HEAD}{RECLAIM}{CLAIM_BEGIN_TAIL}"),
+            CLAIM_END.to_owned(),
+        ] {
+            let short = compact(&script);
+            assert!(short.len() < script.len());
+            assert!(short.lines().all(|line| !line.starts_with("--")));
         }
     }
 }
