@@ -55,6 +55,22 @@ pub(super) fn parse_claimed(stream: &Arc<str>, value: Value) -> Result<Claimed> 
     claimed(stream, id, deliveries, entry_fields, "the claim script")
 }
 
+/// The entries of a claim script's reply (`{id, delivery count, {field, value, ...}}` each;
+/// nil or an empty array: none).
+pub(super) fn claimed_entries(stream: &str, reply: Value, what: &str) -> Result<Vec<Claimed>> {
+    match reply {
+        Value::Array(entries) => {
+            let stream: Arc<str> = Arc::from(stream);
+            entries
+                .into_iter()
+                .map(|entry| parse_claimed(&stream, entry))
+                .collect()
+        }
+        Value::Nil => Ok(Vec::new()),
+        other => Err(unexpected(what, &other)),
+    }
+}
+
 /// The first `keep` entries of an `XREADGROUP` reply of one stream (`[[stream, [[id,
 /// [field, value, ...]], ...]]]`, nil when nothing was read), each a first delivery.
 pub(super) fn read_entries(stream: &Arc<str>, reply: Value, keep: usize) -> Result<Vec<Claimed>> {

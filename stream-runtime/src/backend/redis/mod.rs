@@ -72,7 +72,7 @@ use crate::options::{StartPosition, Trim};
 pub use cluster::{DEFAULT_MOVE_LEASE, MARKER_LIFE};
 use conn::{Conn, Target};
 use consumers::Consumers;
-use entries::{created_at, parse_claimed, parse_start_id, read_entries};
+use entries::{claimed_entries, created_at, parse_claimed, parse_start_id, read_entries};
 pub use keys::stream_key;
 use keys::{claiming_key, deadlines_key, escape, retry_key};
 use scripts::Scripts;
@@ -242,6 +242,11 @@ fn unexpected(what: &str, value: &Value) -> Error {
         format!("reading the reply of {what}"),
         format!("unexpected reply {value:?}"),
     )
+}
+
+/// What a failed claim of `group` was doing, for its error.
+fn claiming_what(group: GroupRef<'_>) -> String {
+    format!("claiming messages of {}/{}", group.stream, group.group)
 }
 
 /// The two numbers of a stream entry id `<ms>-<seq>`, which order ids as Redis does.
@@ -522,6 +527,46 @@ impl RedisBackend {
         true
     }
 
+    /// What every claim (plain or ordered by key) does around its attempt: the consumer
+    /// bookkeeping, then `attempt` (`None`: the group is missing), and once the group was
+    /// found missing, creating it again and one more attempt.
+    async fn claiming<F, Fut>(&self, group: GroupRef<'_>, mut attempt: F) -> Result<Vec<Claimed>>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<Option<Vec<Claimed>>>>,
+    {
+        self.closed.check()?;
+        let stale = self.remember_consumer(group);
+        if !stale.is_empty() {
+            self.remove_idle_consumers(stale).await;
+        }
+        let mut recreated = false;
+        loop {
+            if let Some(claimed) = attempt().await? {
+                return Ok(claimed);
+            }
+            if recreated {
+                return Err(Error::backend(
+                    NAME,
+                    claiming_what(group),
+                    "the consumer group is missing again right after it was created",
+                ));
+            }
+            // The group (or the whole stream) is gone: the server lost its data (a restart
+            // without persistence, an old snapshot) or someone deleted it. Create it again
+            // from the start of what the stream holds now, so the consumer goes on instead
+            // of silently claiming nothing forever.
+            recreated = true;
+            tracing::warn!(
+                stream = %group.stream, group = %group.group,
+                "the consumer group is missing on the Redis server (data lost or \
+                 deleted); creating it again from the start of the stream"
+            );
+            self.ensure_group(group.stream, group.group, &StartPosition::Earliest)
+                .await?;
+        }
+    }
+
     /// A claim of at most [`scripts::SMALL_CLAIM`] messages: one script (see `CLAIM`).
     /// `None`: the group is missing.
     async fn claim_small(
@@ -542,19 +587,10 @@ impl RedisBackend {
             .arg(millis(visibility))
             .invoke_async(&mut self.conn.clone())
             .await;
-        let stream: Arc<str> = Arc::from(group.stream);
         match result {
-            Ok(Value::Array(entries)) => entries
-                .into_iter()
-                .map(|entry| parse_claimed(&stream, entry))
-                .collect::<Result<Vec<_>>>()
-                .map(Some),
-            Ok(other) => Err(unexpected("the claim script", &other)),
+            Ok(reply) => claimed_entries(group.stream, reply, "the claim script").map(Some),
             Err(e) if e.code() == Some("NOGROUP") => Ok(None),
-            Err(e) => Err(self.error(
-                format!("claiming messages of {}/{}", group.stream, group.group),
-                e,
-            )),
+            Err(e) => Err(self.error(claiming_what(group), e)),
         }
     }
 
@@ -569,12 +605,7 @@ impl RedisBackend {
         max: usize,
         visibility: Duration,
     ) -> Result<Option<Vec<Claimed>>> {
-        let failed = |e| {
-            self.error(
-                format!("claiming messages of {}/{}", group.stream, group.group),
-                e,
-            )
-        };
+        let failed = |e| self.error(claiming_what(group), e);
         let stream = stream_key(group.stream);
         let deadlines = deadlines_key(group.stream, group.group);
         let scratch = claiming_key(group.stream, group.group);
@@ -638,16 +669,9 @@ impl RedisBackend {
             Value::Int(n) => usize::try_from(n).unwrap_or(0),
             other => return Err(unexpected("the claim's last step", &other)),
         };
-        let stream: Arc<str> = Arc::from(group.stream);
-        let mut claimed = match reclaimed {
-            Value::Array(entries) => entries
-                .into_iter()
-                .map(|entry| parse_claimed(&stream, entry))
-                .collect::<Result<Vec<_>>>()?,
-            other => return Err(unexpected("the claim's first step", &other)),
-        };
+        let mut claimed = claimed_entries(group.stream, reclaimed, "the claim's first step")?;
         if kept > 0 {
-            claimed.extend(read_entries(&stream, read, kept)?);
+            claimed.extend(read_entries(&Arc::from(group.stream), read, kept)?);
         }
         Ok(Some(claimed))
     }
@@ -834,44 +858,18 @@ impl Backend for RedisBackend {
         visibility: Duration,
     ) -> BoxFuture<'a, Result<Vec<Claimed>>> {
         Box::pin(async move {
-            self.closed.check()?;
             if max == 0 {
+                self.closed.check()?;
                 return Ok(Vec::new());
             }
-            let stale = self.remember_consumer(group);
-            if !stale.is_empty() {
-                self.remove_idle_consumers(stale).await;
-            }
-            let mut recreated = false;
-            loop {
-                let claimed = if max <= scripts::SMALL_CLAIM {
-                    self.claim_small(group, max, visibility).await?
+            self.claiming(group, || async move {
+                if max <= scripts::SMALL_CLAIM {
+                    self.claim_small(group, max, visibility).await
                 } else {
-                    self.claim_once(group, max, visibility).await?
-                };
-                if let Some(claimed) = claimed {
-                    return Ok(claimed);
+                    self.claim_once(group, max, visibility).await
                 }
-                if recreated {
-                    return Err(Error::backend(
-                        NAME,
-                        format!("claiming messages of {}/{}", group.stream, group.group),
-                        "the consumer group is missing again right after it was created",
-                    ));
-                }
-                // The group (or the whole stream) is gone: the server lost its data (a
-                // restart without persistence, an old snapshot) or someone deleted it.
-                // Create it again from the start of what the stream holds now, so the
-                // consumer goes on instead of silently claiming nothing forever.
-                recreated = true;
-                tracing::warn!(
-                    stream = %group.stream, group = %group.group,
-                    "the consumer group is missing on the Redis server (data lost or \
-                     deleted); creating it again from the start of the stream"
-                );
-                self.ensure_group(group.stream, group.group, &StartPosition::Earliest)
-                    .await?;
-            }
+            })
+            .await
         })
     }
 

@@ -13,20 +13,19 @@
 //! the next one as a retry due now, so the next claim takes it. An entry found gone (trimmed,
 //! deleted) is dropped from its queue the same way, so a key never stays stuck behind it.
 
-use std::sync::{Arc, LazyLock};
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use ::redis::Value;
 
-use super::entries::parse_claimed;
+use super::entries::claimed_entries;
 use super::keys::{deadlines_key, escape, retry_key, stream_key};
 use super::scripts::HELD;
-use super::{millis, unexpected, RedisBackend, PARKED};
+use super::{millis, RedisBackend, PARKED};
 use crate::backend::{Claim, Claimed, GroupRef};
 use crate::error::Result;
 use crate::key_order::KEY_HEADER;
 use crate::message::NewMessage;
-use crate::options::StartPosition;
 
 /// The key queues of a group.
 pub(super) fn queues_key(stream: &str, group: &str) -> String {
@@ -258,23 +257,12 @@ impl RedisBackend {
         max: usize,
         visibility: Duration,
     ) -> Result<Vec<Claimed>> {
-        self.closed.check()?;
         if max == 0 {
+            self.closed.check()?;
             return Ok(Vec::new());
         }
-        let stale = self.remember_consumer(group);
-        if !stale.is_empty() {
-            self.remove_idle_consumers(stale).await;
-        }
-        let what = || {
-            format!(
-                "claiming messages of {}/{} (ordered by key)",
-                group.stream, group.group
-            )
-        };
-        let mut recreated = false;
-        let reply: Value = loop {
-            let result = SCRIPTS
+        self.claiming(group, || async move {
+            let result: ::redis::RedisResult<Value> = SCRIPTS
                 .claim
                 .key(stream_key(group.stream))
                 .key(retry_key(group.stream, group.group))
@@ -290,37 +278,20 @@ impl RedisBackend {
                 .invoke_async(&mut self.conn.clone())
                 .await;
             match result {
-                Ok(reply) => break reply,
-                // As the plain claim does: a lost group is created again.
-                Err(e) if !recreated && e.code() == Some("NOGROUP") => {
-                    recreated = true;
-                    tracing::warn!(
-                        stream = %group.stream, group = %group.group,
-                        "the consumer group is missing on the Redis server (data lost or \
-                         deleted); creating it again from the start of the stream"
-                    );
-                    crate::Backend::ensure_group(
-                        self,
-                        group.stream,
-                        group.group,
-                        &StartPosition::Earliest,
-                    )
-                    .await?;
+                Ok(reply) => {
+                    claimed_entries(group.stream, reply, "the ordered claim script").map(Some)
                 }
-                Err(e) => return Err(self.error(what(), e)),
+                Err(e) if e.code() == Some("NOGROUP") => Ok(None),
+                Err(e) => Err(self.error(
+                    format!(
+                        "claiming messages of {}/{} (ordered by key)",
+                        group.stream, group.group
+                    ),
+                    e,
+                )),
             }
-        };
-        match reply {
-            Value::Array(entries) => {
-                let stream: Arc<str> = Arc::from(group.stream);
-                entries
-                    .into_iter()
-                    .map(|entry| parse_claimed(&stream, entry))
-                    .collect()
-            }
-            Value::Nil => Ok(Vec::new()),
-            other => Err(unexpected("the ordered claim script", &other)),
-        }
+        })
+        .await
     }
 
     pub(super) async fn ack_by_key(&self, group: GroupRef<'_>, claims: &[Claim]) -> Result<()> {

@@ -51,6 +51,37 @@ end
 return ids
 ";
 
+/// How every claim script starts: its keys and arguments (KEYS: stream, the group's retry
+/// schedule, the group's claim deadlines, and for `CLAIM_BEGIN` the claim's scratch key;
+/// ARGV: group, consumer, max, visibility in ms), the server's time and the new deadline.
+const CLAIM_START: &str = r"
+local stream, retries, deadlines, scratch = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local group, consumer, max = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local visibility = tonumber(ARGV[4])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local deadline = now + visibility
+
+local function failed(r)
+  return type(r) == 'table' and r.err ~= nil
+end
+";
+
+/// `group_info(stream, group)`: the fields of the group's `XINFO GROUPS` entry by name
+/// (`last-delivered-id`, `entries-read`, ...), or nil when the stream or the group is missing.
+const GROUP_INFO: &str = r"
+local function group_info(stream, group)
+  local groups = redis.pcall('XINFO', 'GROUPS', stream)
+  if type(groups) ~= 'table' or groups.err then return nil end
+  for _, g in ipairs(groups) do
+    local f = {}
+    for i = 1, #g, 2 do f[g[i]] = g[i + 1] end
+    if f['name'] == group then return f end
+  end
+  return nil
+end
+";
+
 /// The first step of a claim: retries that are due and claims whose deadline passed.
 ///
 /// A claim is one transaction (`MULTI`/`EXEC`, so nothing runs between its steps):
@@ -75,32 +106,14 @@ return ids
 /// Returns `{id, delivery count, {field, value, ...}}` for each reclaimed entry, in id order.
 /// A missing group (the data was lost) is the `NOGROUP` error of the `XREADGROUP` that
 /// follows, which the backend answers by creating the group again.
-/// (`CLAIM_BEGIN` is this head, [`RECLAIM`] and [`CLAIM_BEGIN_TAIL`].)
+///
+/// `CLAIM_BEGIN` is [`claim_begin`]: [`CLAIM_START`], [`GROUP_INFO`], this part (the cursor
+/// and the scratch key's first value), [`RECLAIM`] and [`CLAIM_BEGIN_TAIL`].
 const CLAIM_BEGIN_HEAD: &str = r"
-local stream, retries, deadlines, scratch = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local group, consumer, max = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local visibility = tonumber(ARGV[4])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local deadline = now + visibility
-
-local function failed(r)
-  return type(r) == 'table' and r.err ~= nil
-end
-
 -- The group's cursor, before anything is read: a missing group is left to XREADGROUP.
-local cursor, entries_read
-local groups = redis.pcall('XINFO', 'GROUPS', stream)
-if failed(groups) then return {} end
-for _, g in ipairs(groups) do
-  local f = {}
-  for i = 1, #g, 2 do f[g[i]] = g[i + 1] end
-  if f['name'] == group then
-    cursor, entries_read = f['last-delivered-id'], f['entries-read']
-    break
-  end
-end
-if not cursor then return {} end
+local info = group_info(stream, group)
+if not info then return {} end
+local cursor, entries_read = info['last-delivered-id'], info['entries-read']
 -- What CLAIM_END needs. Until the reclaims below are done, it says all `max` were
 -- reclaimed: if this script stops on an error, the claim keeps none of what it reads.
 local function save(n)
@@ -210,21 +223,9 @@ return reclaimed
 /// messages, each with its own deadline. Same keys and arguments as `CLAIM_BEGIN` without
 /// the scratch key; returns `{id, delivery count, {field, value, ...}}` for each claimed
 /// entry: reclaimed ones in id order, then new ones. A missing group is the `NOGROUP` error.
-/// (`CLAIM` is this head, [`RECLAIM`] and [`CLAIM_TAIL`].)
-const CLAIM_HEAD: &str = r"
-local stream, retries, deadlines = KEYS[1], KEYS[2], KEYS[3]
-local group, consumer, max = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local visibility = tonumber(ARGV[4])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local deadline = now + visibility
-
-local function failed(r)
-  return type(r) == 'table' and r.err ~= nil
-end
-";
-
-/// `CLAIM`'s ending: new messages, each with its own deadline.
+///
+/// `CLAIM` is [`CLAIM_START`], [`RECLAIM`] and this ending: new messages, each with its own
+/// deadline.
 const CLAIM_TAIL: &str = r"
 if #reclaimed < max then
   local r = redis.pcall('XREADGROUP', 'GROUP', group, consumer, 'COUNT', max - #reclaimed,
@@ -270,15 +271,8 @@ if not saved then return 0 end
 redis.call('DEL', scratch)
 local cursor, entries_read, deadline, reclaimed =
   string.match(saved, '^(%S+) (%S+) (%S+) (%S+)$')
-local now
-for _, g in ipairs(redis.call('XINFO', 'GROUPS', stream)) do
-  local f = {}
-  for i = 1, #g, 2 do f[g[i]] = g[i + 1] end
-  if f['name'] == group then
-    now = f['last-delivered-id']
-    break
-  end
-end
+local info = group_info(stream, group)
+local now = info and info['last-delivered-id']
 if not now or now == cursor then return 0 end
 if tonumber(reclaimed) == 0 then
   -- Nothing reclaimed: the claim keeps all it read, under one deadline.
@@ -467,9 +461,9 @@ impl Scripts {
     pub fn new() -> Self {
         let with_held = |body: &str| redis::Script::new(&format!("{HELD}{body}"));
         Scripts {
-            claim: redis::Script::new(&format!("{CLAIM_HEAD}{RECLAIM}{CLAIM_TAIL}")),
-            claim_begin: compact(&format!("{CLAIM_BEGIN_HEAD}{RECLAIM}{CLAIM_BEGIN_TAIL}")),
-            claim_end: compact(CLAIM_END),
+            claim: redis::Script::new(&format!("{CLAIM_START}{RECLAIM}{CLAIM_TAIL}")),
+            claim_begin: compact(&claim_begin()),
+            claim_end: compact(&format!("{GROUP_INFO}{CLAIM_END}")),
             append: redis::Script::new(APPEND),
             ack: with_held(ACK),
             park: with_held(PARK),
@@ -478,6 +472,11 @@ impl Scripts {
             extend: with_held(EXTEND),
         }
     }
+}
+
+/// `CLAIM_BEGIN`: the shared start, the group's cursor, the reclaims, the scratch key.
+fn claim_begin() -> String {
+    format!("{CLAIM_START}{GROUP_INFO}{CLAIM_BEGIN_HEAD}{RECLAIM}{CLAIM_BEGIN_TAIL}")
 }
 
 /// `script` without its comment lines, indentation and blank lines (none of the scripts has
@@ -501,10 +500,7 @@ mod tests {
             compact("\n-- a comment\nlocal a = 1 -- kept\n\n  if a then\n    return a\n  end\n"),
             "local a = 1 -- kept\nif a then\nreturn a\nend"
         );
-        for script in [
-            format!("{CLAIM_BEGIN_HEAD}{RECLAIM}{CLAIM_BEGIN_TAIL}"),
-            CLAIM_END.to_owned(),
-        ] {
+        for script in [claim_begin(), CLAIM_END.to_owned()] {
             let short = compact(&script);
             assert!(short.len() < script.len());
             assert!(short.lines().all(|line| !line.starts_with("--")));
